@@ -1,0 +1,117 @@
+# concur -- every entry point. `make` builds; `make test` installs what is
+# missing (make deps), builds and runs every spec three ways.
+#
+#   make deps       install missing Debian packages (vendor/debian-packages.txt)
+#   make            build/concur, build/lua5.4/concur.so, build/luajit/concur.so,
+#                   build/libconcur.{a,so}, build/concur.pc
+#   make test       specs under build/concur, lua5.4+module, luajit+module
+#   make sanitize   the specs under ASan+UBSan and under TSan builds
+#   make fuzz       libFuzzer on the codec's decoder (FUZZ_SECONDS=60)
+#   make bench      benchmarks beside Python and C (QUICK=1 for a short run)
+#   make demo       the headline tutorial lesson at full size
+#   make install    PREFIX=/usr/local
+#   make format     clang-format every C file
+
+CC      ?= gcc
+OPT     ?= -O2
+CFLAGS  ?= $(OPT) -g
+WARN    := -Wall -Wextra -Wno-unused-parameter
+BASEFLAGS := -std=gnu11 -D_GNU_SOURCE -pthread $(WARN)
+B       ?= build
+PREFIX  ?= /usr/local
+
+LUA54_CFLAGS := $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
+LUA54_LIBS   := $(shell pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4)
+LUAJIT_CFLAGS := $(shell pkg-config --cflags luajit 2>/dev/null || echo -I/usr/include/luajit-2.1)
+
+RUNTIME_SRC := $(sort $(wildcard runtime/*.c))
+BIND_SRC    := $(sort $(wildcard bindings/*.c))
+HOST_SRC    := $(sort $(wildcard host/*.c))
+HEADERS     := $(wildcard runtime/*.h bindings/*.h host/*.h include/*.h)
+
+# one object tree per flavour: 5.4 (also the host and libconcur), luajit
+OBJ54  := $(patsubst %.c,$(B)/obj54/%.o,$(RUNTIME_SRC) $(BIND_SRC))
+OBJJIT := $(patsubst %.c,$(B)/objjit/%.o,$(RUNTIME_SRC) $(BIND_SRC))
+OBJHOST := $(patsubst %.c,$(B)/obj54/%.o,$(HOST_SRC))
+
+all: $(B)/concur $(B)/lua5.4/concur.so $(B)/luajit/concur.so $(B)/libconcur.a $(B)/libconcur.so $(B)/concur.pc $(B)/include/concur.h
+
+$(B)/obj54/%.o: %.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(BASEFLAGS) $(CFLAGS) -fPIC $(LUA54_CFLAGS) -c $< -o $@
+
+$(B)/objjit/%.o: %.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(BASEFLAGS) $(CFLAGS) -fPIC $(LUAJIT_CFLAGS) -c $< -o $@
+
+$(B)/concur: $(OBJHOST) $(OBJ54)
+	$(CC) $(CFLAGS) -pthread -Wl,-E -o $@ $^ $(LUA54_LIBS) -lreadline -lm -ldl
+
+# modules: no -llua, the interpreter that loads them provides the symbols
+$(B)/lua5.4/concur.so: $(OBJ54)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -pthread -shared -o $@ $^ -lm
+
+$(B)/luajit/concur.so: $(OBJJIT)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -pthread -shared -o $@ $^ -lm
+
+$(B)/libconcur.a: $(OBJ54)
+	rm -f $@; ar rcs $@ $^
+
+$(B)/libconcur.so: $(OBJ54)
+	$(CC) $(CFLAGS) -pthread -shared -o $@ $^ $(LUA54_LIBS) -lm
+
+$(B)/include/concur.h: include/concur.h
+	@mkdir -p $(dir $@); cp $< $@
+
+$(B)/concur.pc: Makefile
+	@printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: concur\nDescription: real concurrency for Lua 5.4: processes, threads, shared lists, pipes, locks, queues\nVersion: %s\nRequires: lua5.4\nLibs: -L$${libdir} -lconcur -pthread\nCflags: -I$${includedir}\n' \
+	  "$(PREFIX)" "$$(sed -n 's/.*CONCUR_VERSION "\(.*\)".*/\1/p' include/concur.h)" > $@
+
+deps:
+	@sh scripts/deps.sh
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	@sh scripts/test.sh
+
+# Sanitizer builds live in their own trees; the specs run against each.
+sanitize: deps
+	$(MAKE) --no-print-directory B=$(B)/asan CC=clang OPT=-O1 \
+	  CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
+	  $(B)/asan/concur
+	$(MAKE) --no-print-directory B=$(B)/tsan CC=clang OPT=-O1 \
+	  CFLAGS="-O1 -g -fsanitize=thread" $(B)/tsan/concur
+	sh scripts/test.sh --sanitize
+
+fuzz: deps
+	@mkdir -p $(B)/fuzz
+	clang -std=gnu11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined $(LUA54_CFLAGS) \
+	  tests/fuzz_codec.c $(RUNTIME_SRC) $(BIND_SRC) -o $(B)/fuzz/fuzz_codec $(LUA54_LIBS) -lm -pthread
+	@mkdir -p $(B)/fuzz/corpus
+	$(B)/fuzz/fuzz_codec -max_total_time=$${FUZZ_SECONDS:-60} -max_len=4096 $(B)/fuzz/corpus tests/fuzz_corpus
+
+bench: deps all
+	sh scripts/bench/run.sh $(if $(QUICK),--quick)
+
+demo: deps all
+	$(B)/concur examples/demo.lua
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include \
+	  $(DESTDIR)$(PREFIX)/lib/lua/5.4 $(DESTDIR)$(PREFIX)/lib/luajit
+	install -m 755 $(B)/concur $(DESTDIR)$(PREFIX)/bin/concur
+	install -m 644 $(B)/libconcur.a $(B)/libconcur.so $(DESTDIR)$(PREFIX)/lib/
+	install -m 644 $(B)/concur.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/
+	install -m 644 include/concur.h $(DESTDIR)$(PREFIX)/include/
+	install -m 755 $(B)/lua5.4/concur.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/concur.so
+	install -m 755 $(B)/luajit/concur.so $(DESTDIR)$(PREFIX)/lib/luajit/concur.so
+
+format:
+	clang-format -i runtime/*.[ch] bindings/*.[ch] host/*.[ch] include/*.h tests/*.c
+
+clean:
+	rm -rf $(B)
+
+.PHONY: all deps test sanitize fuzz bench demo install format clean

@@ -1,0 +1,78 @@
+/*
+ * cb.h -- what the binding files share: the codec, shared-object handles,
+ * timeouts and error conventions. Only bindings/ includes this.
+ *
+ * Handles. A shared object (cc_obj in the arena) appears in Lua as a full
+ * userdata holding one reference count (cb_handle); its metatable is the one
+ * registered for its type under the name "concur.<type>". __gc releases the
+ * count. A handle can be "closed" locally only where the type says so.
+ *
+ * Errors. Misuse raises: "queue:put: cannot send a coroutine (argument 1,
+ * field "job.co")". Expected outcomes return: nil, "timeout" / nil, "closed".
+ */
+#ifndef CB_H
+#define CB_H
+
+#include "compat.h"
+#include "../runtime/cc.h"
+
+/* ---- the codec (codec.c) ---- */
+/* Encode the n values at stack[first..first+n-1] into one message in out
+ * (out->len is set; the message owns a reference on every shared object it
+ * names). On a value that cannot cross, raises an error
+ * "<fname>: cannot send a <type> (argument <k>, field "a.b")"; argument
+ * numbers count from argbase. out is reset, not appended to. */
+void cb_encode(lua_State *L, int first, int n, cc_buf *out, const char *fname, int argbase);
+/* Decode a message: pushes its values, returns how many. Takes over the
+ * message's references (the caller must not release them afterwards), also
+ * on error. Raises "<fname>: corrupt message (...)" on bad input. */
+int cb_decode(lua_State *L, const void *msg, size_t len, const char *fname);
+/* Decode without raising: returns the count, or -1 with an error message
+ * pushed. Used by the fuzz harness and by paths that must not longjmp. */
+int cb_decode_protected(lua_State *L, const void *msg, size_t len);
+
+/* ---- handles (concur.c) ---- */
+typedef struct cb_handle {
+    cc_obj *obj;        /* NULL once released */
+    int flags;          /* per-handle state for types that need it */
+} cb_handle;
+
+/* Register a type: metatable "concur.<name>" with methods as __index and
+ * the given metamethods (plus a default __gc/__tostring/__close when absent). */
+void cb_newtype(lua_State *L, enum cc_type t, const char *name,
+                const luaL_Reg *methods, const luaL_Reg *meta);
+/* Push a handle for o, taking over one reference (the caller's). */
+cb_handle *cb_push(lua_State *L, cc_obj *o);
+/* Check that argument idx is a handle of type t; raises naming fname. */
+cc_obj *cb_check(lua_State *L, int idx, enum cc_type t, const char *fname);
+cc_obj *cb_check_any(lua_State *L, int idx, const char *fname);
+cc_obj *cb_test(lua_State *L, int idx);          /* any concur handle, or NULL */
+const char *cb_typename(enum cc_type t);         /* "queue", "list", ... */
+
+/* ---- common helpers (concur.c) ---- */
+/* Optional timeout argument (nil/none = forever; negative = error) -> deadline */
+double cb_opt_deadline(lua_State *L, int idx, const char *fname);
+/* Map a negative errno from the runtime to Lua: -ETIMEDOUT -> nil,"timeout";
+ * -EPIPE -> nil,"closed"; -EINTR -> raises "interrupted"; -ENOMEM -> raises
+ * the arena-exhausted message; others raise "<fname>: <strerror>".
+ * Returns the number of values pushed (for `return cb_fail(...)`). */
+int cb_fail(lua_State *L, int err, const char *fname);
+/* Raise the "shared memory exhausted (N MiB in use of M; set CONCUR_SHM)" error. */
+int cb_nomem(lua_State *L, const char *fname);
+/* Make sure the arena exists (reads CONCUR_SHM the first time). */
+void cb_arena(lua_State *L);
+
+/* Per-library openers: each pushes its library table. */
+int cb_open_process(lua_State *L);
+int cb_open_thread(lua_State *L);
+int cb_open_shared(lua_State *L);
+int cb_open_pipe(lua_State *L);
+int cb_open_lock(lua_State *L);
+int cb_open_queue(lua_State *L);
+int cb_open_primes(lua_State *L);
+int cb_open_wait(lua_State *L);    /* pushes the concur.wait function */
+
+/* Called by process.c in a freshly forked child before it runs anything. */
+void cb_after_fork_child(void);
+
+#endif

@@ -1,0 +1,110 @@
+/*
+ * compat.h -- the only place that knows Lua 5.4 from LuaJIT 2.1 (5.1 API).
+ *
+ * Everything else in bindings/ is written against the 5.4 API and uses the
+ * names below; under LuaJIT they map onto 5.1 equivalents.
+ */
+#ifndef CONCUR_COMPAT_H
+#define CONCUR_COMPAT_H
+
+#include <lua.h>
+#include <lauxlib.h>
+#include <lualib.h>
+
+#if LUA_VERSION_NUM >= 503
+#define CB_LUA54 1
+#define cb_rawlen(L, i) lua_rawlen(L, i)
+#define cb_isinteger(L, i) lua_isinteger(L, i)
+#define cb_pushinteger(L, v) lua_pushinteger(L, (lua_Integer)(v))
+#define cb_dump(L, w, d) lua_dump(L, w, d, 0)
+#define cb_load(L, r, d, name) lua_load(L, r, d, name, "b")
+#define cb_newuserdata(L, sz) lua_newuserdatauv(L, sz, 1)
+#define cb_getuservalue(L, i) lua_getiuservalue(L, i, 1)
+#define cb_setuservalue(L, i) lua_setiuservalue(L, i, 1)
+#define cb_rawgetp(L, i, p) lua_rawgetp(L, i, p)
+#define cb_rawsetp(L, i, p) lua_rawsetp(L, i, p)
+#define cb_pushglobaltable(L) lua_pushglobaltable(L)
+#define cb_setfuncs(L, l, n) luaL_setfuncs(L, l, n)
+#define cb_newlib(L, l) luaL_newlib(L, l)
+#define cb_len(L, i) luaL_len(L, i)
+#define cb_tointegerx(L, i, ok) lua_tointegerx(L, i, ok)
+#define cb_resume(L, from, n, nres) lua_resume(L, from, n, nres)
+#define cb_absindex(L, i) lua_absindex(L, i)
+#define cb_setwarnf(L, f, ud) lua_setwarnf(L, f, ud)
+#define cb_warning(L, msg) lua_warning(L, msg, 0)
+#define cb_traceback(L, L1, msg, lvl) luaL_traceback(L, L1, msg, lvl)
+#define cb_requiref(L, name, f) (luaL_requiref(L, name, f, 0), lua_pop(L, 1))
+#define cb_isyieldable(L) lua_isyieldable(L)
+#else /* LuaJIT 2.1 / Lua 5.1 API */
+#define CB_LUAJIT 1
+#define cb_rawlen(L, i) lua_objlen(L, i)
+#define cb_isinteger(L, i) cb_isinteger_51(L, i)
+static inline int cb_isinteger_51(lua_State *L, int i) {
+    (void)L; (void)i;
+    return 0; /* LuaJIT has one number type: every number travels as a float */
+}
+#define cb_pushinteger(L, v) lua_pushnumber(L, (lua_Number)(v))
+#define cb_dump(L, w, d) lua_dump(L, w, d)
+#define cb_load(L, r, d, name) lua_load(L, r, d, name)
+#define cb_newuserdata(L, sz) lua_newuserdata(L, sz)
+#define cb_getuservalue(L, i) lua_getfenv(L, i)
+#define cb_setuservalue(L, i) lua_setfenv(L, i)
+#define cb_pushglobaltable(L) lua_pushvalue(L, LUA_GLOBALSINDEX)
+static inline int cb_absindex(lua_State *L, int i) {
+    return (i > 0 || i <= LUA_REGISTRYINDEX) ? i : lua_gettop(L) + i + 1;
+}
+static inline void cb_rawgetp(lua_State *L, int i, const void *p) {
+    i = cb_absindex(L, i);
+    lua_pushlightuserdata(L, (void *)p);
+    lua_rawget(L, i);
+}
+static inline void cb_rawsetp(lua_State *L, int i, const void *p) {
+    i = cb_absindex(L, i);
+    lua_pushlightuserdata(L, (void *)p);
+    lua_insert(L, -2);
+    lua_rawset(L, i);
+}
+/* LuaJIT 2.1 provides luaL_setfuncs, luaL_traceback, luaL_newlib-equivalents
+ * through lauxlib (LUAJIT_ENABLE_LUA52COMPAT is not needed for these). */
+#define cb_setfuncs(L, l, n) luaL_setfuncs(L, l, n)
+#define cb_newlib(L, l) (lua_newtable(L), luaL_setfuncs(L, l, 0))
+#define cb_len(L, i) ((lua_Integer)lua_objlen(L, i))
+static inline lua_Integer cb_tointegerx(lua_State *L, int i, int *ok) {
+    lua_Number n = lua_tonumber(L, i);
+    int isnum = lua_isnumber(L, i) && n == (lua_Number)(lua_Integer)n;
+    if (ok) *ok = isnum;
+    return isnum ? (lua_Integer)n : 0;
+}
+#define cb_resume(L, from, n, nres) (*(nres) = 0, lua_resume(L, n))
+#define cb_setwarnf(L, f, ud) ((void)0)
+#define cb_warning(L, msg) (fprintf(stderr, "concur: warning: %s\n", msg))
+#define cb_traceback(L, L1, msg, lvl) luaL_traceback(L, L1, msg, lvl)
+static inline void cb_requiref(lua_State *L, const char *name, lua_CFunction f) {
+    lua_pushcfunction(L, f);
+    lua_pushstring(L, name);
+    lua_call(L, 1, 1);
+    lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");
+    lua_pushvalue(L, -2);
+    lua_setfield(L, -2, name);
+    lua_pop(L, 2);
+}
+#define cb_isyieldable(L) 0
+#ifndef LUA_OK
+#define LUA_OK 0
+#endif
+#endif
+
+/* luaL_checkinteger that accepts integral floats on both VMs and names the
+ * argument when it is not a whole number. */
+static inline lua_Integer cb_checkinteger(lua_State *L, int i) {
+    int ok = 0;
+    lua_Integer v = cb_tointegerx(L, i, &ok);
+    if (!ok) luaL_argerror(L, i, lua_isnumber(L, i) ? "number has no integer representation"
+                                                    : lua_pushfstring(L, "integer expected, got %s", luaL_typename(L, i)));
+    return v;
+}
+static inline lua_Integer cb_optinteger(lua_State *L, int i, lua_Integer def) {
+    return lua_isnoneornil(L, i) ? def : cb_checkinteger(L, i);
+}
+
+#endif

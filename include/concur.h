@@ -1,0 +1,48 @@
+/*
+ * concur.h -- embedding concur in a C program that has its own lua_State.
+ *
+ *     lua_State *L = luaL_newstate();
+ *     luaL_openlibs(L);
+ *     concur_openlibs(L);       // globals process, thread, shared, pipe,
+ *                               // lock, queue, primes, concur; and
+ *                               // package.loaded["concur"]
+ *     ... run scripts ...
+ *     lua_close(L);             // joins unjoined threads and processes
+ *
+ * Link with `pkg-config --libs concur` (libconcur.a or .so) and lua5.4.
+ *
+ * Threads started with thread.new run in fresh lua_States. Those states get
+ * the standard libraries and concur; a host whose own libraries must be
+ * present there too registers an initializer, called in every new thread
+ * state before the thread's function is loaded (and not in the main state).
+ */
+#ifndef CONCUR_H
+#define CONCUR_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include <lua.h>
+
+#define CONCUR_VERSION "0.1.0"
+
+/* Open concur into L: sets the globals and package.loaded["concur"].
+ * Returns 0, or raises a Lua error (e.g. the shared arena could not be
+ * mapped). Call it before forking anything. */
+int concur_openlibs(lua_State *L);
+
+/* The module entry point: require "concur" returns the library table
+ * without touching globals. */
+int luaopen_concur(lua_State *L);
+
+/* Per-thread state initializer: fn(L, ud) runs in each new thread's state
+ * after the standard libraries and concur are opened. Process-wide; set it
+ * before starting threads. Pass NULL to remove it. */
+typedef void (*concur_state_init)(lua_State *L, void *ud);
+void concur_set_thread_init(concur_state_init fn, void *ud);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

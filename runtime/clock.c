@@ -1,0 +1,56 @@
+/*
+ * clock.c -- monotonic time, deadlines, interruptible sleep, and the
+ * per-thread interruption flag that every blocking wait polls.
+ *
+ * Deadlines are absolute CLOCK_MONOTONIC seconds so that a wait that is
+ * woken early (a spurious futex wake, a signal) resumes with the right
+ * remaining time without any bookkeeping by the caller.
+ */
+#include "cc.h"
+
+#include <errno.h>
+#include <time.h>
+
+static __thread _Atomic int *interrupt_flag;
+
+double cc_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+double cc_deadline(double timeout) {
+    return timeout < 0 ? CC_FOREVER : cc_now() + timeout;
+}
+
+void cc_interrupt_set(_Atomic int *flag) { interrupt_flag = flag; }
+
+int cc_interrupted(void) { return interrupt_flag && *interrupt_flag; }
+
+/* How long a wait may sleep before it looks at the interruption flag. */
+double cc_wait_slice(double deadline) {
+    double slice = interrupt_flag ? 0.05 : -1;
+    if (slice < 0) return deadline;
+    double until = cc_now() + slice;
+    return (deadline < 0 || until < deadline) ? until : deadline;
+}
+
+void cc_timespec(double t, struct timespec *ts) {
+    ts->tv_sec = (time_t)t;
+    ts->tv_nsec = (long)((t - (double)ts->tv_sec) * 1e9);
+    if (ts->tv_nsec >= 1000000000L) { ts->tv_sec++; ts->tv_nsec -= 1000000000L; }
+    if (ts->tv_nsec < 0) ts->tv_nsec = 0;
+}
+
+int cc_sleep(double seconds) {
+    double deadline = cc_now() + (seconds > 0 ? seconds : 0);
+    for (;;) {
+        if (cc_interrupted()) return -EINTR;
+        double until = cc_wait_slice(deadline);
+        struct timespec ts;
+        cc_timespec(until, &ts);
+        int r = clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
+        if (r != 0 && r != EINTR) return -r;
+        if (cc_now() >= deadline) return 0;
+    }
+}

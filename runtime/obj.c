@@ -1,0 +1,107 @@
+/*
+ * obj.c -- reference counts of shared objects, message reference tables,
+ * and the process-local byte buffer.
+ *
+ * A shared object's count lives in the arena and counts holders in every
+ * process: Lua handles, messages in queues, lists and pipes. When it drops
+ * to zero the object is destroyed by its type's function, chosen by a
+ * static switch so any process can destroy any type.
+ */
+#include "cc.h"
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Weak so that a build missing one primitive still links (and leaks that
+ * type's objects rather than crashing); the full build defines them all. */
+#define WEAK __attribute__((weak))
+WEAK void cc_list_destroy(cc_obj *o);
+WEAK void cc_dict_destroy(cc_obj *o);
+WEAK void cc_queue_destroy(cc_obj *o);
+WEAK void cc_lock_destroy(cc_obj *o);
+WEAK void cc_sem_destroy(cc_obj *o);
+WEAK void cc_event_destroy(cc_obj *o);
+WEAK void cc_condvar_destroy(cc_obj *o);
+WEAK void cc_barrier_destroy(cc_obj *o);
+WEAK void cc_pipe_destroy(cc_obj *o);
+
+void cc_obj_init(cc_obj *o, enum cc_type t) {
+    atomic_store(&o->refs, 1);
+    o->type = t;
+}
+
+void cc_retain(cc_obj *o) { atomic_fetch_add_explicit(&o->refs, 1, memory_order_relaxed); }
+
+static void destroy(cc_obj *o) {
+    void (*fn)(cc_obj *) = NULL;
+    switch ((enum cc_type)o->type) {
+    case CC_T_LIST: fn = cc_list_destroy; break;
+    case CC_T_DICT: fn = cc_dict_destroy; break;
+    case CC_T_QUEUE: fn = cc_queue_destroy; break;
+    case CC_T_LOCK:
+    case CC_T_RLOCK: fn = cc_lock_destroy; break;
+    case CC_T_SEM: fn = cc_sem_destroy; break;
+    case CC_T_EVENT: fn = cc_event_destroy; break;
+    case CC_T_COND: fn = cc_condvar_destroy; break;
+    case CC_T_BARRIER: fn = cc_barrier_destroy; break;
+    case CC_T_PIPE: fn = cc_pipe_destroy; break;
+    default: break;
+    }
+    if (fn) fn(o);
+}
+
+void cc_release(cc_obj *o) {
+    if (atomic_fetch_sub_explicit(&o->refs, 1, memory_order_acq_rel) == 1) destroy(o);
+}
+
+int cc_obj_valid(const cc_obj *o) {
+    return o && ((uintptr_t)o & 7) == 0 && cc_in_arena(o) && o->type > CC_T_NONE &&
+           o->type < CC_T_MAX && atomic_load(&((cc_obj *)o)->refs) > 0;
+}
+
+/* ---- messages ---- */
+
+size_t cc_msg_payload_offset(uint32_t nrefs) {
+    return sizeof(cc_msghdr) + (size_t)nrefs * sizeof(cc_obj *);
+}
+
+static uint32_t msg_refs(const void *msg, size_t len, cc_obj *const **refs) {
+    if (len < sizeof(cc_msghdr)) return 0;
+    const cc_msghdr *h = msg;
+    if (cc_msg_payload_offset(h->nrefs) > len) return 0;
+    *refs = (cc_obj *const *)(h + 1);
+    return h->nrefs;
+}
+
+void cc_msg_retain(const void *msg, size_t len) {
+    cc_obj *const *refs;
+    uint32_t n = msg_refs(msg, len, &refs);
+    for (uint32_t i = 0; i < n; i++) cc_retain(refs[i]);
+}
+
+void cc_msg_release(const void *msg, size_t len) {
+    cc_obj *const *refs;
+    uint32_t n = msg_refs(msg, len, &refs);
+    for (uint32_t i = 0; i < n; i++) cc_release(refs[i]);
+}
+
+/* ---- process-local buffers ---- */
+
+int cc_buf_reserve(cc_buf *b, size_t need) {
+    if (need <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < need) cap *= 2;
+    char *d = realloc(b->data, cap);
+    if (!d) return -ENOMEM;
+    b->data = d;
+    b->cap = cap;
+    return 0;
+}
+
+void cc_buf_free(cc_buf *b) {
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}

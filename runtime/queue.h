@@ -1,0 +1,31 @@
+/*
+ * queue.h -- a many-producer many-consumer queue of messages (queue.c),
+ * across threads and processes. maxsize 0 = unbounded (bounded by the arena).
+ *
+ * put blocks while the queue is full; get blocks while it is empty. Waiting
+ * is a cc_cond with a waiter count, so put/get make no system call unless
+ * someone is actually asleep. close() wakes everyone: later puts fail with
+ * -EPIPE, gets drain what is left then fail with -EPIPE.
+ */
+#ifndef CC_QUEUE_H
+#define CC_QUEUE_H
+#include "cc.h"
+
+typedef struct cc_queue cc_queue;
+int cc_queue_new(cc_queue **out, int64_t maxsize);
+int cc_queue_put(cc_queue *q, const void *msg, size_t len, double deadline);
+/* Put n messages laid end to end, lens[i] each; blocks for room as needed.
+ * Returns the number put (>= 0) or a negative errno if none were. */
+int64_t cc_queue_put_many(cc_queue *q, const void *buf, const size_t *lens, size_t n, double deadline);
+int cc_queue_get(cc_queue *q, cc_buf *out, double deadline);   /* out->len = message size */
+/* Take up to max messages under one lock (waits for the first): end to end
+ * in out, sizes appended to *lens (malloc'd, caller frees); *n = count. */
+int cc_queue_get_many(cc_queue *q, size_t max, cc_buf *out, size_t **lens, size_t *n, double deadline);
+int64_t cc_queue_len(cc_queue *q);
+int64_t cc_queue_maxsize(cc_queue *q);
+int cc_queue_close(cc_queue *q);
+int cc_queue_closed(cc_queue *q);
+/* For concur.wait: a word that changes whenever the queue gains an item or
+ * closes; wait on it with cc_futex_wait. */
+_Atomic uint32_t *cc_queue_event_word(cc_queue *q);
+#endif
