@@ -35,6 +35,8 @@
 #define cb_traceback(L, L1, msg, lvl) luaL_traceback(L, L1, msg, lvl)
 #define cb_requiref(L, name, f) (luaL_requiref(L, name, f, 0), lua_pop(L, 1))
 #define cb_isyieldable(L) lua_isyieldable(L)
+/* A count hook is how thread:cancel reaches pure Lua code. */
+#define CB_CANCEL_HOOK 1
 #else /* LuaJIT 2.1 / Lua 5.1 API */
 #define CB_LUAJIT 1
 #define cb_rawlen(L, i) lua_objlen(L, i)
@@ -89,6 +91,9 @@ static inline void cb_requiref(lua_State *L, const char *name, lua_CFunction f) 
     lua_pop(L, 2);
 }
 #define cb_isyieldable(L) 0
+/* No count hook under LuaJIT: a hook turns the JIT off for the whole state.
+ * thread:cancel there takes effect at the next blocking wait only. */
+#define CB_CANCEL_HOOK 0
 #ifndef LUA_OK
 #define LUA_OK 0
 #endif

@@ -1,0 +1,307 @@
+/*
+ * concur.c -- luaopen_concur / concur_openlibs, and what every binding
+ * shares: shared-object handles, timeouts, error mapping, the arena.
+ *
+ * Handles are interned per lua_State: a weak-valued registry table maps
+ * each object to its one userdata in that state, so `a == b`, table keys
+ * and the codec's cycle tracking treat one shared object as one value,
+ * however many times it was received. Each handle holds one count on its
+ * object; __gc gives it back.
+ */
+#include "cb.h"
+#include "../include/concur.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char MT_KEYS[CC_T_MAX];  /* registry keys of the metatables */
+static const char INTERN_KEY = 'i';
+static const char HANDLE_KEY = 'h';   /* marks a concur metatable */
+
+static const char *const TYPE_NAMES[CC_T_MAX] = {
+    "none", "list", "dict", "queue", "lock", "rlock", "semaphore", "event",
+    "condition", "barrier", "pipe",
+};
+
+const char *cb_typename(enum cc_type t) {
+    return (t > CC_T_NONE && t < CC_T_MAX) ? TYPE_NAMES[t] : "object";
+}
+
+/* ---- handles ---- */
+
+static int h_gc(lua_State *L) {
+    cb_handle *h = lua_touserdata(L, 1);
+    if (h && h->obj) {
+        cc_obj *o = h->obj;
+        h->obj = NULL;
+        cc_release(o);
+    }
+    return 0;
+}
+
+static int h_tostring(lua_State *L) {
+    cb_handle *h = lua_touserdata(L, 1);
+    if (!h->obj) lua_pushstring(L, "concur object (released)");
+    else lua_pushfstring(L, "concur.%s: %p", cb_typename(h->obj->type), (void *)h->obj);
+    return 1;
+}
+
+static int h_eq(lua_State *L) {
+    cb_handle *a = lua_touserdata(L, 1), *b = lua_touserdata(L, 2);
+    lua_pushboolean(L, a && b && a->obj == b->obj);
+    return 1;
+}
+
+void cb_newtype(lua_State *L, enum cc_type t, const char *name, const luaL_Reg *methods,
+                const luaL_Reg *meta) {
+    char full[64];
+    snprintf(full, sizeof full, "concur.%s", name);
+    luaL_newmetatable(L, full);
+    lua_pushboolean(L, 1);
+    cb_rawsetp(L, -2, &HANDLE_KEY);
+    lua_pushcfunction(L, h_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, h_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushcfunction(L, h_eq);
+    lua_setfield(L, -2, "__eq");
+    lua_pushstring(L, full);
+    lua_setfield(L, -2, "__name");
+    if (meta) cb_setfuncs(L, meta, 0);
+    if (methods) {
+        lua_getfield(L, -1, "__index");
+        if (!lua_istable(L, -1)) {
+            lua_pop(L, 1);
+            lua_newtable(L);
+            lua_pushvalue(L, -1);
+            lua_setfield(L, -3, "__index");
+        }
+        cb_setfuncs(L, methods, 0);
+        lua_pop(L, 1);
+    }
+    lua_pushvalue(L, -1);
+    cb_rawsetp(L, LUA_REGISTRYINDEX, &MT_KEYS[t]);
+    lua_pop(L, 1);
+}
+
+static void push_intern(lua_State *L) {
+    cb_rawgetp(L, LUA_REGISTRYINDEX, &INTERN_KEY);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_createtable(L, 0, 1);
+        lua_pushstring(L, "v");
+        lua_setfield(L, -2, "__mode");
+        lua_setmetatable(L, -2);
+        lua_pushvalue(L, -1);
+        cb_rawsetp(L, LUA_REGISTRYINDEX, &INTERN_KEY);
+    }
+}
+
+cb_handle *cb_push(lua_State *L, cc_obj *o) {
+    luaL_checkstack(L, 4, NULL);
+    push_intern(L);
+    cb_rawgetp(L, -1, o);
+    cb_handle *h = lua_touserdata(L, -1);
+    if (h && h->obj == o) {
+        cc_release(o); /* the existing handle already holds a count */
+        lua_remove(L, -2);
+        return h;
+    }
+    lua_pop(L, 1);
+    cb_rawgetp(L, LUA_REGISTRYINDEX, &MT_KEYS[o->type < CC_T_MAX ? o->type : 0]);
+    if (lua_isnil(L, -1)) {
+        cc_release(o);
+        luaL_error(L, "concur: no %s type in this state", cb_typename(o->type));
+    }
+    h = cb_newuserdata(L, sizeof *h);
+    h->obj = o;
+    h->flags = 0;
+    lua_insert(L, -2);
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    cb_rawsetp(L, -3, o);
+    lua_remove(L, -2);
+    return h;
+}
+
+cc_obj *cb_test(lua_State *L, int idx) {
+    cb_handle *h = lua_touserdata(L, idx);
+    if (!h || lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return NULL;
+    cb_rawgetp(L, -1, &HANDLE_KEY);
+    int ok = lua_toboolean(L, -1);
+    lua_pop(L, 2);
+    return ok ? h->obj : NULL;
+}
+
+static int arg_error(lua_State *L, int idx, const char *fname, const char *expected) {
+    return luaL_error(L, "%s: bad argument #%d (%s expected, got %s)", fname, idx, expected,
+                      luaL_typename(L, idx));
+}
+
+cc_obj *cb_check(lua_State *L, int idx, enum cc_type t, const char *fname) {
+    cb_handle *h = lua_touserdata(L, idx);
+    if (h && lua_getmetatable(L, idx)) {
+        cb_rawgetp(L, LUA_REGISTRYINDEX, &MT_KEYS[t]);
+        int same = lua_rawequal(L, -1, -2);
+        lua_pop(L, 2);
+        if (same) {
+            if (!h->obj) luaL_error(L, "%s: the %s was released", fname, cb_typename(t));
+            return h->obj;
+        }
+    }
+    char what[32];
+    snprintf(what, sizeof what, "%s", cb_typename(t));
+    arg_error(L, idx, fname, what);
+    return NULL;
+}
+
+cc_obj *cb_check_any(lua_State *L, int idx, const char *fname) {
+    cc_obj *o = cb_test(L, idx);
+    if (!o) arg_error(L, idx, fname, "concur object");
+    return o;
+}
+
+/* ---- timeouts and errors ---- */
+
+double cb_opt_deadline(lua_State *L, int idx, const char *fname) {
+    if (lua_isnoneornil(L, idx)) return CC_FOREVER;
+    if (lua_type(L, idx) != LUA_TNUMBER) arg_error(L, idx, fname, "timeout in seconds");
+    double t = (double)lua_tonumber(L, idx);
+    if (!(t >= 0)) luaL_error(L, "%s: bad argument #%d (timeout must be >= 0)", fname, idx);
+    return cc_deadline(t);
+}
+
+int cb_nomem(lua_State *L, const char *fname) {
+    return luaL_error(L, "%s: shared memory exhausted (%d MiB in use of %d; set CONCUR_SHM)", fname,
+                      (int)(cc_arena_used() >> 20), (int)(cc_arena_size() >> 20));
+}
+
+int cb_fail(lua_State *L, int err, const char *fname) {
+    switch (err) {
+    case -ETIMEDOUT:
+        lua_pushnil(L);
+        lua_pushstring(L, "timeout");
+        return 2;
+    case -EPIPE:
+        lua_pushnil(L);
+        lua_pushstring(L, "closed");
+        return 2;
+    case -EINTR: return luaL_error(L, "%s: interrupted", fname);
+    case -ENOMEM: return cb_nomem(L, fname);
+    default: return luaL_error(L, "%s: %s", fname, strerror(-err));
+    }
+}
+
+/* CONCUR_SHM: bytes, or with a K/M/G suffix. */
+static size_t parse_size(const char *s) {
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || v <= 0) return 0;
+    switch (*end) {
+    case 'k': case 'K': v *= 1024.0; break;
+    case 'm': case 'M': v *= 1024.0 * 1024; break;
+    case 'g': case 'G': v *= 1024.0 * 1024 * 1024; break;
+    case 't': case 'T': v *= 1024.0 * 1024 * 1024 * 1024; break;
+    default: break;
+    }
+    return (size_t)v;
+}
+
+void cb_arena(lua_State *L) {
+    if (cc_arena_ready()) return;
+    const char *env = getenv("CONCUR_SHM");
+    size_t size = 0;
+    if (env && *env) {
+        size = parse_size(env);
+        if (!size) luaL_error(L, "concur: bad CONCUR_SHM '%s' (use e.g. 512M or 4G)", env);
+    }
+    int r = cc_arena_init(size);
+    if (r) luaL_error(L, "concur: cannot map %d MiB of shared memory (CONCUR_SHM): %s",
+                      (int)((size ? size : cc_arena_default_size()) >> 20), strerror(-r));
+}
+
+/* ---- concur.* utilities ---- */
+
+static int l_sleep(lua_State *L) {
+    double s = (double)luaL_checknumber(L, 1);
+    if (s > 0 && cc_sleep(s) == -EINTR) return luaL_error(L, "concur.sleep: interrupted");
+    return 0;
+}
+
+static int l_clock(lua_State *L) {
+    lua_pushnumber(L, (lua_Number)cc_now());
+    return 1;
+}
+
+static int l_memory(lua_State *L) {
+    lua_pushnumber(L, (lua_Number)cc_arena_used());
+    lua_pushnumber(L, (lua_Number)cc_arena_size());
+    return 2;
+}
+
+static const luaL_Reg utils[] = {
+    {"sleep", l_sleep}, {"clock", l_clock}, {"memory", l_memory}, {NULL, NULL},
+};
+
+/* The primitives. Weak while the tree is assembled primitive by primitive:
+ * a library whose file is absent is simply not offered. */
+#define WEAK __attribute__((weak))
+WEAK int cb_open_shared(lua_State *L);
+WEAK int cb_open_pipe(lua_State *L);
+WEAK int cb_open_lock(lua_State *L);
+WEAK int cb_open_queue(lua_State *L);
+WEAK int cb_open_wait(lua_State *L);
+
+static const struct { const char *name; lua_CFunction open; } LIBS[] = {
+    {"process", cb_open_process}, {"thread", cb_open_thread}, {"shared", cb_open_shared},
+    {"pipe", cb_open_pipe},       {"lock", cb_open_lock},     {"queue", cb_open_queue},
+    {"primes", cb_open_primes},
+};
+
+int luaopen_concur(lua_State *L) {
+    cb_arena(L);
+    lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");
+    int loaded = lua_gettop(L);
+    lua_getfield(L, loaded, "concur");
+    if (lua_istable(L, -1)) return 1; /* already open in this state */
+    lua_pop(L, 1);
+    cb_newlib(L, utils);
+    int lib = lua_gettop(L);
+    lua_pushstring(L, CONCUR_VERSION);
+    lua_setfield(L, lib, "version");
+    /* registered before the libraries so a library can find it */
+    lua_pushvalue(L, lib);
+    lua_setfield(L, loaded, "concur");
+    for (size_t i = 0; i < sizeof LIBS / sizeof LIBS[0]; i++) {
+        if (!LIBS[i].open) continue;
+        LIBS[i].open(L);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, lib, LIBS[i].name);
+        char mod[32];
+        snprintf(mod, sizeof mod, "concur.%s", LIBS[i].name);
+        lua_setfield(L, loaded, mod);
+    }
+    if (cb_open_wait) {
+        cb_open_wait(L);
+        lua_setfield(L, lib, "wait");
+    }
+    lua_pushvalue(L, lib);
+    return 1;
+}
+
+int concur_openlibs(lua_State *L) {
+    cb_requiref(L, "concur", luaopen_concur);
+    lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");
+    lua_getfield(L, -1, "concur");
+    for (size_t i = 0; i < sizeof LIBS / sizeof LIBS[0]; i++) {
+        lua_getfield(L, -1, LIBS[i].name);
+        if (lua_isnil(L, -1)) lua_pop(L, 1);
+        else lua_setglobal(L, LIBS[i].name);
+    }
+    lua_setglobal(L, "concur");
+    lua_pop(L, 1);
+    return 0;
+}

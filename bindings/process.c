@@ -1,0 +1,439 @@
+/*
+ * process.c -- process.spawn(fn, ...): fn runs in a forked child.
+ *
+ * The child is a copy of the caller, so it calls fn with the very values on
+ * the caller's stack (identity inside them is kept, nothing is decoded).
+ * They are still encoded once before the fork, so that a value that could
+ * not cross to a thread is refused here too, before anything starts: the
+ * two primitives accept the same things.
+ *
+ * The child writes one status byte and its results (or its error with the
+ * traceback) as a codec message to a result pipe, flushes stdio and leaves
+ * with _exit: no finalizer of the parent's state ever runs in a child. The
+ * parent reads the pipe to EOF in join, then reaps the child. A child that
+ * died without writing was killed: join raises "process PID (NAME) killed by
+ * SIGKILL". Results are kept, so join can be called again.
+ *
+ * Handles of unjoined children sit in a registry table; when the state
+ * closes their finalizers join them (daemons are killed first), so no child
+ * is left running or a zombie.
+ */
+#include "cb.h"
+#include "../runtime/proc.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+typedef struct cproc {
+    pid_t pid, owner;
+    int rfd;              /* result pipe, -1 once read to EOF */
+    int reaped, status;   /* waitpid status once reaped */
+    int daemon;
+    int holds_refs;       /* result holds a whole message owning its references */
+    cc_buf result;        /* status byte then the message */
+    char name[64];
+} cproc;
+
+static const char *const MT = "concur.process";
+static const char UNJOINED_KEY = 'u';
+static int counter;
+
+/* ---- signals by name ---- */
+
+static const struct { const char *name; int sig; } SIGNALS[] = {
+    {"HUP", SIGHUP}, {"INT", SIGINT}, {"QUIT", SIGQUIT}, {"ILL", SIGILL}, {"ABRT", SIGABRT},
+    {"FPE", SIGFPE}, {"KILL", SIGKILL}, {"SEGV", SIGSEGV}, {"PIPE", SIGPIPE}, {"ALRM", SIGALRM},
+    {"TERM", SIGTERM}, {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"CHLD", SIGCHLD}, {"CONT", SIGCONT},
+    {"STOP", SIGSTOP}, {"TSTP", SIGTSTP}, {"BUS", SIGBUS}, {"TRAP", SIGTRAP},
+};
+
+static const char *signame(int sig) {
+    static __thread char buf[16];
+    for (size_t i = 0; i < sizeof SIGNALS / sizeof SIGNALS[0]; i++)
+        if (SIGNALS[i].sig == sig) {
+            snprintf(buf, sizeof buf, "SIG%s", SIGNALS[i].name);
+            return buf;
+        }
+    snprintf(buf, sizeof buf, "signal %d", sig);
+    return buf;
+}
+
+static int check_signal(lua_State *L, int idx, const char *fname) {
+    if (lua_isnoneornil(L, idx)) return SIGTERM;
+    if (lua_type(L, idx) == LUA_TNUMBER) return (int)cb_checkinteger(L, idx);
+    const char *s = luaL_checkstring(L, idx);
+    if (strncmp(s, "SIG", 3) == 0) s += 3;
+    for (size_t i = 0; i < sizeof SIGNALS / sizeof SIGNALS[0]; i++)
+        if (strcmp(SIGNALS[i].name, s) == 0) return SIGNALS[i].sig;
+    return luaL_error(L, "%s: bad argument #%d (unknown signal '%s')", fname, idx,
+                      lua_tostring(L, idx));
+}
+
+/* ---- in the child ---- */
+
+void cb_after_fork_child(void) {}
+
+static int traceback(lua_State *L) {
+    if (lua_type(L, 1) == LUA_TSTRING) cb_traceback(L, L, lua_tostring(L, 1), 1);
+    else if (lua_isnoneornil(L, 1)) lua_pushliteral(L, "(error object is nil)");
+    else lua_settop(L, 1);
+    return 1;
+}
+
+static int encode_all(lua_State *L) {
+    cc_buf *b = lua_touserdata(L, 1);
+    const char *what = lua_tostring(L, 2);
+    lua_remove(L, 1);
+    lua_remove(L, 1);
+    cc_buf_reserve(b, 1);
+    cb_encode(L, 1, lua_gettop(L), b, what, 1);
+    return 0;
+}
+
+static void write_all(int fd, const char *p, size_t n) {
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return;
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+/* Runs fn (at index first, args after it) in the child; never returns. */
+static void child(lua_State *L, int first, int nargs, int wfd) {
+    signal(SIGPIPE, SIG_DFL);
+    lua_settop(L, first + nargs);
+    lua_pushcfunction(L, traceback);
+    lua_insert(L, first);
+    int ok = lua_pcall(L, nargs, LUA_MULTRET, first) == LUA_OK;
+    cc_buf b = {0};
+    /* encode what fn returned, or the error; status byte first */
+    lua_pushcfunction(L, encode_all);
+    lua_insert(L, first + 1);
+    lua_pushlightuserdata(L, &b);
+    lua_insert(L, first + 2);
+    lua_pushstring(L, ok ? "process result" : "process error");
+    lua_insert(L, first + 3);
+    if (!ok && lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TTABLE) {
+        lua_getglobal(L, "tostring");
+        lua_insert(L, -2);
+        lua_call(L, 1, 1);
+    }
+    int nres = lua_gettop(L) - (first + 1);
+    if (lua_pcall(L, nres, 0, 0) != LUA_OK) {
+        /* results that cannot be sent: report that as the child's error */
+        ok = 0;
+        lua_pushcfunction(L, encode_all);
+        lua_insert(L, -2);
+        lua_pushlightuserdata(L, &b);
+        lua_insert(L, -2);
+        lua_pushstring(L, "process error");
+        lua_insert(L, -2);
+        if (lua_pcall(L, 3, 0, 0) != LUA_OK) b.len = 0;
+    }
+    char st = ok ? 1 : 0;
+    write_all(wfd, &st, 1);
+    write_all(wfd, b.data, b.len);
+    close(wfd);
+    fflush(NULL);
+    _exit(ok ? 0 : 1);
+}
+
+/* ---- in the parent ---- */
+
+static cproc *check(lua_State *L, int idx, const char *fname) {
+    cproc **box = luaL_testudata(L, idx, MT);
+    if (!box || !*box)
+        luaL_error(L, "%s: bad argument #%d (process expected, got %s)", fname, idx,
+                   luaL_typename(L, idx));
+    return *box;
+}
+
+static void set_unjoined(lua_State *L, int idx, int on) {
+    idx = cb_absindex(L, idx);
+    cb_rawgetp(L, LUA_REGISTRYINDEX, &UNJOINED_KEY);
+    lua_pushvalue(L, idx);
+    if (on) lua_pushboolean(L, 1);
+    else lua_pushnil(L);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+}
+
+static void close_result(cproc *p) {
+    if (p->rfd >= 0) {
+        close(p->rfd);
+        p->rfd = -1;
+    }
+}
+
+/* Reap without blocking; 1 when the child is gone. */
+static int poll_reap(cproc *p) {
+    if (p->reaped) return 1;
+    if (p->owner != getpid()) return 0;
+    if (waitpid(p->pid, &p->status, WNOHANG) == p->pid) p->reaped = 1;
+    return p->reaped;
+}
+
+/* Read the results to EOF and reap; 0 or a negative errno. */
+static int finish(cproc *p, double deadline) {
+    if (p->rfd >= 0) {
+        int r = cc_read_all(p->rfd, &p->result, deadline);
+        if (r) return r;
+        close_result(p);
+        /* the message in it now owns references (the child took them) */
+        p->holds_refs = p->result.len > 1;
+    }
+    if (!p->reaped) {
+        int r = cc_wait_pid(p->pid, &p->status, deadline);
+        if (r) return r;
+        p->reaped = 1;
+    }
+    return 0;
+}
+
+static int l_spawn(lua_State *L) {
+    int first = 1, nargs, daemon = 0, table_form = lua_istable(L, 1);
+    const char *name = NULL;
+    if (table_form) {
+        lua_settop(L, 1);
+        lua_getfield(L, 1, "name");
+        lua_getfield(L, 1, "daemon");
+        name = lua_isnil(L, 2) ? NULL : luaL_checkstring(L, 2);
+        daemon = lua_toboolean(L, 3);
+        int n = (int)cb_rawlen(L, 1);
+        luaL_checkstack(L, n + 4, "too many arguments");
+        for (int i = 1; i <= n; i++) lua_rawgeti(L, 1, i);
+        first = 4;
+        nargs = n - 1;
+        if (n < 1 || !lua_isfunction(L, first))
+            return luaL_error(L, "process.spawn: bad argument #1 (function expected in field [1])");
+    } else {
+        luaL_checktype(L, 1, LUA_TFUNCTION);
+        nargs = lua_gettop(L) - 1;
+    }
+    /* refuse what could not cross to a thread, before forking */
+    cc_buf probe = {0};
+    cb_encode(L, first, nargs + 1, &probe, "process.spawn", 1);
+    cc_msg_release(probe.data, probe.len);
+    cc_buf_free(&probe);
+
+    cproc **box = lua_newuserdata(L, sizeof *box);
+    *box = NULL;
+    luaL_setmetatable(L, MT);
+    cproc *p = calloc(1, sizeof *p);
+    if (!p) return luaL_error(L, "process.spawn: out of memory");
+    *box = p;
+    p->rfd = -1;
+    p->daemon = daemon;
+    p->owner = getpid();
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC)) return luaL_error(L, "process.spawn: pipe: %s", strerror(errno));
+    cc_fork_track(fds[1], 1);
+    pid_t pid = cc_fork(fds[1]);
+    if (pid == 0) {
+        close(fds[0]);
+        lua_pop(L, 1); /* the handle */
+        child(L, first, nargs, fds[1]);
+    }
+    cc_fork_track(fds[1], 0);
+    close(fds[1]);
+    if (pid < 0) {
+        close(fds[0]);
+        return luaL_error(L, "process.spawn: fork: %s", strerror(-pid));
+    }
+    p->pid = pid;
+    p->rfd = fds[0];
+    fcntl(p->rfd, F_SETFL, fcntl(p->rfd, F_GETFL) | O_NONBLOCK);
+    if (name) snprintf(p->name, sizeof p->name, "%s", name);
+    else snprintf(p->name, sizeof p->name, "process-%d", ++counter);
+    set_unjoined(L, -1, 1);
+    return 1;
+}
+
+static int p_join(lua_State *L) {
+    cproc *p = check(L, 1, "process:join");
+    double deadline = cb_opt_deadline(L, 2, "process:join");
+    if (p->owner != getpid())
+        return luaL_error(L, "process:join: process %d is not a child of this process", (int)p->pid);
+    int r = finish(p, deadline);
+    if (r) return cb_fail(L, r, "process:join");
+    set_unjoined(L, 1, 0);
+    if (WIFSIGNALED(p->status) && p->result.len == 0)
+        return luaL_error(L, "process %d (%s) killed by %s", (int)p->pid, p->name,
+                          signame(WTERMSIG(p->status)));
+    if (p->result.len == 0)
+        return luaL_error(L, "process %d (%s) exited with status %d before returning", (int)p->pid,
+                          p->name, WIFEXITED(p->status) ? WEXITSTATUS(p->status) : -1);
+    int ok = p->result.data[0] == 1;
+    if (!p->holds_refs) {
+        if (ok) return 0;
+        return luaL_error(L, "process %d (%s) failed", (int)p->pid, p->name);
+    }
+    lua_settop(L, 0);
+    cc_msg_retain(p->result.data + 1, p->result.len - 1); /* join can be called again */
+    int n = cb_decode(L, p->result.data + 1, p->result.len - 1, "process:join");
+    if (ok) return n;
+    if (lua_type(L, 1) == LUA_TSTRING)
+        lua_pushfstring(L, "process %d (%s) failed: %s", (int)p->pid, p->name, lua_tostring(L, 1));
+    else lua_settop(L, 1);
+    return lua_error(L);
+}
+
+static int p_alive(lua_State *L) {
+    cproc *p = check(L, 1, "process:alive");
+    lua_pushboolean(L, !poll_reap(p));
+    return 1;
+}
+
+static int p_kill(lua_State *L) {
+    cproc *p = check(L, 1, "process:kill");
+    int sig = check_signal(L, 2, "process:kill");
+    if (poll_reap(p)) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    if (kill(p->pid, sig) != 0) return luaL_error(L, "process:kill: %s", strerror(errno));
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int p_index(lua_State *L) {
+    cproc *p = check(L, 1, "process:__index");
+    const char *k = lua_tostring(L, 2);
+    if (!k) return 0;
+    if (strcmp(k, "pid") == 0) cb_pushinteger(L, p->pid);
+    else if (strcmp(k, "name") == 0) lua_pushstring(L, p->name);
+    else if (strcmp(k, "daemon") == 0) lua_pushboolean(L, p->daemon);
+    else if (strcmp(k, "exitcode") == 0) {
+        if (!poll_reap(p)) lua_pushnil(L);
+        else if (WIFSIGNALED(p->status)) cb_pushinteger(L, -WTERMSIG(p->status));
+        else cb_pushinteger(L, WEXITSTATUS(p->status));
+    } else {
+        luaL_getmetatable(L, MT);
+        lua_getfield(L, -1, "methods");
+        lua_getfield(L, -1, k);
+    }
+    return 1;
+}
+
+static int p_gc(lua_State *L) {
+    cproc **box = lua_touserdata(L, 1);
+    cproc *p = *box;
+    if (!p) return 0;
+    *box = NULL;
+    if (p->pid > 0 && p->owner == getpid()) {
+        if (p->daemon && !poll_reap(p)) kill(p->pid, SIGKILL);
+        finish(p, CC_FOREVER);
+    }
+    close_result(p);
+    if (p->holds_refs) cc_msg_release(p->result.data + 1, p->result.len - 1);
+    cc_buf_free(&p->result);
+    free(p);
+    return 0;
+}
+
+static int p_tostring(lua_State *L) {
+    cproc *p = check(L, 1, "process:__tostring");
+    lua_pushfstring(L, "process %d (%s, %s)", (int)p->pid, p->name,
+                    poll_reap(p) ? "ended" : "running");
+    return 1;
+}
+
+/* ---- process.run and utilities ---- */
+
+static int l_run(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    int n = (int)cb_rawlen(L, 1);
+    if (n < 1) return luaL_error(L, "process.run: bad argument #1 (empty command)");
+    char **argv = lua_newuserdata(L, sizeof(char *) * (size_t)(n + 1));
+    luaL_checkstack(L, n + 8, "too many arguments");
+    for (int i = 1; i <= n; i++) { /* the strings stay on the stack while used */
+        lua_rawgeti(L, 1, i);
+        if (!lua_isstring(L, -1))
+            return luaL_error(L, "process.run: bad argument #1 (field [%d] is not a string)", i);
+        argv[i - 1] = (char *)lua_tostring(L, -1);
+    }
+    argv[n] = NULL;
+    size_t inlen = 0;
+    lua_getfield(L, 1, "stdin");
+    const char *in = lua_isnil(L, -1) ? NULL : luaL_checklstring(L, -1, &inlen);
+    lua_getfield(L, 1, "timeout");
+    double deadline = cb_opt_deadline(L, lua_gettop(L), "process.run");
+    cc_buf out = {0}, err = {0};
+    int status = 0;
+    int r = cc_run(argv, in, inlen, deadline, &out, &err, &status);
+    if (r && r != -ETIMEDOUT) {
+        cc_buf_free(&out);
+        cc_buf_free(&err);
+        if (r == -EINTR) return luaL_error(L, "process.run: interrupted");
+        return luaL_error(L, "process.run: cannot run '%s': %s", argv[0], strerror(-r));
+    }
+    lua_createtable(L, 0, 5);
+    lua_pushlstring(L, out.data ? out.data : "", out.len);
+    lua_setfield(L, -2, "stdout");
+    lua_pushlstring(L, err.data ? err.data : "", err.len);
+    lua_setfield(L, -2, "stderr");
+    if (WIFSIGNALED(status)) {
+        cb_pushinteger(L, -WTERMSIG(status));
+        lua_setfield(L, -2, "status");
+        lua_pushstring(L, signame(WTERMSIG(status)));
+        lua_setfield(L, -2, "signal");
+    } else {
+        cb_pushinteger(L, WEXITSTATUS(status));
+        lua_setfield(L, -2, "status");
+    }
+    if (r == -ETIMEDOUT) {
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, "timeout");
+    }
+    cc_buf_free(&out);
+    cc_buf_free(&err);
+    return 1;
+}
+
+static int l_pid(lua_State *L) {
+    cb_pushinteger(L, getpid());
+    return 1;
+}
+
+static int l_cpu_count(lua_State *L) {
+    cpu_set_t set;
+    int n = 0;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
+    if (n <= 0) n = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    cb_pushinteger(L, n > 0 ? n : 1);
+    return 1;
+}
+
+static const luaL_Reg methods[] = {
+    {"join", p_join}, {"alive", p_alive}, {"kill", p_kill}, {NULL, NULL},
+};
+
+static const luaL_Reg funcs[] = {
+    {"spawn", l_spawn}, {"run", l_run}, {"pid", l_pid}, {"cpu_count", l_cpu_count}, {NULL, NULL},
+};
+
+int cb_open_process(lua_State *L) {
+    lua_newtable(L);
+    cb_rawsetp(L, LUA_REGISTRYINDEX, &UNJOINED_KEY);
+    if (luaL_newmetatable(L, MT)) {
+        lua_pushcfunction(L, p_gc);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, p_tostring);
+        lua_setfield(L, -2, "__tostring");
+        lua_pushcfunction(L, p_index);
+        lua_setfield(L, -2, "__index");
+        cb_newlib(L, methods);
+        lua_setfield(L, -2, "methods");
+    }
+    lua_pop(L, 1);
+    cb_newlib(L, funcs);
+    return 1;
+}

@@ -1,0 +1,69 @@
+/*
+ * thread.c -- OS threads for thread.new, and the one-shot event a joiner
+ * waits on (a condition on CLOCK_MONOTONIC, so a join timeout is immune to
+ * wall-clock changes, woken in slices when the joiner can be interrupted).
+ */
+#include "thread.h"
+#include "cc.h"
+
+#include <errno.h>
+#include <time.h>
+
+void cc_done_init(cc_done *d) {
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(&d->c, &a);
+    pthread_condattr_destroy(&a);
+    pthread_mutex_init(&d->m, NULL);
+    d->done = 0;
+}
+
+void cc_done_destroy(cc_done *d) {
+    pthread_cond_destroy(&d->c);
+    pthread_mutex_destroy(&d->m);
+}
+
+void cc_done_set(cc_done *d) {
+    pthread_mutex_lock(&d->m);
+    d->done = 1;
+    pthread_cond_broadcast(&d->c);
+    pthread_mutex_unlock(&d->m);
+}
+
+int cc_done_get(cc_done *d) {
+    pthread_mutex_lock(&d->m);
+    int r = d->done;
+    pthread_mutex_unlock(&d->m);
+    return r;
+}
+
+int cc_done_wait(cc_done *d, double deadline) {
+    int r = 0;
+    pthread_mutex_lock(&d->m);
+    while (!d->done) {
+        if (cc_interrupted()) { r = -EINTR; break; }
+        double until = cc_wait_slice(deadline);
+        if (until < 0) {
+            pthread_cond_wait(&d->c, &d->m);
+            continue;
+        }
+        struct timespec ts;
+        cc_timespec(until, &ts);
+        pthread_cond_timedwait(&d->c, &d->m, &ts);
+        if (!d->done && deadline >= 0 && cc_now() >= deadline) { r = -ETIMEDOUT; break; }
+    }
+    pthread_mutex_unlock(&d->m);
+    return r;
+}
+
+int cc_thread_start(pthread_t *t, void *(*fn)(void *), void *arg) {
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    /* 4 MiB of reserved (not committed) stack: room for Lua's C recursion
+     * limit even under AddressSanitizer's larger frames. */
+    pthread_attr_setstacksize(&a, 4u << 20);
+    int r = pthread_create(t, &a, fn, arg);
+    pthread_attr_destroy(&a);
+    return -r;
+}

@@ -1,0 +1,19 @@
+/* thread.h -- OS threads and a one-shot "done" event (thread.c). Process-local. */
+#ifndef CC_THREAD_H
+#define CC_THREAD_H
+#include <pthread.h>
+
+typedef struct cc_done {
+    pthread_mutex_t m;
+    pthread_cond_t c;   /* on CLOCK_MONOTONIC */
+    int done;
+} cc_done;
+void cc_done_init(cc_done *d);
+void cc_done_destroy(cc_done *d);
+void cc_done_set(cc_done *d);
+int cc_done_get(cc_done *d);
+int cc_done_wait(cc_done *d, double deadline);   /* 0, -ETIMEDOUT, -EINTR */
+
+/* Start fn(arg) on a new joinable thread; 0 or -errno. */
+int cc_thread_start(pthread_t *t, void *(*fn)(void *), void *arg);
+#endif
