@@ -19,7 +19,7 @@
  *
  * Tables and functions get ids in the order met, so cycles, shared subtables
  * and self-recursive local functions survive. _G and loaded modules travel by
- * name: a function's _ENV upvalue becomes the receiver's globals, and
+ * name: a function's _ENV upvalue always becomes the receiver's globals, and
  * `local primes = require "concur".primes` arrives as the receiver's module.
  *
  * The decoder trusts nothing: every length is checked against what is left,
@@ -185,19 +185,33 @@ static void build_modcache(lua_State *L) {
             lua_pop(L, 1);
         }
     }
+    lua_getfield(L, -1, "concur");
+    lua_setfield(L, cache, "concur"); /* for modcache_fresh */
     lua_pop(L, 1);
     lua_pushvalue(L, cache);
     cb_rawsetp(L, LUA_REGISTRYINDEX, &MODCACHE_KEY);
 }
 
+/* The cache is stale when package.loaded.concur is not the table it was
+ * built with (busted, for one, unloads and re-requires modules per file). */
+static int modcache_fresh(lua_State *L) {
+    lua_getfield(L, -1, "concur");
+    lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");
+    lua_getfield(L, -1, "concur");
+    int fresh = lua_rawequal(L, -1, -3);
+    lua_pop(L, 3);
+    return fresh;
+}
+
 static int modcache(enc *e) {
     if (!e->modcache) {
-        cb_rawgetp(e->L, LUA_REGISTRYINDEX, &MODCACHE_KEY);
-        if (lua_isnil(e->L, -1)) {
-            lua_pop(e->L, 1);
-            build_modcache(e->L);
+        lua_State *L = e->L;
+        cb_rawgetp(L, LUA_REGISTRYINDEX, &MODCACHE_KEY);
+        if (lua_isnil(L, -1) || !modcache_fresh(L)) {
+            lua_pop(L, 1);
+            build_modcache(L);
         }
-        e->modcache = lua_gettop(e->L);
+        e->modcache = lua_gettop(L);
     }
     return e->modcache;
 }
@@ -351,11 +365,8 @@ static void encode_cfunction(enc *e, int idx) {
         }
         lua_pop(L, 1);
         if (pass == 0) { /* a module loaded since the cache was built? */
-            lua_remove(L, e->modcache);
-            if (e->seen > e->modcache) e->seen--;
-            e->modcache = 0;
             build_modcache(L);
-            lua_pop(L, 1);
+            lua_replace(L, mc); /* same slot: indices above it stay valid */
         }
     }
     refuse(e, "a C function that is not in a loaded module");
@@ -390,6 +401,14 @@ static void encode_function(enc *e, int idx) {
     put_varint(e, (uint64_t)nups);
     for (int i = 1; i <= nups; i++) {
         const char *name = lua_getupvalue(L, idx, i);
+        if (name && strcmp(name, "_ENV") == 0) {
+            /* A function's environment is the receiver's globals, always:
+             * each thread and process has its own, and copying a sandbox
+             * (busted's, say) would drag a whole world along. */
+            put_byte(e, T_GLOBALS);
+            lua_pop(L, 1);
+            continue;
+        }
         enter(e, 'u', 0, (name && *name) ? name : "?");
         encode_value(e, lua_gettop(L));
         e->depth--;
@@ -561,8 +580,9 @@ static void push_module(dec *d, const char *name, size_t n) {
     if (lua_isnil(L, -1)) { /* not loaded here yet: require it */
         lua_pop(L, 1);
         lua_getglobal(L, "require");
-        if (!lua_isfunction(L, -1)) luaL_error(L, "%s: cannot load module '%s' here", d->fname, name);
         lua_pushlstring(L, name, n);
+        if (!lua_isfunction(L, -2))
+            luaL_error(L, "%s: cannot load module '%s' here", d->fname, lua_tostring(L, -1));
         lua_call(L, 1, 1);
     }
     lua_remove(L, -2);
@@ -670,8 +690,13 @@ static void decode_value(dec *d) {
         if (!lua_istable(L, -1)) corrupt(d, "C function of a module that is not a table");
         lua_pushlstring(L, field, fn);
         lua_gettable(L, -2);
-        if (!lua_iscfunction(L, -1))
-            luaL_error(L, "%s: no C function '%s.%s' here", d->fname, mod, field);
+        if (!lua_iscfunction(L, -1)) {
+            /* the names are not NUL-terminated in the message */
+            lua_pushlstring(L, mod, mn);
+            lua_pushlstring(L, field, fn);
+            luaL_error(L, "%s: no C function '%s.%s' here", d->fname, lua_tostring(L, -2),
+                       lua_tostring(L, -1));
+        }
         lua_remove(L, -2);
         break;
     }

@@ -242,8 +242,35 @@ static int l_memory(lua_State *L) {
     return 2;
 }
 
+/* concur.encode(...) -> string, concur.decode(s) -> values: the codec as a
+ * serializer. A string cannot own counts on shared objects, so those are
+ * refused here (they travel through queues, pipes and lists instead). */
+static int l_encode(lua_State *L) {
+    cc_buf b = {0};
+    cb_encode(L, 1, lua_gettop(L), &b, "concur.encode", 1);
+    const cc_msghdr *h = (const cc_msghdr *)b.data;
+    if (h->nrefs) {
+        cc_msg_release(b.data, b.len);
+        cc_buf_free(&b);
+        return luaL_error(L, "concur.encode: cannot encode shared objects into a string");
+    }
+    lua_pushlstring(L, b.data, b.len);
+    cc_buf_free(&b);
+    return 1;
+}
+
+static int l_decode(lua_State *L) {
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    if (n >= sizeof(cc_msghdr) && ((const cc_msghdr *)s)->nrefs)
+        return luaL_error(L, "concur.decode: corrupt message (shared objects in a string)");
+    lua_settop(L, 1);
+    return cb_decode(L, s, n, "concur.decode");
+}
+
 static const luaL_Reg utils[] = {
-    {"sleep", l_sleep}, {"clock", l_clock}, {"memory", l_memory}, {NULL, NULL},
+    {"sleep", l_sleep},   {"clock", l_clock},   {"memory", l_memory},
+    {"encode", l_encode}, {"decode", l_decode}, {NULL, NULL},
 };
 
 /* The primitives. Weak while the tree is assembled primitive by primitive:

@@ -1,0 +1,231 @@
+-- process.spawn, join, alive, kill, exitcode, process.run, pid, cpu_count
+local concur = require "concur"
+local process = concur.process
+
+local function tmpname()
+  local n = os.tmpname()
+  os.remove(n)
+  return n
+end
+
+describe("process.spawn", function()
+  it("runs the function in another process and returns its results", function()
+    local p = process.spawn(function(a, b) return a + b, process.pid() end, 20, 22)
+    local sum, pid = p:join(10)
+    assert.equal(42, sum)
+    assert.equal(p.pid, pid)
+    assert.are_not.equal(process.pid(), pid)
+  end)
+
+  it("returns every codec value from the child", function()
+    local p = process.spawn(function()
+      local t = {1, 2, x = {y = "z"}, [true] = false}
+      t.self = t
+      return nil, true, 3.5, "bytes\0here", t
+    end)
+    local a, b, c, d, t = p:join(10)
+    assert.is_nil(a)
+    assert.is_true(b)
+    assert.equal(3.5, c)
+    assert.equal("bytes\0here", d)
+    assert.equal("z", t.x.y)
+    assert.equal(t, t.self)
+    assert.is_false(t[true])
+  end)
+
+  it("gives the same results when joined twice", function()
+    local p = process.spawn(function() return {1, 2} end)
+    assert.same({1, 2}, p:join(10))
+    assert.same({1, 2}, p:join(10))
+  end)
+
+  it("re-raises the child's error with the child's traceback", function()
+    local p = process.spawn(function() error("child broke") end)
+    local ok, err = pcall(p.join, p, 10)
+    assert.is_false(ok)
+    assert.matches("process %d+ %(process%-%d+%) failed: .*child broke", err)
+    assert.matches("stack traceback", err)
+  end)
+
+  it("re-raises a table error object as it was", function()
+    local p = process.spawn(function() error({code = 7}) end)
+    local ok, err = pcall(p.join, p, 10)
+    assert.is_false(ok)
+    assert.equal(7, err.code)
+  end)
+
+  it("reports a child killed by a signal", function()
+    local p = process.spawn(function() concur.sleep(30) end)
+    assert.is_true(p:alive())
+    p:kill("SIGKILL")
+    local ok, err = pcall(p.join, p, 10)
+    assert.is_false(ok)
+    assert.matches("process " .. p.pid .. " %(process%-%d+%) killed by SIGKILL", err)
+    assert.equal(-9, p.exitcode)
+    assert.is_false(p:alive())
+  end)
+
+  it("accepts the table form with name and daemon", function()
+    local p = process.spawn{function(x) return x end, "hi", name = "worker"}
+    assert.equal("worker", p.name)
+    assert.is_false(p.daemon)
+    assert.equal("hi", p:join(10))
+    local ok, err = pcall(process.spawn{function() error("named") end, name = "w2"}.join, nil)
+    assert.is_false(ok)
+  end)
+
+  it("sets exitcode to 0 on success and 1 on error", function()
+    local p = process.spawn(function() end)
+    p:join(10)
+    assert.equal(0, p.exitcode)
+    local q = process.spawn(function() error("x") end)
+    pcall(q.join, q, 10)
+    assert.equal(1, q.exitcode)
+  end)
+
+  it("returns nil, 'timeout' when join times out", function()
+    local p = process.spawn(function() concur.sleep(30) end)
+    local v, why = p:join(0.01)
+    assert.is_nil(v)
+    assert.equal("timeout", why)
+    p:kill(9)
+    pcall(p.join, p, 10)
+  end)
+
+  it("refuses an untransferable argument before forking", function()
+    local before = tmpname()
+    local ok, err = pcall(process.spawn, function() io.open(before, "w"):close() end, coroutine.create(print))
+    assert.is_false(ok)
+    assert.matches("process.spawn: cannot send a coroutine %(argument 2%)", err)
+    assert.is_nil(io.open(before))
+  end)
+
+  it("names the field of an untransferable upvalue", function()
+    local cfg = {conn = {sock = io.stdout}}
+    local ok, err = pcall(process.spawn, function() return cfg end)
+    assert.is_false(ok)
+    assert.matches('upvalue "cfg", field "conn.sock"', err)
+  end)
+
+  it("rejects a non-function first argument", function()
+    assert.has_error(function() process.spawn(42) end)
+    assert.has_error(function() process.spawn{} end)
+  end)
+
+  it("rejects bad arguments to join and kill", function()
+    local p = process.spawn(function() end)
+    assert.has_error(function() p:join(-1) end)
+    assert.has_error(function() p:join("soon") end)
+    assert.has_error(function() p:kill("SIGNOPE") end)
+    p:join(10)
+    assert.is_false(p:kill(9)) -- already gone
+  end)
+
+  it("does not print a buffered line twice", function()
+    local out = tmpname()
+    local cmd = string.format(
+      "%s -e 'io.write(\"before \") local p = concur.process.spawn(function() io.write(\"child \") end) p:join(10) print(\"after\")' > %s 2>&1",
+      "build/concur", out)
+    if not io.open("build/concur") then pending("build/concur not built") return end
+    os.execute(cmd)
+    local f = io.open(out)
+    local s = f:read("*a")
+    f:close()
+    os.remove(out)
+    assert.equal("before child after\n", s)
+  end)
+
+  it("runs no parent finalizer in the child", function()
+    local out = tmpname()
+    local p = process.spawn(function()
+      -- a finalizer that would write if the child ran the parent's finalizers
+      setmetatable({}, {__gc = function() io.open(out, "w"):close() end})
+      return 1
+    end)
+    assert.equal(1, p:join(10))
+    assert.is_nil(io.open(out))
+  end)
+
+  it("joins unjoined children when the script ends, leaving no zombie", function()
+    if not io.open("build/concur") then pending("build/concur not built") return end
+    local f = io.popen("build/concur -e 'P = concur.process.spawn(function() concur.sleep(0.2) print(\"child done\") end) print(P.pid)'")
+    local s = f:read("*a")
+    f:close()
+    local pid = s:match("^(%d+)")
+    assert.truthy(s:find("child done", 1, true))
+    local ps = io.popen("ps -o stat= -p " .. pid .. " 2>/dev/null"):read("*a")
+    assert.equal("", ps)
+  end)
+
+  it("kills daemon children when the script ends", function()
+    if not io.open("build/concur") then pending("build/concur not built") return end
+    local f = io.popen("build/concur -e 'P = concur.process.spawn{function() concur.sleep(30) end, daemon = true} print(P.pid)'")
+    local t0 = concur.clock()
+    local pid = f:read("*a"):match("(%d+)")
+    f:close()
+    assert.is_true(concur.clock() - t0 < 20)
+    assert.equal("", io.popen("ps -o stat= -p " .. pid .. " 2>/dev/null"):read("*a"))
+  end)
+
+  it("spawns from inside a child", function()
+    local p = process.spawn(function()
+      local q = process.spawn(function() return process.pid() end)
+      return q:join(10), process.pid()
+    end)
+    local grandchild, child = p:join(10)
+    assert.are_not.equal(grandchild, child)
+  end)
+
+  it("refuses to join a process that is not its child", function()
+    -- a process handle cannot be sent; a forked child still sees the
+    -- parent's globals, so reach a sibling's handle through one
+    SIBLING = process.spawn(function() concur.sleep(0.3) end)
+    local p = process.spawn(function()
+      local ok, err = pcall(SIBLING.join, SIBLING, 1)
+      return ok, err
+    end)
+    local ok, err = p:join(10)
+    assert.is_false(ok)
+    assert.matches("is not a child of this process", err)
+    SIBLING:join(10)
+    SIBLING = nil
+  end)
+
+  it("reports cpu_count and pid", function()
+    assert.is_true(process.cpu_count() >= 1)
+    assert.equal("number", type(process.pid()))
+  end)
+end)
+
+describe("process.run", function()
+  it("runs a program and returns status, stdout and stderr", function()
+    local r = process.run{"sh", "-c", "cat; echo oops >&2; exit 3", stdin = "hello"}
+    assert.equal(3, r.status)
+    assert.equal("hello", r.stdout)
+    assert.equal("oops\n", r.stderr)
+  end)
+
+  it("kills a program that passes its timeout", function()
+    local t0 = concur.clock()
+    local r = process.run{"sleep", "30", timeout = 0.2}
+    assert.is_true(r.timeout)
+    assert.equal("SIGKILL", r.signal)
+    assert.is_true(concur.clock() - t0 < 10)
+  end)
+
+  it("raises when the program cannot be started", function()
+    assert.has_error(function() process.run{"/nonexistent/program"} end)
+  end)
+
+  it("passes large input and output through", function()
+    local big = string.rep("0123456789", 100000)
+    local r = process.run{"cat", stdin = big}
+    assert.equal(#big, #r.stdout)
+  end)
+
+  it("rejects bad arguments", function()
+    assert.has_error(function() process.run("ls") end)
+    assert.has_error(function() process.run{} end)
+    assert.has_error(function() process.run{"ls", timeout = -1} end)
+  end)
+end)
