@@ -69,11 +69,15 @@ $(B)/concur.pc: Makefile
 	@printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: concur\nDescription: real concurrency for Lua 5.4: processes, threads, shared lists, pipes, locks, queues\nVersion: %s\nRequires: lua5.4\nLibs: -L$${libdir} -lconcur -pthread\nCflags: -I$${includedir}\n' \
 	  "$(PREFIX)" "$$(sed -n 's/.*CONCUR_VERSION "\(.*\)".*/\1/p' include/concur.h)" > $@
 
+# an embedding program built against the installed-style artifacts
+$(B)/embed: tests/embed.c $(B)/libconcur.a $(B)/include/concur.h
+	$(CC) $(BASEFLAGS) $(CFLAGS) $(LUA54_CFLAGS) -I$(B)/include -o $@ $< $(B)/libconcur.a $(LUA54_LIBS) -lm -ldl
+
 deps:
 	@sh scripts/deps.sh
 
 test: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory all $(B)/embed
 	@sh scripts/test.sh
 
 # Sanitizer builds live in their own trees; the specs run against each.

@@ -45,6 +45,17 @@ run() { # name, then the command and its arguments
     fi
 }
 
+# the embedding test: a C program with its own state (tests/embed.c)
+if [ "${1:-}" != "--sanitize" ] && [ -z "${SPEC:-}" ]; then
+    echo "== embedding (build/embed)"
+    if [ -x build/embed ] && timeout 60 build/embed; then
+        passed=$((passed + 1))
+    else
+        echo "!! embedding test failed"
+        failed=$((failed + 1))
+    fi
+fi
+
 if [ "${1:-}" = "--sanitize" ]; then
     # fork-heavy specs under TSan: its runtime does not follow forked
     # children well, so keep the reports but do not abort on them there
