@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -104,7 +105,25 @@ int cc_read_all(int fd, cc_buf *out, double deadline) {
     }
 }
 
+/* A pidfd becomes readable when the child exits: no polling, no naps. */
+static int wait_pidfd(pid_t pid, double deadline) {
+    int fd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (fd < 0) return -ENOSYS;
+    int r = wait_readable(fd, deadline);
+    close(fd);
+    return r;
+}
+
 int cc_wait_pid(pid_t pid, int *status, double deadline) {
+    pid_t got = waitpid(pid, status, WNOHANG);
+    if (got == pid) return 0;
+    if (got < 0 && errno != EINTR) return -errno;
+    int r = wait_pidfd(pid, deadline);
+    if (r == 0) {
+        while ((got = waitpid(pid, status, 0)) < 0 && errno == EINTR) {}
+        return got == pid ? 0 : -errno;
+    }
+    if (r != -ENOSYS) return r;
     double nap = 0.0001;
     for (;;) {
         pid_t r = waitpid(pid, status, WNOHANG);
