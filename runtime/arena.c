@@ -137,7 +137,7 @@ void *cc_alloc(size_t n) {
         cls = NCLASS;
         size = (need + PAGE - 1) & ~(size_t)(PAGE - 1);
     }
-    if (cc_mutex_lock(&A->lock, CC_FOREVER) == -EINTR) return NULL;
+    cc_mutex_lock_hard(&A->lock);
     blk *b;
     if (cls < NCLASS && A->free[cls]) {
         freeblk *f = A->free[cls];
@@ -174,7 +174,7 @@ void cc_free(void *p) {
         /* give the pages back; keep the first page for the header */
         madvise((char *)b + PAGE, b->size - PAGE, MADV_REMOVE);
     }
-    cc_mutex_lock(&A->lock, CC_FOREVER);
+    cc_mutex_lock_hard(&A->lock);
     if (b->cls < NCLASS) {
         f->next = A->free[b->cls];
         A->free[b->cls] = f;

@@ -116,6 +116,10 @@ typedef struct cc_mutex { char opaque[48]; } cc_mutex;
 int cc_mutex_init(cc_mutex *m);
 int cc_mutex_lock(cc_mutex *m, double deadline);
 int cc_mutex_trylock(cc_mutex *m);
+/* Lock for a short internal critical section: waits forever, is never
+ * interrupted (an interrupted allocation must not look like exhaustion);
+ * 0 or -EOWNERDEAD. */
+int cc_mutex_lock_hard(cc_mutex *m);
 int cc_mutex_unlock(cc_mutex *m);
 void cc_mutex_destroy(cc_mutex *m);
 

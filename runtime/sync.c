@@ -67,6 +67,8 @@ int cc_mutex_lock(cc_mutex *m, double deadline) {
     }
 }
 
+int cc_mutex_lock_hard(cc_mutex *m) { return owner_check(PM(m), pthread_mutex_lock(PM(m))); }
+
 int cc_mutex_trylock(cc_mutex *m) { return owner_check(PM(m), pthread_mutex_trylock(PM(m))); }
 
 int cc_mutex_unlock(cc_mutex *m) { return -pthread_mutex_unlock(PM(m)); }
@@ -118,7 +120,7 @@ int cc_cond_wait(cc_cond *c, cc_mutex *m, double deadline) {
     c->waiters--;
     /* Re-lock unconditionally (not interruptible): the caller must hold
      * the mutex when this returns, whatever happened while asleep. */
-    int lr = owner_check(PM(m), pthread_mutex_lock(PM(m)));
+    int lr = cc_mutex_lock_hard(m);
     if (lr == -EOWNERDEAD) return lr;
     return r;
 }
