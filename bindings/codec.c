@@ -721,30 +721,30 @@ static void decode_value(dec *d) {
 int cb_decode(lua_State *L, const void *msg, size_t len, const char *fname) {
     dec d = {L, msg, (const unsigned char *)msg + len, fname, 0, 0, 0, 0};
     if (len < sizeof(cc_msghdr)) luaL_error(L, "%s: corrupt message (truncated)", fname);
-    const cc_msghdr *h = msg;
-    if (h->nrefs > MAX_REFS || cc_msg_payload_offset(h->nrefs) > len)
+    uint32_t nrefs = cc_msg_nrefs(msg);
+    if (nrefs > MAX_REFS || cc_msg_payload_offset(nrefs) > len)
         luaL_error(L, "%s: corrupt message (bad header)", fname);
     int base = lua_gettop(L);
-    d.nrefs = h->nrefs;
+    d.nrefs = nrefs;
     if (d.nrefs) {
         /* First make a handle (its own count) for each object, then drop
          * the message's counts: from here on the handles keep the objects
          * alive, and an error below leaks nothing (the GC frees them). */
-        cc_obj *const *refs = (cc_obj *const *)(h + 1);
         luaL_checkstack(L, 4, NULL);
         lua_createtable(L, (int)d.nrefs, 0);
         d.handles = lua_gettop(L);
         for (uint32_t i = 0; i < d.nrefs; i++) {
-            if (!cc_obj_valid(refs[i])) {
+            cc_obj *o = cc_msg_ref(msg, i);
+            if (!cc_obj_valid(o)) {
                 for (uint32_t j = i; j < d.nrefs; j++)
-                    if (cc_obj_valid(refs[j])) cc_release(refs[j]);
+                    if (cc_obj_valid(cc_msg_ref(msg, j))) cc_release(cc_msg_ref(msg, j));
                 luaL_error(L, "%s: corrupt message (bad shared object)", fname);
             }
-            cb_push(L, refs[i]); /* takes over the message's count */
+            cb_push(L, o); /* takes over the message's count */
             lua_rawseti(L, d.handles, (int)i + 1);
         }
     }
-    d.p = (const unsigned char *)msg + cc_msg_payload_offset(h->nrefs);
+    d.p = (const unsigned char *)msg + cc_msg_payload_offset(nrefs);
     lua_pushnil(L); /* the slot of the id -> value table */
     d.ids = lua_gettop(L);
     uint64_t n = get_varint(&d);

@@ -248,8 +248,7 @@ static int l_memory(lua_State *L) {
 static int l_encode(lua_State *L) {
     cc_buf b = {0};
     cb_encode(L, 1, lua_gettop(L), &b, "concur.encode", 1);
-    const cc_msghdr *h = (const cc_msghdr *)b.data;
-    if (h->nrefs) {
+    if (cc_msg_nrefs(b.data)) {
         cc_msg_release(b.data, b.len);
         cc_buf_free(&b);
         return luaL_error(L, "concur.encode: cannot encode shared objects into a string");
@@ -262,7 +261,7 @@ static int l_encode(lua_State *L) {
 static int l_decode(lua_State *L) {
     size_t n;
     const char *s = luaL_checklstring(L, 1, &n);
-    if (n >= sizeof(cc_msghdr) && ((const cc_msghdr *)s)->nrefs)
+    if (n >= sizeof(cc_msghdr) && cc_msg_nrefs(s))
         return luaL_error(L, "concur.decode: corrupt message (shared objects in a string)");
     lua_settop(L, 1);
     return cb_decode(L, s, n, "concur.decode");

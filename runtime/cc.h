@@ -98,6 +98,18 @@ typedef struct cc_msghdr {
 } cc_msghdr;
 
 size_t cc_msg_payload_offset(uint32_t nrefs);
+/* Messages may sit at any alignment (after a status byte, inside a pipe's
+ * stream, inline in a list slot): read their header only through these. */
+static inline uint32_t cc_msg_nrefs(const void *msg) {
+    uint32_t n;
+    __builtin_memcpy(&n, msg, sizeof n);
+    return n;
+}
+static inline cc_obj *cc_msg_ref(const void *msg, uint32_t i) {
+    cc_obj *o;
+    __builtin_memcpy(&o, (const char *)msg + sizeof(cc_msghdr) + (size_t)i * sizeof o, sizeof o);
+    return o;
+}
 void cc_msg_retain(const void *msg, size_t len);
 void cc_msg_release(const void *msg, size_t len);
 

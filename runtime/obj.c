@@ -67,24 +67,21 @@ size_t cc_msg_payload_offset(uint32_t nrefs) {
     return sizeof(cc_msghdr) + (size_t)nrefs * sizeof(cc_obj *);
 }
 
-static uint32_t msg_refs(const void *msg, size_t len, cc_obj *const **refs) {
+/* The number of references in a well-formed message, else 0. */
+static uint32_t msg_nrefs(const void *msg, size_t len) {
     if (len < sizeof(cc_msghdr)) return 0;
-    const cc_msghdr *h = msg;
-    if (cc_msg_payload_offset(h->nrefs) > len) return 0;
-    *refs = (cc_obj *const *)(h + 1);
-    return h->nrefs;
+    uint32_t n = cc_msg_nrefs(msg);
+    return cc_msg_payload_offset(n) > len ? 0 : n;
 }
 
 void cc_msg_retain(const void *msg, size_t len) {
-    cc_obj *const *refs;
-    uint32_t n = msg_refs(msg, len, &refs);
-    for (uint32_t i = 0; i < n; i++) cc_retain(refs[i]);
+    uint32_t n = msg_nrefs(msg, len);
+    for (uint32_t i = 0; i < n; i++) cc_retain(cc_msg_ref(msg, i));
 }
 
 void cc_msg_release(const void *msg, size_t len) {
-    cc_obj *const *refs;
-    uint32_t n = msg_refs(msg, len, &refs);
-    for (uint32_t i = 0; i < n; i++) cc_release(refs[i]);
+    uint32_t n = msg_nrefs(msg, len);
+    for (uint32_t i = 0; i < n; i++) cc_release(cc_msg_ref(msg, i));
 }
 
 /* ---- process-local buffers ---- */

@@ -22,7 +22,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     /* messages from outside cannot name shared objects: the header's
      * pointer table is only meaningful inside one process tree */
-    if (size >= sizeof(cc_msghdr) && ((const cc_msghdr *)data)->nrefs) return 0;
+    if (size >= sizeof(cc_msghdr) && cc_msg_nrefs(data)) return 0;
     cb_decode_protected(L, data, size);
     lua_settop(L, 0);
     lua_gc(L, LUA_GCCOLLECT, 0);
