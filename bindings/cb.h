@@ -35,6 +35,8 @@ int cb_decode_protected(lua_State *L, const void *msg, size_t len);
 typedef struct cb_handle {
     cc_obj *obj;        /* NULL once released */
     int flags;          /* per-handle state for types that need it */
+    pid_t owner;        /* the process whose count this handle holds: a
+                           forked child's GC must not release its parent's */
 } cb_handle;
 
 /* Register a type: metatable "concur.<name>" with methods as __index and

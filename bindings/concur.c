@@ -36,7 +36,7 @@ static int h_gc(lua_State *L) {
     if (h && h->obj) {
         cc_obj *o = h->obj;
         h->obj = NULL;
-        cc_release(o);
+        if (h->owner == cc_pid()) cc_release(o);
     }
     return 0;
 }
@@ -106,7 +106,8 @@ cb_handle *cb_push(lua_State *L, cc_obj *o) {
     cb_rawgetp(L, -1, o);
     cb_handle *h = lua_touserdata(L, -1);
     if (h && h->obj == o) {
-        cc_release(o); /* the existing handle already holds a count */
+        if (h->owner == cc_pid()) cc_release(o); /* it already holds a count */
+        else h->owner = cc_pid(); /* inherited: adopt this count as our own */
         lua_remove(L, -2);
         return h;
     }
@@ -119,6 +120,7 @@ cb_handle *cb_push(lua_State *L, cc_obj *o) {
     h = cb_newuserdata(L, sizeof *h);
     h->obj = o;
     h->flags = 0;
+    h->owner = cc_pid();
     lua_insert(L, -2);
     lua_setmetatable(L, -2);
     lua_pushvalue(L, -1);

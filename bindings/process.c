@@ -35,8 +35,12 @@ typedef struct cproc {
     int rfd;              /* result pipe, -1 once read to EOF */
     int reaped, status;   /* waitpid status once reaped */
     int daemon;
+    int args_refs;        /* args holds counts to give back once reaped */
     int holds_refs;       /* result holds a whole message owning its references */
     cc_buf result;        /* status byte then the message */
+    cc_buf args;          /* fn and arguments, encoded before the fork: their
+                             counts keep what the child uses alive until it
+                             is reaped, whatever the parent drops meanwhile */
     char name[64];
 } cproc;
 
@@ -173,10 +177,16 @@ static void close_result(cproc *p) {
     }
 }
 
+static void release_args(cproc *p) {
+    if (p->args_refs && p->owner == cc_pid()) cc_msg_release(p->args.data, p->args.len);
+    p->args_refs = 0;
+    cc_buf_free(&p->args);
+}
+
 /* Reap without blocking; 1 when the child is gone. */
 static int poll_reap(cproc *p) {
     if (p->reaped) return 1;
-    if (p->owner != getpid()) return 0;
+    if (p->owner != cc_pid()) return 0;
     if (waitpid(p->pid, &p->status, WNOHANG) == p->pid) p->reaped = 1;
     return p->reaped;
 }
@@ -195,6 +205,7 @@ static int finish(cproc *p, double deadline) {
         if (r) return r;
         p->reaped = 1;
     }
+    release_args(p);
     return 0;
 }
 
@@ -218,21 +229,18 @@ static int l_spawn(lua_State *L) {
         luaL_checktype(L, 1, LUA_TFUNCTION);
         nargs = lua_gettop(L) - 1;
     }
-    /* refuse what could not cross to a thread, before forking */
-    cc_buf probe = {0};
-    cb_encode(L, first, nargs + 1, &probe, "process.spawn", 1);
-    cc_msg_release(probe.data, probe.len);
-    cc_buf_free(&probe);
-
     cproc **box = lua_newuserdata(L, sizeof *box);
     *box = NULL;
     luaL_setmetatable(L, MT);
     cproc *p = calloc(1, sizeof *p);
     if (!p) return luaL_error(L, "process.spawn: out of memory");
     *box = p;
+    /* refuse what could not cross to a thread, before forking */
+    cb_encode(L, first, nargs + 1, &p->args, "process.spawn", 1);
+    p->args_refs = 1;
     p->rfd = -1;
     p->daemon = daemon;
-    p->owner = getpid();
+    p->owner = cc_pid();
     int fds[2];
     if (pipe2(fds, O_CLOEXEC)) return luaL_error(L, "process.spawn: pipe: %s", strerror(errno));
     cc_fork_track(fds[1], 1);
@@ -260,7 +268,7 @@ static int l_spawn(lua_State *L) {
 static int p_join(lua_State *L) {
     cproc *p = check(L, 1, "process:join");
     double deadline = cb_opt_deadline(L, 2, "process:join");
-    if (p->owner != getpid())
+    if (p->owner != cc_pid())
         return luaL_error(L, "process:join: process %d is not a child of this process", (int)p->pid);
     int r = finish(p, deadline);
     if (r) return cb_fail(L, r, "process:join");
@@ -328,12 +336,15 @@ static int p_gc(lua_State *L) {
     cproc *p = *box;
     if (!p) return 0;
     *box = NULL;
-    if (p->pid > 0 && p->owner == getpid()) {
+    if (p->pid > 0 && p->owner == cc_pid()) {
         if (p->daemon && !poll_reap(p)) kill(p->pid, SIGKILL);
         finish(p, CC_FOREVER);
     }
     close_result(p);
-    if (p->holds_refs) cc_msg_release(p->result.data + 1, p->result.len - 1);
+    int mine = p->owner == cc_pid(); /* in a forked child this is a copy */
+    if (p->holds_refs && mine) cc_msg_release(p->result.data + 1, p->result.len - 1);
+    if (mine) release_args(p);
+    cc_buf_free(&p->args);
     cc_buf_free(&p->result);
     free(p);
     return 0;
@@ -399,7 +410,7 @@ static int l_run(lua_State *L) {
 }
 
 static int l_pid(lua_State *L) {
-    cb_pushinteger(L, getpid());
+    cb_pushinteger(L, cc_pid());
     return 1;
 }
 

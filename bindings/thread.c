@@ -57,7 +57,8 @@ void concur_set_thread_init(concur_state_init fn, void *ud) {
 
 static void unref(cthread *t) {
     if (atomic_fetch_sub(&t->refs, 1) != 1) return;
-    if (t->holds_refs) cc_msg_release(t->msg.data, t->msg.len);
+    /* in a forked child this record is a copy: its counts are the parent's */
+    if (t->holds_refs && t->owner == cc_pid()) cc_msg_release(t->msg.data, t->msg.len);
     cc_buf_free(&t->msg);
     cc_done_destroy(&t->done);
     free(t->path);
@@ -224,7 +225,7 @@ static int l_new(lua_State *L) {
     cthread *t = calloc(1, sizeof *t);
     if (!t) return luaL_error(L, "thread.new: out of memory");
     atomic_store(&t->refs, 1);
-    t->owner = getpid();
+    t->owner = cc_pid();
     t->outcome = RUNNING;
     cc_done_init(&t->done);
     cthread **box = lua_newuserdata(L, sizeof *box);
@@ -253,7 +254,7 @@ static int l_new(lua_State *L) {
 /* Wait for t to end and reap it; 0 or a negative errno. */
 static int finish(lua_State *L, cthread *t, int idx, double deadline, const char *fname) {
     if (t == self) return luaL_error(L, "%s: a thread cannot join itself", fname);
-    if (t->owner != getpid())
+    if (t->owner != cc_pid())
         return luaL_error(L, "%s: the thread belongs to process %d", fname, (int)t->owner);
     int r = cc_done_wait(&t->done, deadline);
     if (r) return r;
@@ -302,7 +303,7 @@ static int t_gc(lua_State *L) {
     cthread *t = *box;
     if (!t) return 0;
     *box = NULL;
-    if (t->started && !t->joined && t->owner == getpid()) {
+    if (t->started && !t->joined && t->owner == cc_pid()) {
         cc_done_wait(&t->done, CC_FOREVER);
         pthread_join(t->tid, NULL);
         t->joined = 1;

@@ -55,6 +55,11 @@ typedef struct arena {
 
 static arena *A;
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
+static pid_t self_pid;
+
+static void refresh_pid(void) { self_pid = getpid(); }
+
+pid_t cc_pid(void) { return self_pid ? self_pid : (self_pid = getpid()); }
 
 size_t cc_arena_default_size(void) { return DEFAULT_SIZE; }
 
@@ -79,6 +84,8 @@ int cc_arena_init(size_t size) {
             a->end = (char *)p + size;
             a->magic = ARENA_MAGIC;
             atomic_store(&a->used, 0);
+            refresh_pid();
+            pthread_atfork(NULL, NULL, refresh_pid);
             __atomic_store_n(&A, a, __ATOMIC_RELEASE);
         }
     }

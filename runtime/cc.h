@@ -46,6 +46,12 @@ double cc_wait_slice(double deadline);
 struct timespec;
 void cc_timespec(double t, struct timespec *ts);
 
+/* This process's pid, cached and refreshed in every forked child (by a
+ * pthread_atfork handler registered by cc_arena_init). Counts on shared
+ * objects are owned per process: a handle inherited through fork belongs
+ * to the parent, and the child must never release it. */
+pid_t cc_pid(void);
+
 /* ---- arena (arena.c) ------------------------------------------------- */
 /* Reserve the shared region (idempotent, thread-safe). size 0 = default. */
 int cc_arena_init(size_t size);

@@ -142,6 +142,12 @@ static void set_nonblock(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NON
 
 /* the child side of cc_run: never returns */
 static void exec_child(char *const argv[], int in, int out, int err, int report) {
+    /* Lift all three above 2 first: one of them may itself be 0, 1 or 2
+     * (when the caller had those closed), and dup2 onto itself would keep
+     * its close-on-exec flag, and a later dup2 could clobber it. */
+    in = fcntl(in, F_DUPFD_CLOEXEC, 3);
+    out = fcntl(out, F_DUPFD_CLOEXEC, 3);
+    err = fcntl(err, F_DUPFD_CLOEXEC, 3);
     dup2(in, 0);
     dup2(out, 1);
     dup2(err, 2);

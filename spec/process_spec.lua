@@ -167,6 +167,43 @@ describe("process.spawn", function()
     assert.equal("", io.popen("ps -o stat= -p " .. pid .. " 2>/dev/null"):read("*a"))
   end)
 
+  it("never lets a child's garbage collector release the parent's objects", function()
+    if not concur.queue then pending("queue not built") return end
+    local keep = concur.queue()
+    collectgarbage("stop")
+    for _ = 1, 50 do concur.queue() end -- garbage the parent has not collected yet
+    local p = process.spawn(function()
+      collectgarbage()
+      collectgarbage() -- finalizes the inherited garbage in the child
+      return keep:put("from child")
+    end)
+    p:join(10)
+    collectgarbage("restart")
+    collectgarbage()
+    collectgarbage()
+    -- a double release frees one block twice and hands it out twice
+    local a, b = concur.queue(), concur.queue()
+    assert.are_not.equal(tostring(a), tostring(b))
+    a:put(1)
+    b:put(2)
+    assert.equal(1, a:get(1))
+    assert.equal(2, b:get(1))
+    assert.equal("from child", keep:get(1))
+  end)
+
+  it("keeps objects passed to a child alive while it runs", function()
+    if not concur.queue then pending("queue not built") return end
+    local p = process.spawn(function(q)
+      concur.sleep(0.2)
+      q:put("still here")
+      return q:get(1)
+    end, concur.queue()) -- the parent keeps no handle
+    collectgarbage()
+    collectgarbage()
+    for _ = 1, 100 do concur.queue():put("reuse the memory") end
+    assert.equal("still here", p:join(10))
+  end)
+
   it("spawns from inside a child", function()
     local p = process.spawn(function()
       local q = process.spawn(function() return process.pid() end)
@@ -203,6 +240,14 @@ describe("process.run", function()
     assert.equal(3, r.status)
     assert.equal("hello", r.stdout)
     assert.equal("oops\n", r.stderr)
+  end)
+
+  it("feeds stdin even when the caller's own stdin is closed", function()
+    if not io.open("build/concur") then pending("build/concur not built") return end
+    local f = io.popen([[build/concur -e 'print(process.run{"cat", stdin = "fed"}.stdout)' <&-]])
+    local out = f:read("*a")
+    f:close()
+    assert.equal("fed\n", out)
   end)
 
   it("kills a program that passes its timeout", function()

@@ -1,0 +1,242 @@
+/*
+ * queue.c -- queue([maxsize]) / queue.new([maxsize]): a FIFO of codec values
+ * shared by threads and processes.
+ *
+ *   q:put(v, [timeout])        true | nil, "timeout"; error on a closed queue
+ *   q:get([timeout])           v | nil, "timeout" | nil, "closed" (closed and drained)
+ *   q:put_many(tbl, [timeout]) the number put (one lock per batch)
+ *   q:get_many(max, [timeout]) an array of up to max values (waits for the first)
+ *   #q, q:len(), q:empty(), q:full(), q:maxsize(), q:close(), q:closed()
+ *   for v in q:iter() do ... end     until closed and drained
+ *
+ * nil can be queued (get returns nil, nil for it; use the second value or
+ * avoid queuing nil). Values are copied through the codec; shared objects
+ * travel by reference.
+ */
+#include "cb.h"
+#include "../runtime/queue.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    cc_buf buf;
+} scratch_t;
+
+/* One encode buffer per state, kept in the registry (no malloc per put). */
+static const char BUF_KEY = 'b';
+
+static cc_buf *scratch(lua_State *L) {
+    cb_rawgetp(L, LUA_REGISTRYINDEX, &BUF_KEY);
+    scratch_t *s = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    return &s->buf;
+}
+
+static int scratch_gc(lua_State *L) {
+    scratch_t *s = lua_touserdata(L, 1);
+    cc_buf_free(&s->buf);
+    return 0;
+}
+
+static cc_queue *check(lua_State *L, const char *fname) {
+    return (cc_queue *)cb_check(L, 1, CC_T_QUEUE, fname);
+}
+
+static int l_new(lua_State *L) {
+    /* called as queue(maxsize) (through __call, the library is argument 1)
+     * or queue.new(maxsize) */
+    int idx = lua_istable(L, 1) ? 2 : 1;
+    lua_Integer maxsize = 0;
+    if (!lua_isnoneornil(L, idx)) {
+        maxsize = cb_checkinteger(L, idx);
+        if (maxsize < 0) return luaL_argerror(L, idx, "maxsize must be >= 0");
+    }
+    cc_queue *q;
+    int r = cc_queue_new(&q, maxsize);
+    if (r) return cb_fail(L, r, "queue.new");
+    cb_push(L, (cc_obj *)q); /* the header is its first member */
+    return 1;
+}
+
+static int q_put(lua_State *L) {
+    cc_queue *q = check(L, "queue:put");
+    if (lua_gettop(L) < 2) return luaL_error(L, "queue:put: bad argument #1 (value expected)");
+    double deadline = cb_opt_deadline(L, 3, "queue:put");
+    cc_buf *b = scratch(L);
+    cb_encode(L, 2, 1, b, "queue:put", 1);
+    int r = cc_queue_put(q, b->data, b->len, deadline);
+    if (r) {
+        cc_msg_release(b->data, b->len);
+        if (r == -EPIPE) return luaL_error(L, "queue:put: the queue is closed");
+        return cb_fail(L, r, "queue:put");
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int q_get(lua_State *L) {
+    cc_queue *q = check(L, "queue:get");
+    double deadline = cb_opt_deadline(L, 2, "queue:get");
+    cc_buf *b = scratch(L);
+    int r = cc_queue_get(q, b, deadline);
+    if (r) return cb_fail(L, r, "queue:get");
+    lua_settop(L, 0);
+    return cb_decode(L, b->data, b->len, "queue:get");
+}
+
+static int q_put_many(lua_State *L) {
+    cc_queue *q = check(L, "queue:put_many");
+    luaL_checktype(L, 2, LUA_TTABLE);
+    double deadline = cb_opt_deadline(L, 3, "queue:put_many");
+    size_t n = (size_t)cb_rawlen(L, 2);
+    if (n == 0) {
+        cb_pushinteger(L, 0);
+        return 1;
+    }
+    cc_buf all = {0}, *one = scratch(L);
+    size_t *lens = malloc(n * sizeof *lens);
+    if (!lens) return luaL_error(L, "queue:put_many: out of memory");
+    /* encode each item; on a refusal, what was encoded is released */
+    size_t i;
+    for (i = 0; i < n; i++) {
+        lua_rawgeti(L, 2, (int)i + 1);
+        cb_encode(L, -1, 1, one, "queue:put_many", (int)i + 1);
+        lua_pop(L, 1);
+        if (cc_buf_reserve(&all, all.len + one->len) != 0) break;
+        memcpy(all.data + all.len, one->data, one->len);
+        all.len += one->len;
+        lens[i] = one->len;
+    }
+    int64_t put = i == n ? cc_queue_put_many(q, all.data, lens, n, deadline) : -ENOMEM;
+    /* release the references of the messages that did not go in */
+    size_t off = 0;
+    for (size_t k = 0; k < i; k++) {
+        if (put < 0 || k >= (size_t)put) cc_msg_release(all.data + off, lens[k]);
+        off += lens[k];
+    }
+    free(lens);
+    cc_buf_free(&all);
+    if (put == -EPIPE) return luaL_error(L, "queue:put_many: the queue is closed");
+    if (put < 0) return cb_fail(L, (int)put, "queue:put_many");
+    cb_pushinteger(L, put);
+    return 1;
+}
+
+static int q_get_many(lua_State *L) {
+    cc_queue *q = check(L, "queue:get_many");
+    lua_Integer max = cb_checkinteger(L, 2);
+    if (max < 1) return luaL_argerror(L, 2, "max must be >= 1");
+    double deadline = cb_opt_deadline(L, 3, "queue:get_many");
+    cc_buf *b = scratch(L);
+    size_t *lens, n;
+    int r = cc_queue_get_many(q, (size_t)max, b, &lens, &n, deadline);
+    if (r) {
+        free(lens);
+        return cb_fail(L, r, "queue:get_many");
+    }
+    lua_settop(L, 0);
+    lua_createtable(L, (int)n, 0);
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        /* a refusal mid-way must not leak the rest: decode takes over
+         * each message's references even when it raises */
+        cb_decode(L, b->data + off, lens[i], "queue:get_many");
+        lua_rawseti(L, 1, (int)i + 1);
+        off += lens[i];
+    }
+    free(lens);
+    return 1;
+}
+
+static int q_len(lua_State *L) {
+    cb_pushinteger(L, cc_queue_len(check(L, "queue:len")));
+    return 1;
+}
+
+static int q_empty(lua_State *L) {
+    lua_pushboolean(L, cc_queue_len(check(L, "queue:empty")) == 0);
+    return 1;
+}
+
+static int q_full(lua_State *L) {
+    cc_queue *q = check(L, "queue:full");
+    int64_t max = cc_queue_maxsize(q);
+    lua_pushboolean(L, max > 0 && cc_queue_len(q) >= max);
+    return 1;
+}
+
+static int q_maxsize(lua_State *L) {
+    int64_t max = cc_queue_maxsize(check(L, "queue:maxsize"));
+    if (max > 0) cb_pushinteger(L, max);
+    else lua_pushnil(L);
+    return 1;
+}
+
+static int q_close(lua_State *L) {
+    cc_queue_close(check(L, "queue:close"));
+    return 0;
+}
+
+static int q_closed(lua_State *L) {
+    lua_pushboolean(L, cc_queue_closed(check(L, "queue:closed")));
+    return 1;
+}
+
+static int iter_next(lua_State *L) {
+    cc_queue *q = (cc_queue *)cb_check(L, lua_upvalueindex(1), CC_T_QUEUE, "queue:iter");
+    cc_buf *b = scratch(L);
+    int r = cc_queue_get(q, b, CC_FOREVER);
+    if (r == -EPIPE) return 0;
+    if (r) return cb_fail(L, r, "queue:iter");
+    lua_settop(L, 0);
+    int n = cb_decode(L, b->data, b->len, "queue:iter");
+    return n > 0 ? 1 : 0;
+}
+
+static int q_iter(lua_State *L) {
+    check(L, "queue:iter");
+    lua_pushvalue(L, 1);
+    lua_pushcclosure(L, iter_next, 1);
+    return 1;
+}
+
+static int q_tostring(lua_State *L) {
+    cc_queue *q = check(L, "queue:__tostring");
+    int64_t max = cc_queue_maxsize(q);
+    if (max) lua_pushfstring(L, "queue: %p (%d of %d%s)", (void *)q, (int)cc_queue_len(q), (int)max,
+                             cc_queue_closed(q) ? ", closed" : "");
+    else lua_pushfstring(L, "queue: %p (%d%s)", (void *)q, (int)cc_queue_len(q),
+                         cc_queue_closed(q) ? ", closed" : "");
+    return 1;
+}
+
+static const luaL_Reg methods[] = {
+    {"put", q_put},         {"get", q_get},       {"put_many", q_put_many}, {"get_many", q_get_many},
+    {"len", q_len},         {"empty", q_empty},   {"full", q_full},         {"maxsize", q_maxsize},
+    {"close", q_close},     {"closed", q_closed}, {"iter", q_iter},         {NULL, NULL},
+};
+
+static const luaL_Reg meta[] = {
+    {"__len", q_len}, {"__tostring", q_tostring}, {NULL, NULL},
+};
+
+int cb_open_queue(lua_State *L) {
+    scratch_t *s = lua_newuserdata(L, sizeof *s);
+    s->buf = (cc_buf){0};
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, scratch_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    cb_rawsetp(L, LUA_REGISTRYINDEX, &BUF_KEY);
+    cb_newtype(L, CC_T_QUEUE, "queue", methods, meta);
+    lua_newtable(L);
+    lua_pushcfunction(L, l_new);
+    lua_setfield(L, -2, "new");
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, l_new);
+    lua_setfield(L, -2, "__call");
+    lua_setmetatable(L, -2);
+    return 1;
+}

@@ -1,0 +1,266 @@
+/*
+ * queue.c -- a many-producer, many-consumer queue of messages across
+ * threads and processes.
+ *
+ * Storage: a singly linked list of chunks in the arena (64 KiB, or one
+ * message's size if larger). A message is a u32 length then its bytes,
+ * padded to 8; producers append at the tail chunk, consumers read from the
+ * head chunk and free it when drained. So a put is a memcpy and two stores
+ * under the lock, and the arena allocator is touched once per 64 KiB, not
+ * once per message.
+ *
+ * Crash safety: a producer writes the message first and then publishes it
+ * with one store (the chunk's write offset); the count is bumped after, so
+ * a producer SIGKILLed between the two leaves a readable message and a
+ * count one short, which get tolerates (it never lets the count go below 0).
+ * Readers decide emptiness from the chunks, never from the count.
+ *
+ * Waiting: cc_cond (futex) with waiter counts: a put or get makes a system
+ * call only when someone is asleep. `event` is bumped on every put and on
+ * close for concur.wait, which sleeps on it.
+ */
+#include "queue.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CHUNK (64u * 1024u)
+#define ALIGN8(n) (((n) + 7u) & ~(size_t)7u)
+
+typedef struct chunk {
+    struct chunk *next;
+    size_t size, rd, wr;
+    char data[];
+} chunk;
+
+struct cc_queue {
+    cc_obj hdr;
+    cc_mutex m;
+    cc_cond not_empty, not_full;
+    _Atomic uint32_t event;
+    _Atomic uint32_t event_waiters;
+    int64_t maxsize;
+    int64_t count;
+    int closed;
+    chunk *head, *tail;
+};
+
+int cc_queue_new(cc_queue **out, int64_t maxsize) {
+    cc_queue *q = cc_calloc(sizeof *q);
+    if (!q) return -ENOMEM;
+    cc_obj_init(&q->hdr, CC_T_QUEUE);
+    int r = cc_mutex_init(&q->m);
+    if (r) {
+        cc_free(q);
+        return r;
+    }
+    cc_cond_init(&q->not_empty);
+    cc_cond_init(&q->not_full);
+    q->maxsize = maxsize > 0 ? maxsize : 0;
+    *out = q;
+    return 0;
+}
+
+void cc_queue_destroy(cc_obj *o) {
+    cc_queue *q = (cc_queue *)o;
+    for (chunk *c = q->head; c;) {
+        while (c->rd < c->wr) {
+            uint32_t len;
+            memcpy(&len, c->data + c->rd, 4);
+            cc_msg_release(c->data + c->rd + 8, len);
+            c->rd += 8 + ALIGN8(len);
+        }
+        chunk *next = c->next;
+        cc_free(c);
+        c = next;
+    }
+    cc_mutex_destroy(&q->m);
+    cc_free(q);
+}
+
+static int lock(cc_queue *q) {
+    int r = cc_mutex_lock_hard(&q->m);
+    return r == -EOWNERDEAD ? 0 : r; /* consistent by construction */
+}
+
+static void unlock(cc_queue *q) { cc_mutex_unlock(&q->m); }
+
+static void notify_event(cc_queue *q) {
+    q->event++;
+    if (q->event_waiters) cc_futex_wake(&q->event, INT_MAX);
+}
+
+/* Append one message; the caller holds the lock and checked room. */
+static int append(cc_queue *q, const void *msg, size_t len) {
+    size_t need = 8 + ALIGN8(len);
+    chunk *t = q->tail;
+    if (!t || t->size - t->wr < need) {
+        size_t size = need > CHUNK ? need : CHUNK;
+        chunk *c = cc_alloc(sizeof *c + size);
+        if (!c) return -ENOMEM;
+        c->next = NULL;
+        c->size = size;
+        c->rd = c->wr = 0;
+        if (t) t->next = c; /* publish the chunk */
+        else q->head = c;
+        q->tail = t = c;
+    }
+    uint32_t l32 = (uint32_t)len;
+    memcpy(t->data + t->wr, &l32, 4);
+    memcpy(t->data + t->wr + 8, msg, len);
+    t->wr += need; /* the commit */
+    q->count++;
+    return 0;
+}
+
+/* Take the head message into out (appending at out->len); lock held, the
+ * queue is not empty. */
+static int take(cc_queue *q, cc_buf *out) {
+    chunk *h = q->head;
+    while (h->rd == h->wr && h->next) { /* drained chunk: drop it */
+        q->head = h->next;
+        cc_free(h);
+        h = q->head;
+    }
+    uint32_t len;
+    memcpy(&len, h->data + h->rd, 4);
+    if (cc_buf_reserve(out, out->len + len) != 0) return -ENOMEM;
+    memcpy(out->data + out->len, h->data + h->rd + 8, len);
+    out->len += len;
+    h->rd += 8 + ALIGN8(len); /* the commit */
+    if (q->count > 0) q->count--;
+    if (h->rd == h->wr && !h->next) h->rd = h->wr = 0; /* reuse the last chunk */
+    return 0;
+}
+
+static int is_empty(cc_queue *q) {
+    for (chunk *c = q->head; c; c = c->next)
+        if (c->rd < c->wr) return 0;
+    return 1;
+}
+
+static int is_full(cc_queue *q) { return q->maxsize && q->count >= q->maxsize; }
+
+static int wait_room(cc_queue *q, double deadline) {
+    while (!q->closed && is_full(q)) {
+        int r = cc_cond_wait(&q->not_full, &q->m, deadline);
+        if (r && r != -EOWNERDEAD) return r;
+    }
+    return q->closed ? -EPIPE : 0;
+}
+
+int cc_queue_put(cc_queue *q, const void *msg, size_t len, double deadline) {
+    if (len > UINT32_MAX) return -EMSGSIZE;
+    lock(q);
+    int r = wait_room(q, deadline);
+    if (!r) r = append(q, msg, len);
+    if (!r) {
+        cc_cond_signal(&q->not_empty);
+        notify_event(q);
+    }
+    unlock(q);
+    return r;
+}
+
+int64_t cc_queue_put_many(cc_queue *q, const void *buf, const size_t *lens, size_t n,
+                          double deadline) {
+    const char *p = buf;
+    size_t done = 0;
+    lock(q);
+    int r = 0;
+    while (done < n) {
+        r = wait_room(q, deadline);
+        if (r) break;
+        while (done < n && !is_full(q)) {
+            r = append(q, p, lens[done]);
+            if (r) break;
+            p += lens[done++];
+        }
+        if (r) break;
+        cc_cond_broadcast(&q->not_empty);
+        notify_event(q);
+    }
+    unlock(q);
+    return done ? (int64_t)done : r;
+}
+
+static int wait_item(cc_queue *q, double deadline) {
+    while (is_empty(q)) {
+        if (q->closed) return -EPIPE;
+        int r = cc_cond_wait(&q->not_empty, &q->m, deadline);
+        if (r && r != -EOWNERDEAD) return r;
+    }
+    return 0;
+}
+
+int cc_queue_get(cc_queue *q, cc_buf *out, double deadline) {
+    lock(q);
+    int r = wait_item(q, deadline);
+    out->len = 0;
+    if (!r) r = take(q, out);
+    if (!r && q->maxsize) cc_cond_signal(&q->not_full);
+    unlock(q);
+    return r;
+}
+
+int cc_queue_get_many(cc_queue *q, size_t max, cc_buf *out, size_t **lens, size_t *n,
+                      double deadline) {
+    *n = 0;
+    *lens = NULL;
+    out->len = 0;
+    lock(q);
+    int r = wait_item(q, deadline);
+    if (!r) {
+        size_t cap = 64;
+        *lens = malloc(cap * sizeof **lens);
+        if (!*lens) r = -ENOMEM;
+        while (!r && *n < max && !is_empty(q)) {
+            if (*n == cap) {
+                size_t *g = realloc(*lens, (cap *= 2) * sizeof **lens);
+                if (!g) break;
+                *lens = g;
+            }
+            size_t before = out->len;
+            r = take(q, out);
+            if (!r) (*lens)[(*n)++] = out->len - before;
+        }
+        if (*n) r = 0;
+        if (q->maxsize) cc_cond_broadcast(&q->not_full);
+    }
+    unlock(q);
+    return r;
+}
+
+int64_t cc_queue_len(cc_queue *q) {
+    lock(q);
+    int64_t n = q->count;
+    unlock(q);
+    return n;
+}
+
+int64_t cc_queue_maxsize(cc_queue *q) { return q->maxsize; }
+
+int cc_queue_close(cc_queue *q) {
+    lock(q);
+    q->closed = 1;
+    cc_cond_broadcast(&q->not_empty);
+    cc_cond_broadcast(&q->not_full);
+    notify_event(q);
+    unlock(q);
+    return 0;
+}
+
+int cc_queue_closed(cc_queue *q) { return __atomic_load_n(&q->closed, __ATOMIC_ACQUIRE); }
+
+/* For concur.wait: ready means an item is there or the queue is closed. */
+int cc_queue_ready(cc_queue *q) {
+    lock(q);
+    int r = q->closed || !is_empty(q);
+    unlock(q);
+    return r;
+}
+
+_Atomic uint32_t *cc_queue_event_word(cc_queue *q) { return &q->event; }
+_Atomic uint32_t *cc_queue_event_waiters(cc_queue *q) { return &q->event_waiters; }

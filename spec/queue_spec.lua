@@ -1,0 +1,233 @@
+-- queue: put/get/close/iter/batches, across threads and processes
+local concur = require "concur"
+local queue, process, thread = concur.queue, concur.process, concur.thread
+
+describe("queue", function()
+  it("is first in, first out", function()
+    local q = queue()
+    for i = 1, 5 do assert.is_true(q:put(i)) end
+    assert.equal(5, #q)
+    for i = 1, 5 do assert.equal(i, q:get(1)) end
+    assert.is_true(q:empty())
+  end)
+
+  it("is created by queue() and queue.new()", function()
+    assert.equal(3, queue.new(3):maxsize())
+    assert.is_nil(queue():maxsize())
+    assert.has_error(function() queue(-1) end)
+    assert.has_error(function() queue("big") end)
+  end)
+
+  it("carries any codec value, shared objects by reference", function()
+    local q, inner = queue(), queue()
+    q:put({a = {1, 2}, s = "x"})
+    q:put(inner)
+    q:put(false)
+    assert.same({a = {1, 2}, s = "x"}, q:get(1))
+    local got = q:get(1)
+    assert.equal(inner, got)
+    got:put("through")
+    assert.equal("through", inner:get(1))
+    assert.is_false(q:get(1))
+  end)
+
+  it("returns nil, 'timeout' when empty", function()
+    local v, why = queue():get(0.01)
+    assert.is_nil(v)
+    assert.equal("timeout", why)
+  end)
+
+  it("blocks put on a full bounded queue until space or timeout", function()
+    local q = queue(2)
+    q:put(1)
+    q:put(2)
+    assert.is_true(q:full())
+    local ok, why = q:put(3, 0.01)
+    assert.is_nil(ok)
+    assert.equal("timeout", why)
+    local t = thread.new(function(qq) concur.sleep(0.05) return qq:get(5) end, q)
+    assert.is_true(q:put(3, 5)) -- room made by the thread
+    assert.equal(1, t:join(5))
+    assert.equal(2, q:get(1))
+    assert.equal(3, q:get(1))
+  end)
+
+  it("drains then reports closed; put on a closed queue is an error", function()
+    local q = queue()
+    q:put("last")
+    q:close()
+    assert.is_true(q:closed())
+    assert.equal("last", q:get(1))
+    local v, why = q:get(1)
+    assert.is_nil(v)
+    assert.equal("closed", why)
+    local ok, err = pcall(q.put, q, 1)
+    assert.is_false(ok)
+    assert.matches("queue:put: the queue is closed", err)
+  end)
+
+  it("wakes blocked getters on close", function()
+    local q = queue()
+    local t = thread.new(function(qq) return qq:get(10) end, q)
+    local p = process.spawn(function(qq) local v, why = qq:get(10) return why end, q)
+    concur.sleep(0.05)
+    q:close()
+    assert.equal("closed", select(2, t:join(10)))
+    assert.equal("closed", p:join(10))
+  end)
+
+  it("iterates until closed and drained", function()
+    local q = queue()
+    local p = process.spawn(function() for i = 1, 100 do q:put(i) end q:close() end)
+    local sum, n = 0, 0
+    for v in q:iter() do sum, n = sum + v, n + 1 end
+    p:join(10)
+    assert.equal(100, n)
+    assert.equal(5050, sum)
+  end)
+
+  it("moves batches with put_many and get_many", function()
+    local q = queue()
+    local items = {}
+    for i = 1, 1000 do items[i] = i end
+    assert.equal(1000, q:put_many(items))
+    local got = q:get_many(600, 1)
+    assert.equal(600, #got)
+    assert.equal(600, got[600])
+    assert.equal(400, #q:get_many(1000, 1))
+    assert.equal("timeout", select(2, q:get_many(10, 0.01)))
+    q:close()
+    assert.equal("closed", select(2, q:get_many(10, 1)))
+  end)
+
+  it("put_many into a bounded queue waits for room batch by batch", function()
+    local q = queue(10)
+    local p = process.spawn(function()
+      local t = {}
+      for i = 1, 100 do t[i] = i end
+      return q:put_many(t, 10)
+    end)
+    local sum = 0
+    for _ = 1, 100 do sum = sum + q:get(10) end
+    assert.equal(100, p:join(10))
+    assert.equal(5050, sum)
+  end)
+
+  it("moves 1,000,000 items from 4 producers to 3 consumers, none lost or duplicated", function()
+    local q = queue(10000)
+    local results = queue()
+    local n, per = 1000000, 250000
+    local producers, consumers = {}, {}
+    for w = 0, 3 do
+      local spawn = (w % 2 == 0) and process.spawn or thread.new
+      producers[#producers + 1] = spawn(function(qq, base, count)
+        local batch = {}
+        for i = 1, count do
+          batch[#batch + 1] = base + i
+          if #batch == 500 then qq:put_many(batch) batch = {} end
+        end
+        if #batch > 0 then qq:put_many(batch) end
+      end, q, w * per, per)
+    end
+    for c = 1, 3 do
+      local spawn = (c == 2) and thread.new or process.spawn
+      consumers[c] = spawn(function(qq, res)
+        local count, sum = 0, 0
+        while true do
+          local got = qq:get_many(1000)
+          if not got then break end
+          for i = 1, #got do count, sum = count + 1, sum + got[i] end
+        end
+        res:put({count, sum})
+      end, q, results)
+    end
+    for _, p in ipairs(producers) do p:join(120) end
+    q:close()
+    for _, c in ipairs(consumers) do c:join(120) end
+    local count, sum = 0, 0
+    for _ = 1, 3 do
+      local r = results:get(10)
+      count, sum = count + r[1], sum + r[2]
+    end
+    assert.equal(n, count)
+    assert.equal(n * (n + 1) / 2, sum)
+  end)
+
+  it("stays consistent when a producer is killed in the middle of puts", function()
+    local q = queue()
+    local acked = queue()
+    local p = process.spawn(function()
+      local i = 0
+      while true do
+        i = i + 1
+        q:put(i)
+        acked:put(i)
+      end
+    end)
+    concur.sleep(0.1)
+    p:kill(9)
+    pcall(p.join, p, 10)
+    local last = 0
+    while true do
+      local v = acked:get(0)
+      if not v then break end
+      last = v
+    end
+    assert.is_true(last > 0)
+    -- every acknowledged put is there, in order, and the queue still works
+    for i = 1, last do assert.equal(i, q:get(1)) end
+    q:put("after")
+    local rest = {}
+    while true do
+      local v = q:get(0)
+      if v == nil then break end
+      rest[#rest + 1] = v
+    end
+    assert.equal("after", rest[#rest])
+  end)
+
+  it("is usable after the thread that made it ended", function()
+    local q = thread.new(function()
+      local qq = require("concur").queue()
+      qq:put("made in a thread")
+      return qq
+    end):join(10)
+    assert.equal("made in a thread", q:get(1))
+  end)
+
+  it("rejects bad input", function()
+    local q = queue()
+    assert.has_error(function() q.put(nil, 1) end)
+    assert.has_error(function() q:put() end)
+    assert.has_error(function() q:put(1, -1) end)
+    assert.has_error(function() q:get("soon") end)
+    assert.has_error(function() q:put(coroutine.create(print)) end)
+    assert.has_error(function() q:put_many("x") end)
+    assert.has_error(function() q:get_many(0) end)
+    assert.has_error(function() queue.get({}, 1) end)
+  end)
+
+  it("does not grow shared memory over 10k create/drop cycles", function()
+    local function cycle()
+      for _ = 1, 10000 do
+        local q = queue()
+        q:put({1, 2, 3})
+      end
+      collectgarbage()
+      collectgarbage()
+    end
+    cycle()
+    local before = concur.memory()
+    cycle()
+    assert.is_true(concur.memory() - before < 64 * 1024)
+  end)
+
+  it("reports arena exhaustion clearly and stays usable", function()
+    local f = io.popen("CONCUR_SHM=2M build/concur -e 'local q = queue() local s = string.rep(\"x\", 100000) local ok, err = pcall(function() for i = 1, 1000 do q:put(s) end end) print(err) print(q:get() == s)' 2>&1")
+    if not io.open("build/concur") then pending("build/concur not built") return end
+    local out = f:read("*a")
+    f:close()
+    assert.matches("queue:put: shared memory exhausted %(%d+ MiB in use of 2; set CONCUR_SHM%)", out)
+    assert.matches("true", out)
+  end)
+end)
