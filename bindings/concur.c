@@ -78,7 +78,8 @@ void cb_newtype(lua_State *L, enum cc_type t, const char *name, const luaL_Reg *
             lua_pushvalue(L, -1);
             lua_setfield(L, -3, "__index");
         }
-        cb_setfuncs(L, methods, 0);
+        lua_pushvalue(L, -2); /* each method gets the metatable as upvalue 1 */
+        cb_setfuncs(L, methods, 1);
         lua_pop(L, 1);
     }
     lua_pushvalue(L, -1);
@@ -158,6 +159,19 @@ cc_obj *cb_check(lua_State *L, int idx, enum cc_type t, const char *fname) {
     snprintf(what, sizeof what, "%s", cb_typename(t));
     arg_error(L, idx, fname, what);
     return NULL;
+}
+
+cc_obj *cb_self(lua_State *L, const char *fname) {
+    cb_handle *h = lua_touserdata(L, 1);
+    if (h && lua_getmetatable(L, 1)) {
+        int same = lua_rawequal(L, -1, lua_upvalueindex(1));
+        lua_pop(L, 1);
+        if (same) {
+            if (!h->obj) luaL_error(L, "%s: the object was released", fname);
+            return h->obj;
+        }
+    }
+    return cb_check_any(L, 1, fname); /* raises the right message */
 }
 
 cc_obj *cb_check_any(lua_State *L, int idx, const char *fname) {

@@ -1,0 +1,253 @@
+-- lock, rlock, semaphore, event, condition, barrier: across threads and processes
+local concur = require "concur"
+local lock, process, thread, queue = concur.lock, concur.process, concur.thread, concur.queue
+
+describe("lock", function()
+  it("is created by lock() and lock.new()", function()
+    assert.is_false(lock():locked())
+    assert.is_false(lock.new():locked())
+  end)
+
+  it("acquires, reports locked, and times out when held", function()
+    local m = lock()
+    assert.is_true(m:acquire())
+    assert.is_true(m:locked())
+    assert.is_false(m:acquire(0.01))
+    m:release()
+    assert.is_false(m:locked())
+  end)
+
+  it("refuses a release by a thread that does not hold it", function()
+    local m = lock()
+    local ok, err = pcall(m.release, m)
+    assert.is_false(ok)
+    assert.matches("lock:release: lock not held by this thread", err)
+    m:acquire()
+    local t = thread.new(function(mm) return pcall(mm.release, mm) end, m)
+    assert.is_false(t:join(10))
+    m:release()
+  end)
+
+  it("runs a function holding it with with(), releasing on error too", function()
+    local m = lock()
+    assert.equal(42, m:with(function(a, b) return a * b end, 6, 7))
+    assert.is_false(m:locked())
+    local ok, err = pcall(m.with, m, function() error("inside") end)
+    assert.is_false(ok)
+    assert.matches("inside", err)
+    assert.is_false(m:locked())
+  end)
+
+  it("excludes other processes and threads", function()
+    local m = lock()
+    local counter = queue()
+    counter:put(0)
+    local workers = {}
+    for i = 1, 4 do
+      local spawn = (i % 2 == 0) and thread.new or process.spawn
+      workers[i] = spawn(function(mm, c)
+        for _ = 1, 500 do
+          mm:acquire()
+          local v = c:get(1) -- read-modify-write that only the lock makes safe
+          c:put(v + 1)
+          mm:release()
+        end
+      end, m, counter)
+    end
+    for _, w in ipairs(workers) do w:join(60) end
+    assert.equal(2000, counter:get(1))
+  end)
+
+  it("hands a lock whose holder process was killed to the next acquirer", function()
+    local m = lock()
+    local held = lock.event()
+    local p = process.spawn(function() m:acquire() held:set() concur.sleep(30) end)
+    assert.is_true(held:wait(10))
+    p:kill(9)
+    pcall(p.join, p, 10)
+    local ok, why = m:acquire(5)
+    assert.is_true(ok)
+    assert.equal("owner died", why)
+    m:release()
+    assert.is_true(m:acquire(1)) -- and it is an ordinary lock again
+    m:release()
+  end)
+
+  it("hands over a lock whose holder thread ended without releasing", function()
+    local m = lock()
+    thread.new(function(mm) mm:acquire() end, m):join(10)
+    local ok, why = m:acquire(5)
+    assert.is_true(ok)
+    assert.equal("owner died", why)
+    m:release()
+  end)
+
+  it("keeps lines whole when processes print under it", function()
+    local path = os.tmpname()
+    local m = lock()
+    local ps = {}
+    for i = 1, 4 do
+      ps[i] = process.spawn(function()
+        local f = io.open(path, "a")
+        f:setvbuf("no")
+        for k = 1, 200 do
+          m:with(function()
+            -- three writes per line: without the lock, lines would interleave
+            f:write("worker ", i)
+            f:write(" line ", k)
+            f:write(" end\n")
+          end)
+        end
+        f:close()
+      end)
+    end
+    for _, p in ipairs(ps) do p:join(60) end
+    local n = 0
+    for line in io.lines(path) do
+      n = n + 1
+      assert.truthy(line:match("^worker %d line %d+ end$"), line)
+    end
+    os.remove(path)
+    assert.equal(800, n)
+  end)
+
+  it("releases at the end of a <close> scope (Lua 5.4)", function()
+    if type(jit) == "table" or _VERSION ~= "Lua 5.4" then pending("needs Lua 5.4's <close>") return end
+    local m = lock()
+    local f = load([[local m = ...; do local held <close> = m; m:acquire() end; return m:locked()]])
+    assert.is_false(f(m))
+  end)
+
+  it("rejects bad input", function()
+    local m = lock()
+    assert.has_error(function() m:acquire(-1) end)
+    assert.has_error(function() m:acquire("x") end)
+    assert.has_error(function() m.acquire(queue()) end)
+    assert.has_error(function() m.acquire(nil) end)
+    assert.has_error(function() m:with("not a function") end)
+  end)
+end)
+
+describe("lock.rlock", function()
+  it("is re-entrant for its holder and exclusive for others", function()
+    local r = lock.rlock()
+    assert.is_true(r:acquire())
+    assert.is_true(r:acquire())
+    r:release()
+    assert.is_true(r:locked())
+    local t = thread.new(function(rr) return rr:acquire(0.01) end, r)
+    assert.is_false(t:join(10))
+    r:release()
+    assert.is_false(r:locked())
+  end)
+end)
+
+describe("lock.semaphore", function()
+  it("counts acquires and releases", function()
+    local s = lock.semaphore(2)
+    assert.is_true(s:acquire())
+    assert.is_true(s:acquire())
+    assert.is_false(s:acquire(0.01))
+    s:release(2)
+    assert.equal(2, s:value())
+    assert.has_error(function() lock.semaphore(-1) end)
+    assert.has_error(function() s:release(0) end)
+  end)
+
+  it("bounds concurrency across processes", function()
+    local s = lock.semaphore(2)
+    local inside, peak = queue(), queue()
+    inside:put(0)
+    peak:put(0)
+    local ps = {}
+    for i = 1, 5 do
+      ps[i] = process.spawn(function()
+        s:with(function()
+          local n = inside:get(1) + 1
+          inside:put(n)
+          local pk = peak:get(1)
+          peak:put(math.max(pk, n))
+          concur.sleep(0.02)
+          inside:put(inside:get(1) - 1)
+        end)
+      end)
+    end
+    for _, p in ipairs(ps) do p:join(30) end
+    assert.is_true(peak:get(1) <= 2)
+  end)
+end)
+
+describe("lock.event", function()
+  it("wakes waiters in other processes when set", function()
+    local e = lock.event()
+    local ps = {}
+    for i = 1, 3 do ps[i] = process.spawn(function() return e:wait(10) end) end
+    assert.is_false(e:is_set())
+    e:set()
+    for _, p in ipairs(ps) do assert.is_true(p:join(10)) end
+    assert.is_true(e:wait(0))
+    e:clear()
+    assert.is_false(e:wait(0.01))
+  end)
+end)
+
+describe("lock.condition", function()
+  it("waits for a predicate signalled from another process", function()
+    local c = lock.condition()
+    local box = queue()
+    local p = process.spawn(function()
+      c:acquire()
+      local ok = c:wait_for(function() return #box > 0 end, 10)
+      c:release()
+      return ok
+    end)
+    concur.sleep(0.05)
+    c:with(function() box:put(1) c:notify_all() end)
+    assert.is_true(p:join(10))
+  end)
+
+  it("times out, and requires the lock for wait and notify", function()
+    local c = lock.condition(lock())
+    assert.has_error(function() c:wait(0.01) end)
+    assert.has_error(function() c:notify() end)
+    c:acquire()
+    assert.is_false(c:wait(0.01))
+    c:release()
+    assert.has_error(function() lock.condition(queue()) end)
+  end)
+end)
+
+describe("lock.barrier", function()
+  it("releases all parties together with distinct indices", function()
+    local b = lock.barrier(3)
+    local ps = {process.spawn(function() return b:wait(10) end), thread.new(function(bb) return bb:wait(10) end, b)}
+    local mine = b:wait(10)
+    local seen = {[mine] = true}
+    for _, p in ipairs(ps) do seen[p:join(10)] = true end
+    assert.is_true(seen[0] and seen[1] and seen[2])
+    assert.equal(3, b:parties())
+  end)
+
+  it("breaks on a timeout, and reset mends it", function()
+    local b = lock.barrier(2)
+    local v, why = b:wait(0.01)
+    assert.is_nil(v)
+    assert.equal("timeout", why)
+    assert.is_true(b:broken())
+    assert.equal("broken", select(2, b:wait(1)))
+    b:reset()
+    assert.is_false(b:broken())
+    local p = process.spawn(function() return b:wait(10) end)
+    assert.is_number(b:wait(10))
+    assert.is_number(p:join(10))
+  end)
+
+  it("fails waiters when aborted", function()
+    local b = lock.barrier(3)
+    local p = process.spawn(function() return select(2, b:wait(10)) end)
+    concur.sleep(0.05)
+    b:abort()
+    assert.equal("broken", p:join(10))
+    assert.has_error(function() lock.barrier(0) end)
+  end)
+end)
