@@ -49,8 +49,9 @@ cb_handle *cb_push(lua_State *L, cc_obj *o);
 cc_obj *cb_check(lua_State *L, int idx, enum cc_type t, const char *fname);
 cc_obj *cb_check_any(lua_State *L, int idx, const char *fname);
 /* In a method registered through cb_newtype: argument 1 must be a handle of
- * the method's own type (one pointer compare with the metatable upvalue). */
-cc_obj *cb_self(lua_State *L, const char *fname);
+ * type t (one pointer compare with the metatable upvalue on the fast path;
+ * t = CC_T_NONE accepts any concur object, the caller then checks). */
+cc_obj *cb_self(lua_State *L, enum cc_type t, const char *fname);
 cc_obj *cb_test(lua_State *L, int idx);          /* any concur handle, or NULL */
 const char *cb_typename(enum cc_type t);         /* "queue", "list", ... */
 

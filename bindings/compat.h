@@ -37,6 +37,7 @@
 #define cb_isyieldable(L) lua_isyieldable(L)
 /* A count hook is how thread:cancel reaches pure Lua code. */
 #define CB_CANCEL_HOOK 1
+#define cb_tolstring(L, i) luaL_tolstring(L, i, NULL)
 #else /* LuaJIT 2.1 / Lua 5.1 API */
 #define CB_LUAJIT 1
 #define cb_rawlen(L, i) lua_objlen(L, i)
@@ -94,6 +95,14 @@ static inline void cb_requiref(lua_State *L, const char *name, lua_CFunction f) 
 /* No count hook under LuaJIT: a hook turns the JIT off for the whole state.
  * thread:cancel there takes effect at the next blocking wait only. */
 #define CB_CANCEL_HOOK 0
+/* tostring(v) through the global, as 5.1 has no luaL_tolstring */
+static inline const char *cb_tolstring(lua_State *L, int i) {
+    i = cb_absindex(L, i);
+    lua_getglobal(L, "tostring");
+    lua_pushvalue(L, i);
+    lua_call(L, 1, 1);
+    return lua_tostring(L, -1);
+}
 #ifndef LUA_OK
 #define LUA_OK 0
 #endif

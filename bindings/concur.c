@@ -161,7 +161,7 @@ cc_obj *cb_check(lua_State *L, int idx, enum cc_type t, const char *fname) {
     return NULL;
 }
 
-cc_obj *cb_self(lua_State *L, const char *fname) {
+cc_obj *cb_self(lua_State *L, enum cc_type t, const char *fname) {
     cb_handle *h = lua_touserdata(L, 1);
     if (h && lua_getmetatable(L, 1)) {
         int same = lua_rawequal(L, -1, lua_upvalueindex(1));
@@ -171,7 +171,9 @@ cc_obj *cb_self(lua_State *L, const char *fname) {
             return h->obj;
         }
     }
-    return cb_check_any(L, 1, fname); /* raises the right message */
+    /* not the method's own type, or called without the upvalue (as a
+     * metamethod): the full check, which raises the right message */
+    return t == CC_T_NONE ? cb_check_any(L, 1, fname) : cb_check(L, 1, t, fname);
 }
 
 cc_obj *cb_check_any(lua_State *L, int idx, const char *fname) {

@@ -25,7 +25,7 @@
 #include <stdint.h>
 
 #define CHECK(T, t, name) ((T *)cb_check(L, 1, t, name))
-#define SELF(T, name) ((T *)cb_self(L, name))
+#define SELF(T, t, name) ((T *)cb_self(L, t, name))
 
 static int push_new(lua_State *L, int r, cc_obj *o, const char *fname) {
     if (r) return cb_fail(L, r, fname);
@@ -53,7 +53,7 @@ static int acquired(lua_State *L, int r, const char *fname) {
 
 /* The lock of argument 1: a lock, an rlock, or a condition's lock. */
 static cc_lock *any_lock(lua_State *L, const char *fname) {
-    cc_obj *o = cb_self(L, fname);
+    cc_obj *o = cb_self(L, CC_T_NONE, fname);
     if (o->type == CC_T_LOCK || o->type == CC_T_RLOCK) return (cc_lock *)o;
     if (o->type == CC_T_COND) return cc_condvar_lock((cc_condvar *)o);
     luaL_error(L, "%s: bad argument #1 (lock expected, got %s)", fname, cb_typename(o->type));
@@ -135,13 +135,13 @@ static int s_new(lua_State *L) {
 }
 
 static int s_acquire(lua_State *L) {
-    cc_sem *s = SELF(cc_sem, "semaphore:acquire");
+    cc_sem *s = SELF(cc_sem, CC_T_SEM, "semaphore:acquire");
     double deadline = cb_opt_deadline(L, 2, "semaphore:acquire");
     return acquired(L, cc_sem_acquire(s, deadline), "semaphore:acquire");
 }
 
 static int s_release(lua_State *L) {
-    cc_sem *s = SELF(cc_sem, "semaphore:release");
+    cc_sem *s = SELF(cc_sem, CC_T_SEM, "semaphore:release");
     lua_Integer n = cb_optinteger(L, 2, 1);
     if (n < 1) return luaL_argerror(L, 2, "n must be >= 1");
     cc_sem_release(s, n);

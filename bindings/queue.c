@@ -41,7 +41,7 @@ static int scratch_gc(lua_State *L) {
 }
 
 static cc_queue *check(lua_State *L, const char *fname) {
-    return (cc_queue *)cb_self(L, fname);
+    return (cc_queue *)cb_self(L, CC_T_QUEUE, fname);
 }
 
 static int l_new(lua_State *L) {
