@@ -60,14 +60,14 @@ if [ "${1:-}" = "--sanitize" ]; then
     # fork-heavy specs under TSan: its runtime does not follow forked
     # children well, so keep the reports but do not abort on them there
     ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-        CONCUR_TEST_FLAVOUR=asan run asan build/asan/concur "$busted" "$specs"
+        CONCUR_TEST_FLAVOUR=asan run asan build/asan/concur "$busted" $specs
     TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 die_after_fork=0 report_signal_unsafe=0" \
-        CONCUR_TEST_FLAVOUR=tsan run tsan build/tsan/concur "$busted" "$specs"
+        CONCUR_TEST_FLAVOUR=tsan run tsan build/tsan/concur "$busted" $specs
 else
-    CONCUR_TEST_FLAVOUR=concur run concur build/concur "$busted" "$specs"
-    CONCUR_TEST_FLAVOUR=lua5.4 LUA_CPATH="build/lua5.4/?.so;;" run lua5.4 lua5.4 "$busted" "$specs"
+    CONCUR_TEST_FLAVOUR=concur run concur build/concur "$busted" $specs
+    CONCUR_TEST_FLAVOUR=lua5.4 LUA_CPATH="build/lua5.4/?.so;;" run lua5.4 lua5.4 "$busted" $specs
     if command -v luajit >/dev/null 2>&1; then
-        CONCUR_TEST_FLAVOUR=luajit LUA_CPATH="build/luajit/?.so;;" run luajit luajit "$busted" "$specs"
+        CONCUR_TEST_FLAVOUR=luajit LUA_CPATH="build/luajit/?.so;;" run luajit luajit "$busted" $specs
     fi
 fi
 echo "$passed passed, $failed failed"

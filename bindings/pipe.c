@@ -1,0 +1,172 @@
+/*
+ * pipe.c -- pipe() / pipe.new(): two connected ends, duplex by default
+ * (like multiprocessing.Pipe); pipe{duplex = false} gives (reader, writer).
+ *
+ *   e:send(v)            error on a closed end or when the peer is gone
+ *   e:recv([timeout])    v | nil, "closed" (EOF) | nil, "timeout"
+ *   e:poll([timeout])    true when recv would not block (data or EOF)
+ *   e:close(), e:closed(), e:fileno(), e.readable, e.writable
+ *
+ * Messages are codec values of any size (tested to 64 MiB). An end can be
+ * passed to threads, and to processes forked after it was made (as an
+ * argument, an upvalue, through a queue or another pipe); anywhere else its
+ * file descriptor means nothing, and using it is an error.
+ */
+#include "cb.h"
+#include "../runtime/pipe.h"
+
+#include <errno.h>
+#include <string.h>
+
+static const char BUF_KEY = 'b';
+
+static cc_buf *scratch(lua_State *L) {
+    cb_rawgetp(L, LUA_REGISTRYINDEX, &BUF_KEY);
+    cc_buf *b = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    return b;
+}
+
+static int buf_gc(lua_State *L) {
+    cc_buf_free(lua_touserdata(L, 1));
+    return 0;
+}
+
+static cc_pipe *check(lua_State *L, const char *fname) {
+    cc_pipe *p = (cc_pipe *)cb_self(L, CC_T_PIPE, fname);
+    if (!cc_pipe_usable(p))
+        luaL_error(L, "%s: this pipe end cannot be used in a process started before it was made", fname);
+    return p;
+}
+
+static int l_new(lua_State *L) {
+    int duplex = 1;
+    int idx = lua_isnil(L, 1) && lua_gettop(L) >= 2 ? 2 : 1; /* l_call puts nil first */
+    if (lua_istable(L, idx)) {
+        lua_getfield(L, idx, "duplex");
+        if (!lua_isnil(L, -1)) duplex = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+    } else if (!lua_isnoneornil(L, idx)) {
+        return luaL_argerror(L, 1, "options table expected");
+    }
+    cc_pipe *a, *b;
+    int r = cc_pipe_new(&a, &b, duplex);
+    if (r) return cb_fail(L, r, "pipe.new");
+    cb_push(L, (cc_obj *)a);
+    cb_push(L, (cc_obj *)b);
+    return 2;
+}
+
+static int l_call(lua_State *L) {
+    lua_remove(L, 1); /* the library */
+    lua_pushnil(L);
+    lua_insert(L, 1);
+    return l_new(L);
+}
+
+static int e_send(lua_State *L) {
+    cc_pipe *p = check(L, "pipe:send");
+    if (lua_gettop(L) < 2) return luaL_error(L, "pipe:send: bad argument #1 (value expected)");
+    if (!cc_pipe_writable(p)) return luaL_error(L, "pipe:send: this end is read-only");
+    if (cc_pipe_closed(p)) return luaL_error(L, "pipe:send: the pipe end is closed");
+    cc_buf *b = scratch(L);
+    cb_encode(L, 2, 1, b, "pipe:send", 1);
+    int r = cc_pipe_send(p, b->data, b->len, CC_FOREVER);
+    if (r) {
+        cc_msg_release(b->data, b->len);
+        if (r == -EPIPE) return luaL_error(L, "pipe:send: the other end is closed");
+        if (r == -EBADF) return luaL_error(L, "pipe:send: the pipe end is closed");
+        return cb_fail(L, r, "pipe:send");
+    }
+    return 0;
+}
+
+static int e_recv(lua_State *L) {
+    cc_pipe *p = check(L, "pipe:recv");
+    double deadline = cb_opt_deadline(L, 2, "pipe:recv");
+    if (!cc_pipe_readable(p)) return luaL_error(L, "pipe:recv: this end is write-only");
+    if (cc_pipe_closed(p)) return luaL_error(L, "pipe:recv: the pipe end is closed");
+    cc_buf *b = scratch(L);
+    int r = cc_pipe_recv(p, b, deadline);
+    if (r == -EBADF) return luaL_error(L, "pipe:recv: the pipe end is closed");
+    if (r) return cb_fail(L, r, "pipe:recv");
+    lua_settop(L, 0);
+    return cb_decode(L, b->data, b->len, "pipe:recv");
+}
+
+static int e_poll(lua_State *L) {
+    cc_pipe *p = check(L, "pipe:poll");
+    double deadline = lua_isnoneornil(L, 2) ? cc_now() : cb_opt_deadline(L, 2, "pipe:poll");
+    int r = cc_pipe_poll(p, deadline);
+    if (r < 0) return cb_fail(L, r, "pipe:poll");
+    lua_pushboolean(L, r > 0);
+    return 1;
+}
+
+static int e_close(lua_State *L) {
+    cc_pipe_close((cc_pipe *)cb_self(L, CC_T_PIPE, "pipe:close"));
+    return 0;
+}
+
+static int e_closed(lua_State *L) {
+    lua_pushboolean(L, cc_pipe_closed((cc_pipe *)cb_self(L, CC_T_PIPE, "pipe:closed")));
+    return 1;
+}
+
+static int e_fileno(lua_State *L) {
+    cb_pushinteger(L, cc_pipe_fd(check(L, "pipe:fileno")));
+    return 1;
+}
+
+static int e_index(lua_State *L) {
+    const char *k = lua_tostring(L, 2);
+    if (k && (strcmp(k, "readable") == 0 || strcmp(k, "writable") == 0)) {
+        cc_pipe *p = (cc_pipe *)cb_check(L, 1, CC_T_PIPE, "pipe:__index");
+        lua_pushboolean(L, k[0] == 'r' ? cc_pipe_readable(p) : cc_pipe_writable(p));
+        return 1;
+    }
+    lua_pushvalue(L, 2);
+    lua_rawget(L, lua_upvalueindex(1));
+    return 1;
+}
+
+static int e_tostring(lua_State *L) {
+    cc_pipe *p = (cc_pipe *)cb_check(L, 1, CC_T_PIPE, "pipe:__tostring");
+    lua_pushfstring(L, "pipe end: %p (%s%s)", (void *)p,
+                    cc_pipe_readable(p) && cc_pipe_writable(p) ? "duplex"
+                    : cc_pipe_readable(p)                      ? "reader"
+                                                               : "writer",
+                    cc_pipe_closed(p) ? ", closed" : "");
+    return 1;
+}
+
+static const luaL_Reg methods[] = {
+    {"send", e_send},     {"recv", e_recv},     {"poll", e_poll}, {"close", e_close},
+    {"closed", e_closed}, {"fileno", e_fileno}, {NULL, NULL},
+};
+
+static const luaL_Reg meta[] = {{"__tostring", e_tostring}, {NULL, NULL}};
+
+int cb_open_pipe(lua_State *L) {
+    cc_buf *b = lua_newuserdata(L, sizeof *b);
+    memset(b, 0, sizeof *b);
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, buf_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    cb_rawsetp(L, LUA_REGISTRYINDEX, &BUF_KEY);
+    cb_newtype(L, CC_T_PIPE, "pipe", methods, meta);
+    luaL_getmetatable(L, "concur.pipe");
+    lua_getfield(L, -1, "__index");
+    lua_pushcclosure(L, e_index, 1);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushcfunction(L, l_new);
+    lua_setfield(L, -2, "new");
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, l_call);
+    lua_setfield(L, -2, "__call");
+    lua_setmetatable(L, -2);
+    return 1;
+}

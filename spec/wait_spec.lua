@@ -1,0 +1,57 @@
+-- concur.wait: which pipes and queues are ready
+local concur = require "concur"
+local pipe, queue, process, thread = concur.pipe, concur.queue, concur.process, concur.thread
+
+describe("concur.wait", function()
+  it("returns an empty table on timeout", function()
+    local _, b = pipe()
+    assert.same({}, concur.wait({b, queue()}, 0.02))
+  end)
+
+  it("returns the pipes with data", function()
+    local a1, b1 = pipe()
+    local _, b2 = pipe()
+    a1:send(1)
+    local ready = concur.wait({b1, b2}, 1)
+    assert.equal(1, #ready)
+    assert.equal(b1, ready[1])
+  end)
+
+  it("returns non-empty and closed queues", function()
+    local q1, q2, q3 = queue(), queue(), queue()
+    q1:put(1)
+    q3:close()
+    local ready = concur.wait({q1, q2, q3}, 1)
+    assert.equal(2, #ready)
+  end)
+
+  it("wakes when another process writes", function()
+    local a, b = pipe()
+    local q = queue()
+    local p = process.spawn(function() concur.sleep(0.05) a:send("x") end)
+    local ready = concur.wait({q, b}, 10)
+    assert.equal(b, ready[1])
+    p:join(10)
+  end)
+
+  it("wakes on a single queue put from a thread", function()
+    local q = queue()
+    local t = thread.new(function(qq) concur.sleep(0.05) qq:put(1) end, q)
+    local ready = concur.wait({q}, 10)
+    assert.equal(q, ready[1])
+    t:join(10)
+  end)
+
+  it("reports a pipe at EOF as ready", function()
+    local a, b = pipe()
+    a:close()
+    assert.equal(b, concur.wait({b}, 1)[1])
+  end)
+
+  it("rejects bad input", function()
+    assert.has_error(function() concur.wait("x") end)
+    assert.has_error(function() concur.wait({1}) end)
+    assert.has_error(function() concur.wait({concur.lock()}) end)
+    assert.has_error(function() concur.wait({queue()}, -1) end)
+  end)
+end)
