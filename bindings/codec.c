@@ -61,8 +61,8 @@ typedef struct enc {
     cc_buf *b;
     const char *fname;
     int arg;           /* current argument number, for messages */
-    int seen;          /* stack index of the table -> id map, 0 until needed */
-    int modcache;      /* stack index of the module cache, 0 until needed */
+    int seen;          /* stack slot of the table -> id map (nil until needed) */
+    int modcache;      /* stack slot of the module cache (nil until needed) */
     int nextid;
     cc_obj *refs[MAX_REFS];
     uint32_t nrefs;
@@ -203,15 +203,18 @@ static int modcache_fresh(lua_State *L) {
     return fresh;
 }
 
+/* The module cache sits in a stack slot reserved by cb_encode (nil until
+ * first needed): pushing it on top mid-encode would shift the indices the
+ * enclosing frames hold. */
 static int modcache(enc *e) {
-    if (!e->modcache) {
-        lua_State *L = e->L;
+    lua_State *L = e->L;
+    if (lua_isnil(L, e->modcache)) {
         cb_rawgetp(L, LUA_REGISTRYINDEX, &MODCACHE_KEY);
         if (lua_isnil(L, -1) || !modcache_fresh(L)) {
             lua_pop(L, 1);
             build_modcache(L);
         }
-        e->modcache = lua_gettop(L);
+        lua_replace(L, e->modcache);
     }
     return e->modcache;
 }
@@ -220,9 +223,9 @@ static int modcache(enc *e) {
  * tag and a new id and return 0. */
 static int seen_before(enc *e, int idx, int tag) {
     lua_State *L = e->L;
-    if (!e->seen) {
+    if (lua_isnil(L, e->seen)) { /* in its reserved slot, made on first use */
         lua_newtable(L);
-        e->seen = lua_gettop(L);
+        lua_replace(L, e->seen);
     }
     lua_pushvalue(L, idx);
     lua_rawget(L, e->seen);
@@ -489,7 +492,10 @@ void cb_encode(lua_State *L, int first, int n, cc_buf *out, const char *fname, i
     e->L = L;
     e->b = out;
     e->fname = fname;
-    e->seen = e->modcache = 0;
+    lua_pushnil(L); /* reserved slots: the seen-table and the module cache */
+    e->seen = lua_gettop(L);
+    lua_pushnil(L);
+    e->modcache = lua_gettop(L);
     e->nextid = 1;
     e->nrefs = 0;
     e->depth = 0;

@@ -61,7 +61,7 @@ if [ "${1:-}" = "--sanitize" ]; then
     # children well, so keep the reports but do not abort on them there
     ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
         CONCUR_TEST_FLAVOUR=asan run asan build/asan/concur "$busted" $specs
-    TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 die_after_fork=0 report_signal_unsafe=0" \
+    TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 die_after_fork=0 report_signal_unsafe=0 suppressions=$PWD/scripts/tsan.supp" \
         CONCUR_TEST_FLAVOUR=tsan run tsan build/tsan/concur "$busted" $specs
 else
     CONCUR_TEST_FLAVOUR=concur run concur build/concur "$busted" $specs

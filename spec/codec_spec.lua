@@ -61,6 +61,15 @@ describe("codec", function()
     assert.equal(15, f(5))
   end)
 
+  it("carries a function whose upvalues are a table then a module", function()
+    -- regression: helper tables made mid-encode shifted the upvalue stack
+    local data, process = {1}, concur.process
+    local f = roundtrip(function() return data[1], type(process.pid) end)
+    local a, b = f()
+    assert.equal(1, a)
+    assert.equal("function", b)
+  end)
+
   it("sends globals as the receiver's globals", function()
     local f = roundtrip(function() return type(print) end)
     assert.equal("function", f())

@@ -1,0 +1,216 @@
+-- make bench: every workload in concur, Python and C, side by side.
+-- usage: build/concur scripts/bench/run.lua [--quick]
+--
+-- Each repetition runs concur, Python and C in turn (A B C A B C ...) so a
+-- drift in the machine's speed hits all three alike; figures are medians of
+-- REPS runs with min and max. Results: a table on stdout,
+-- build/bench/results.json and build/bench/report.svg.
+local quick = arg[1] == "--quick"
+local REPS = quick and 3 or 5
+local here = "scripts/bench/"
+local out = "build/bench/"
+os.execute("mkdir -p " .. out)
+
+local function sh(cmd)
+  local f = io.popen(cmd .. " 2>/dev/null")
+  local s = f:read("*a")
+  local ok = f:close()
+  return ok and s or nil
+end
+
+local has_python = sh("command -v python3") ~= nil and sh("command -v python3") ~= ""
+if not has_python then print("notice: python3 not found: the Python column is skipped") end
+local cc = os.getenv("CC") or "cc"
+local cref = out .. "c_ref"
+local has_c = os.execute(cc .. " -O2 -pthread -o " .. cref .. " " .. here .. "c_ref.c 2>/dev/null")
+if not has_c then print("notice: could not build the C reference: the C column is skipped") end
+
+-- name, label, unit, higher-is-better, {concur workload, size, quick size},
+-- {python ...} or false, {c ...} or false, target
+local P, Q = 3000000, 200000
+local rows = {
+  {"primes_t1", "primes [0,3e6), C kernel, 1 thread", "s", false, {"primes_c_t1", P, Q}, {"primes_py_p1", P, Q}, {"primes_t1", P, Q}},
+  {"primes_t2", "primes, C kernel, 2 threads", "s", false, {"primes_c_t2", P, Q}, {"primes_py_p2", P, Q}, {"primes_t2", P, Q}},
+  {"primes_t3", "primes, C kernel, 3 threads", "s", false, {"primes_c_t3", P, Q}, {"primes_py_p3", P, Q}, {"primes_t3", P, Q}},
+  {"primes_p2", "primes, C kernel, 2 processes", "s", false, {"primes_c_p2", P, Q}, {"primes_py_p2", P, Q}, {"primes_t2", P, Q}},
+  {"primes_p3", "primes, C kernel, 3 processes", "s", false, {"primes_c_p3", P, Q}, {"primes_py_p3", P, Q}, {"primes_t3", P, Q}},
+  {"primes_lua_t1", "primes, pure-Lua is_prime, 1 thread", "s", false, {"primes_lua_t1", P, Q}, {"primes_py_p1", P, Q}, {"primes_t1", P, Q}},
+  {"primes_lua_t3", "primes, pure-Lua is_prime, 3 threads", "s", false, {"primes_lua_t3", P, Q}, {"primes_py_t3", P, Q}, {"primes_t3", P, Q}},
+  {"list_append_3p", "shared.list:append per item, 3 processes", "/s", true, {"list_append_3p", 300000, 30000}, {"list_append_3p", 10000, 2000}, {"list_append_3p", 300000, 30000},
+    {">=", 2e6, "abs"}},
+  {"list_extend_3p", "shared.list:extend in 1000s, 3 processes", "/s", true, {"list_extend_3p", 300000, 30000}, {"list_extend_3p", 100000, 20000}, false},
+  {"queue_tt", "queue, thread -> thread", "/s", true, {"queue_tt", 1000000, 100000}, {"queue_tt", 200000, 50000}, {"queue_tt", 1000000, 100000}, {">=", 2e6, "abs"}},
+  {"queue_pp", "queue, process -> process", "/s", true, {"queue_pp", 1000000, 100000}, {"queue_pp", 200000, 50000}, {"queue_pp", 1000000, 100000}, {">=", 1e6, "abs"}},
+  {"queue_pp4", "queue, 4 producer processes -> 1", "/s", true, {"queue_pp4", 1000000, 100000}, {"queue_pp4", 200000, 50000}, {"queue_pp4", 1000000, 100000}},
+  {"pipe_oneway", "pipe one-way, process -> process", "/s", true, {"pipe_oneway", 500000, 50000}, {"pipe_oneway", 200000, 50000}, {"pipe_oneway", 500000, 50000}, {">=", 1e6, "abs"}},
+  {"pipe_rtt", "pipe round trip", "us", false, {"pipe_rtt", 20000, 2000}, {"pipe_rtt", 20000, 2000}, {"pipe_rtt", 20000, 2000}, {"<=", 2, "vs_c"}},
+  {"lock_uncontended", "lock acquire+release, uncontended", "/s", true, {"lock_uncontended", 5000000, 500000}, {"lock_uncontended", 5000000, 500000}, {"lock_uncontended", 5000000, 500000}, {">=", 15e6, "abs"}},
+  {"lock_contended2", "lock acquire+release, 2 threads contending", "/s", true, {"lock_contended2", 1000000, 100000}, {"lock_contended2", 1000000, 100000}, {"lock_contended2", 1000000, 100000}},
+  {"spawn_process", "process spawn+join (median)", "us", false, {"spawn_process", 200, 50}, {"spawn_process", 100, 20}, {"spawn_process", 200, 50}, {"<=", 500, "abs"}},
+  {"spawn_thread", "thread new+join (median)", "us", false, {"spawn_thread", 500, 100}, {"spawn_thread", 500, 100}, {"spawn_thread", 500, 100}, {"<=", 100, "abs"}},
+  {"rss_thread", "memory per idle thread", "KiB", false, {"rss_thread", 20, 10}, {"rss_thread", 20, 10}, {"rss_thread", 20, 10}},
+  {"rss_process", "memory per idle process (PSS)", "KiB", false, {"rss_process", 10, 5}, {"rss_process", 10, 5}, {"rss_process", 10, 5}},
+}
+
+local function run_one(kind, spec)
+  if not spec then return nil end
+  local size = quick and spec[3] or spec[2]
+  local cmd
+  if kind == "concur" then cmd = string.format("timeout 300 build/concur %sconcur_bench.lua %s %d", here, spec[1], size)
+  elseif kind == "python" then
+    if not has_python then return nil end
+    cmd = string.format("timeout 300 python3 %spython_ref.py %s %d", here, spec[1], size)
+  else
+    if not has_c then return nil end
+    cmd = string.format("timeout 300 %s %s %d", cref, spec[1], size)
+  end
+  local s = sh(cmd)
+  return s and tonumber(s:match("[%d.eE+-]+"))
+end
+
+local function stats(xs)
+  if #xs == 0 then return nil end
+  table.sort(xs)
+  local n = #xs
+  local med = n % 2 == 1 and xs[(n + 1) // 2] or (xs[n // 2] + xs[n // 2 + 1]) / 2
+  return {median = med, min = xs[1], max = xs[n], runs = n}
+end
+
+-- how many times better concur is than other (>1: concur better)
+local function better(row, mine, other)
+  if not mine or not other or mine == 0 or other == 0 then return nil end
+  return row[4] and mine / other or other / mine
+end
+
+local results = {}
+for _, row in ipairs(rows) do
+  local got = {concur = {}, python = {}, c = {}}
+  for _ = 1, REPS do
+    for _, kind in ipairs{"concur", "python", "c"} do
+      local spec = row[kind == "concur" and 5 or kind == "python" and 6 or 7]
+      local v = run_one(kind, spec)
+      if v then table.insert(got[kind], v) end
+    end
+  end
+  local r = {name = row[1], label = row[2], unit = row[3], higher_is_better = row[4],
+             concur = stats(got.concur), python = stats(got.python), c = stats(got.c)}
+  local cm = r.concur and r.concur.median
+  r.vs_python = better(row, cm, r.python and r.python.median)
+  r.c_factor = r.c and cm and (1 / better(row, cm, r.c.median)) or nil -- cost relative to C
+  local t = row[8]
+  if t then
+    local value = t[3] == "vs_c" and r.c_factor or cm
+    r.target = string.format("%s %s%s", t[1], t[3] == "vs_c" and tostring(t[2]) .. "x C" or
+      (t[2] >= 1e6 and string.format("%gM", t[2] / 1e6) or tostring(t[2])), t[3] == "abs" and "" or "")
+    if value then
+      r.status = ((t[1] == ">=" and value >= t[2]) or (t[1] == "<=" and value <= t[2])) and "PASS" or "MISS"
+    else
+      r.status = "n/a"
+    end
+  end
+  results[#results + 1] = r
+  io.stderr:write(string.format("  done %-18s\n", row[1]))
+end
+
+-- derived: the prime count's scaling, 2 threads and 2 processes against 1
+local function find(name) for _, r in ipairs(results) do if r.name == name then return r end end end
+for _, pair in ipairs{{"primes_t2", "speed-up, 2 threads vs 1 (C kernel)"}, {"primes_p2", "speed-up, 2 processes vs 1 (C kernel)"}} do
+  local one, two = find("primes_t1"), find(pair[1])
+  if one and two and one.concur and two.concur then
+    local s = one.concur.median / two.concur.median
+    local cs = (one.c and two.c) and one.c.median / two.c.median or nil
+    results[#results + 1] = {name = pair[1] .. "_speedup", label = pair[2], unit = "x", higher_is_better = true,
+      concur = {median = s, min = s, max = s, runs = 1}, c = cs and {median = cs, min = cs, max = cs, runs = 1} or nil,
+      c_factor = cs and cs / s or nil, target = ">= 1.9", status = s >= 1.9 and "PASS" or "MISS"}
+  end
+end
+
+-- ---- the table ----
+local function fmt(v, unit)
+  if not v then return "-" end
+  if unit == "/s" then
+    if v >= 1e6 then return string.format("%.2fM/s", v / 1e6) end
+    if v >= 1e3 then return string.format("%.1fk/s", v / 1e3) end
+    return string.format("%.0f/s", v)
+  end
+  if unit == "s" then return string.format("%.3fs", v) end
+  if unit == "us" then return string.format("%.1fus", v) end
+  if unit == "KiB" then return string.format("%.0fKiB", v) end
+  return string.format("%.2f%s", v, unit)
+end
+local function ratio(v) return v and string.format("%.2fx", v) or "-" end
+
+local header = string.format("%-44s %11s %11s %11s %10s %8s  %-12s %s", "workload", "concur", "Python", "C",
+  "vs Python", "x of C", "target", "")
+print(header)
+print(string.rep("-", #header + 4))
+for _, r in ipairs(results) do
+  local function cell(s) return s and fmt(s.median, r.unit) or "-" end
+  print(string.format("%-44s %11s %11s %11s %10s %8s  %-12s %s", r.label, cell(r.concur), cell(r.python), cell(r.c),
+    ratio(r.vs_python), ratio(r.c_factor), r.target or "", r.status or ""))
+end
+print(string.format("\n%d runs each (median; min and max in results.json), A B C alternated; %s sizes.",
+  REPS, quick and "QUICK" or "full"))
+print("'vs Python': times concur is better than Python (same work, per second or per run).")
+print("'x of C': concur's cost relative to plain C (1.00x = as fast as C).")
+
+-- ---- JSON ----
+local function json(v, ind)
+  ind = ind or ""
+  local t = type(v)
+  if t == "nil" then return "null" end
+  if t == "boolean" then return tostring(v) end
+  if t == "number" then return (v ~= v or v == math.huge) and "null" or string.format("%.6g", v) end
+  if t == "string" then return string.format("%q", v):gsub("\\\n", "\\n") end
+  local parts, isarr = {}, #v > 0
+  if isarr then
+    for _, x in ipairs(v) do parts[#parts + 1] = ind .. "  " .. json(x, ind .. "  ") end
+    return "[\n" .. table.concat(parts, ",\n") .. "\n" .. ind .. "]"
+  end
+  local keys = {}
+  for k in pairs(v) do keys[#keys + 1] = k end
+  table.sort(keys)
+  for _, k in ipairs(keys) do parts[#parts + 1] = string.format("%s  %q: %s", ind, k, json(v[k], ind .. "  ")) end
+  return "{\n" .. table.concat(parts, ",\n") .. "\n" .. ind .. "}"
+end
+local machine = {cpus = process.cpu_count(), quick = quick, reps = REPS,
+  kernel = (sh("uname -sr") or ""):gsub("%s+$", ""), python = has_python and (sh("python3 --version") or ""):gsub("%s+$", "") or nil}
+local f = assert(io.open(out .. "results.json", "w"))
+f:write(json({machine = machine, results = results}), "\n")
+f:close()
+
+-- ---- SVG: speed-up over Python per workload, log scale ----
+local bars = {}
+for _, r in ipairs(results) do if r.vs_python then bars[#bars + 1] = r end end
+local W, rowh, left, top = 900, 26, 330, 60
+local H = top + #bars * rowh + 60
+local lo, hi = 0.1, 1000
+for _, r in ipairs(bars) do hi = math.max(hi, r.vs_python * 1.5) lo = math.min(lo, r.vs_python / 1.5) end
+local function x(v) return left + (math.log(v, 10) - math.log(lo, 10)) / (math.log(hi, 10) - math.log(lo, 10)) * (W - left - 40) end
+local svg = {string.format('<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">', W, H),
+  string.format('<rect width="%d" height="%d" fill="white"/>', W, H),
+  string.format('<text x="%d" y="24" font-size="16" font-weight="bold">concur vs Python: times faster (log scale; 1x = same)</text>', 10),
+  string.format('<text x="10" y="44" fill="#555">%s sizes, median of %d runs, %d CPUs</text>', quick and "quick" or "full", REPS, machine.cpus)}
+local decade = 10 ^ math.floor(math.log(lo, 10))
+while decade <= hi do
+  local gx = x(decade)
+  if gx >= left then
+    svg[#svg + 1] = string.format('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="%s"/>', gx, top - 5, gx, H - 40, decade == 1 and "#000" or "#ddd")
+    svg[#svg + 1] = string.format('<text x="%.1f" y="%d" text-anchor="middle" fill="#555">%gx</text>', gx, H - 22, decade)
+  end
+  decade = decade * 10
+end
+for i, r in ipairs(bars) do
+  local y = top + (i - 1) * rowh
+  local x0, x1 = x(1), x(r.vs_python)
+  local color = r.vs_python >= 1 and "#2a7ab0" or "#c0504d"
+  svg[#svg + 1] = string.format('<text x="%d" y="%d" text-anchor="end">%s</text>', left - 8, y + 16, r.label:gsub("&", "&amp;"):gsub("<", "&lt;"))
+  svg[#svg + 1] = string.format('<rect x="%.1f" y="%d" width="%.1f" height="%d" fill="%s"/>', math.min(x0, x1), y + 4, math.abs(x1 - x0), rowh - 8, color)
+  svg[#svg + 1] = string.format('<text x="%.1f" y="%d" fill="#000">%.1fx</text>', math.max(x0, x1) + 4, y + 16, r.vs_python)
+end
+svg[#svg + 1] = string.format('<text x="%d" y="%d" fill="#555">speed-up over Python (same workload)</text>', left, H - 6)
+svg[#svg + 1] = "</svg>"
+f = assert(io.open(out .. "report.svg", "w"))
+f:write(table.concat(svg, "\n"), "\n")
+f:close()
+print("\nwrote " .. out .. "results.json and " .. out .. "report.svg")
