@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <unistd.h>
 
 /* ---- the calling thread's kernel tid, cached (refreshed after fork) ---- */
@@ -40,11 +41,17 @@ static pid_t tid(void) {
 
 /* ---- lock / rlock ---- */
 
+/* The holder's bookkeeping: written by the holder, read by anyone
+ * (locked(), the rlock check): relaxed atomics, plain moves on x86. */
+#define OWNER(l) atomic_load_explicit(&(l)->owner, memory_order_relaxed)
+#define DEPTH(l) atomic_load_explicit(&(l)->depth, memory_order_relaxed)
+#define SET(field, v) atomic_store_explicit(&l->field, (v), memory_order_relaxed)
+
 struct cc_lock {
     cc_obj hdr;
     cc_mutex m;
-    _Atomic pid_t owner; /* kernel tid of the holder, 0 when free */
-    int64_t depth;       /* rlock recursion */
+    _Atomic pid_t owner;   /* kernel tid of the holder, 0 when free */
+    _Atomic int64_t depth; /* rlock recursion; read outside the lock too */
 };
 
 int cc_lock_new(cc_lock **out, int recursive) {
@@ -68,32 +75,34 @@ void cc_lock_destroy(cc_obj *o) {
 
 int cc_lock_acquire(cc_lock *l, double deadline) {
     pid_t me = tid();
-    if (l->hdr.type == CC_T_RLOCK && l->owner == me) {
-        l->depth++;
+    if (l->hdr.type == CC_T_RLOCK && OWNER(l) == me) {
+        SET(depth, DEPTH(l) + 1);
         return 0;
     }
     int r = cc_mutex_lock(&l->m, deadline);
     if (r == 0 || r == -EOWNERDEAD) {
-        l->owner = me;
-        l->depth = 1;
+        SET(owner, me);
+        SET(depth, 1);
     }
     return r;
 }
 
 int cc_lock_release(cc_lock *l) {
-    if (l->owner != tid()) return -EPERM;
-    if (--l->depth > 0) return 0;
-    l->owner = 0;
+    if (OWNER(l) != tid()) return -EPERM;
+    int64_t depth = DEPTH(l) - 1;
+    SET(depth, depth);
+    if (depth > 0) return 0;
+    SET(owner, 0);
     int r = cc_mutex_unlock(&l->m);
     if (r) { /* not ours after all: put the bookkeeping back */
-        l->owner = tid();
-        l->depth = 1;
+        SET(owner, tid());
+        SET(depth, 1);
     }
     return r;
 }
 
-int cc_lock_locked(cc_lock *l) { return l->owner != 0; }
-int cc_lock_owned(cc_lock *l) { return l->owner == tid(); }
+int cc_lock_locked(cc_lock *l) { return OWNER(l) != 0; }
+int cc_lock_owned(cc_lock *l) { return OWNER(l) == tid(); }
 
 /* ---- semaphore ---- */
 
@@ -239,12 +248,12 @@ cc_lock *cc_condvar_lock(cc_condvar *c) { return c->lock; }
 int cc_condvar_wait(cc_condvar *c, double deadline) {
     cc_lock *l = c->lock;
     if (!cc_lock_owned(l)) return -EPERM;
-    int64_t depth = l->depth; /* an rlock is released fully, then restored */
-    l->owner = 0;
-    l->depth = 0;
+    int64_t depth = DEPTH(l); /* an rlock is released fully, then restored */
+    SET(owner, 0);
+    SET(depth, 0);
     int r = cc_cond_wait(&c->c, &l->m, deadline);
-    l->owner = tid();
-    l->depth = depth;
+    SET(owner, tid());
+    SET(depth, depth);
     return r == -EOWNERDEAD ? 0 : r;
 }
 

@@ -283,6 +283,7 @@ static double rss_per(int procs, int64_t n) {
     for (int64_t i = 0; i < n; i++) {
         if (procs) {
             if ((pids[i] = fork()) == 0) {
+                close(parked_fd[1]); /* else our copy keeps the pipe open: no EOF */
                 park(NULL);
                 _exit(0);
             }
