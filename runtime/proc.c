@@ -91,7 +91,9 @@ static int wait_readable(int fd, double deadline) {
 
 int cc_read_all(int fd, cc_buf *out, double deadline) {
     for (;;) {
-        if (cc_buf_reserve(out, out->len + 65536) != 0) return -ENOMEM;
+        /* grow as needed: most results are a few bytes, and a 64 KiB buffer
+         * would cross malloc's mmap threshold on every spawn */
+        if (cc_buf_reserve(out, out->len + 4096) != 0) return -ENOMEM;
         ssize_t n = read(fd, out->data + out->len, out->cap - out->len);
         if (n > 0) {
             out->len += (size_t)n;
