@@ -68,6 +68,14 @@ int cb_nomem(lua_State *L, const char *fname);
 /* Make sure the arena exists (reads CONCUR_SHM the first time). */
 void cb_arena(lua_State *L);
 
+/* A message handler for lua_pcall: a string error gets the traceback. */
+int cb_msghandler(lua_State *L);
+/* t = registry[key] (a table); t[stack[idx]] = on and true or nil. */
+void cb_registry_mark(lua_State *L, const void *key, int idx, int on);
+/* Two per-state encode/decode buffers (which = 0 or 1), kept for reuse so a
+ * put/get/send/recv allocates nothing; freed when the state closes. */
+cc_buf *cb_scratch(lua_State *L, int which);
+
 /* Per-library openers: each pushes its library table. */
 int cb_open_process(lua_State *L);
 int cb_open_thread(lua_State *L);

@@ -241,6 +241,50 @@ void cb_arena(lua_State *L) {
                       (int)((size ? size : cc_arena_default_size()) >> 20), strerror(-r));
 }
 
+/* ---- helpers for the binding files ---- */
+
+int cb_msghandler(lua_State *L) {
+    if (lua_type(L, 1) == LUA_TSTRING) cb_traceback(L, L, lua_tostring(L, 1), 1);
+    else if (lua_isnoneornil(L, 1)) lua_pushliteral(L, "(error object is nil)");
+    else lua_settop(L, 1);
+    return 1;
+}
+
+void cb_registry_mark(lua_State *L, const void *key, int idx, int on) {
+    idx = cb_absindex(L, idx);
+    cb_rawgetp(L, LUA_REGISTRYINDEX, key);
+    lua_pushvalue(L, idx);
+    if (on) lua_pushboolean(L, 1);
+    else lua_pushnil(L);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+}
+
+static const char SCRATCH_KEY = 's';
+
+static int scratch_gc(lua_State *L) {
+    cc_buf *b = lua_touserdata(L, 1);
+    cc_buf_free(&b[0]);
+    cc_buf_free(&b[1]);
+    return 0;
+}
+
+cc_buf *cb_scratch(lua_State *L, int which) {
+    cb_rawgetp(L, LUA_REGISTRYINDEX, &SCRATCH_KEY);
+    cc_buf *b = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (!b) {
+        b = lua_newuserdata(L, 2 * sizeof *b);
+        memset(b, 0, 2 * sizeof *b);
+        lua_createtable(L, 0, 1);
+        lua_pushcfunction(L, scratch_gc);
+        lua_setfield(L, -2, "__gc");
+        lua_setmetatable(L, -2);
+        cb_rawsetp(L, LUA_REGISTRYINDEX, &SCRATCH_KEY);
+    }
+    return &b[which];
+}
+
 /* ---- concur.* utilities ---- */
 
 static int l_sleep(lua_State *L) {
@@ -290,15 +334,6 @@ static const luaL_Reg utils[] = {
     {"encode", l_encode}, {"decode", l_decode}, {NULL, NULL},
 };
 
-/* The primitives. Weak while the tree is assembled primitive by primitive:
- * a library whose file is absent is simply not offered. */
-#define WEAK __attribute__((weak))
-WEAK int cb_open_shared(lua_State *L);
-WEAK int cb_open_pipe(lua_State *L);
-WEAK int cb_open_lock(lua_State *L);
-WEAK int cb_open_queue(lua_State *L);
-WEAK int cb_open_wait(lua_State *L);
-
 static const struct { const char *name; lua_CFunction open; } LIBS[] = {
     {"process", cb_open_process}, {"thread", cb_open_thread}, {"shared", cb_open_shared},
     {"pipe", cb_open_pipe},       {"lock", cb_open_lock},     {"queue", cb_open_queue},
@@ -320,7 +355,6 @@ int luaopen_concur(lua_State *L) {
     lua_pushvalue(L, lib);
     lua_setfield(L, loaded, "concur");
     for (size_t i = 0; i < sizeof LIBS / sizeof LIBS[0]; i++) {
-        if (!LIBS[i].open) continue;
         LIBS[i].open(L);
         lua_pushvalue(L, -1);
         lua_setfield(L, lib, LIBS[i].name);
@@ -328,10 +362,8 @@ int luaopen_concur(lua_State *L) {
         snprintf(mod, sizeof mod, "concur.%s", LIBS[i].name);
         lua_setfield(L, loaded, mod);
     }
-    if (cb_open_wait) {
-        cb_open_wait(L);
-        lua_setfield(L, lib, "wait");
-    }
+    cb_open_wait(L);
+    lua_setfield(L, lib, "wait");
     lua_pushvalue(L, lib);
     return 1;
 }

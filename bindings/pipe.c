@@ -18,20 +18,6 @@
 #include <errno.h>
 #include <string.h>
 
-static const char BUF_KEY = 'b';
-
-static cc_buf *scratch(lua_State *L) {
-    cb_rawgetp(L, LUA_REGISTRYINDEX, &BUF_KEY);
-    cc_buf *b = lua_touserdata(L, -1);
-    lua_pop(L, 1);
-    return b;
-}
-
-static int buf_gc(lua_State *L) {
-    cc_buf_free(lua_touserdata(L, 1));
-    return 0;
-}
-
 static cc_pipe *check(lua_State *L, const char *fname) {
     cc_pipe *p = (cc_pipe *)cb_self(L, CC_T_PIPE, fname);
     if (!cc_pipe_usable(p))
@@ -69,7 +55,7 @@ static int e_send(lua_State *L) {
     if (lua_gettop(L) < 2) return luaL_error(L, "pipe:send: bad argument #1 (value expected)");
     if (!cc_pipe_writable(p)) return luaL_error(L, "pipe:send: this end is read-only");
     if (cc_pipe_closed(p)) return luaL_error(L, "pipe:send: the pipe end is closed");
-    cc_buf *b = scratch(L);
+    cc_buf *b = cb_scratch(L, 0);
     cb_encode(L, 2, 1, b, "pipe:send", 1);
     int r = cc_pipe_send(p, b->data, b->len, CC_FOREVER);
     if (r) {
@@ -86,7 +72,7 @@ static int e_recv(lua_State *L) {
     double deadline = cb_opt_deadline(L, 2, "pipe:recv");
     if (!cc_pipe_readable(p)) return luaL_error(L, "pipe:recv: this end is write-only");
     if (cc_pipe_closed(p)) return luaL_error(L, "pipe:recv: the pipe end is closed");
-    cc_buf *b = scratch(L);
+    cc_buf *b = cb_scratch(L, 0);
     int r = cc_pipe_recv(p, b, deadline);
     if (r == -EBADF) return luaL_error(L, "pipe:recv: the pipe end is closed");
     if (r) return cb_fail(L, r, "pipe:recv");
@@ -148,13 +134,6 @@ static const luaL_Reg methods[] = {
 static const luaL_Reg meta[] = {{"__tostring", e_tostring}, {NULL, NULL}};
 
 int cb_open_pipe(lua_State *L) {
-    cc_buf *b = lua_newuserdata(L, sizeof *b);
-    memset(b, 0, sizeof *b);
-    lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, buf_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_setmetatable(L, -2);
-    cb_rawsetp(L, LUA_REGISTRYINDEX, &BUF_KEY);
     cb_newtype(L, CC_T_PIPE, "pipe", methods, meta);
     luaL_getmetatable(L, "concur.pipe");
     lua_getfield(L, -1, "__index");

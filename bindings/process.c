@@ -83,13 +83,6 @@ static int check_signal(lua_State *L, int idx, const char *fname) {
 
 void cb_after_fork_child(void) {}
 
-static int traceback(lua_State *L) {
-    if (lua_type(L, 1) == LUA_TSTRING) cb_traceback(L, L, lua_tostring(L, 1), 1);
-    else if (lua_isnoneornil(L, 1)) lua_pushliteral(L, "(error object is nil)");
-    else lua_settop(L, 1);
-    return 1;
-}
-
 static int encode_all(lua_State *L) {
     cc_buf *b = lua_touserdata(L, 1);
     const char *what = lua_tostring(L, 2);
@@ -114,7 +107,7 @@ static void write_all(int fd, const char *p, size_t n) {
 static void child(lua_State *L, int first, int nargs, int wfd) {
     signal(SIGPIPE, SIG_DFL);
     lua_settop(L, first + nargs);
-    lua_pushcfunction(L, traceback);
+    lua_pushcfunction(L, cb_msghandler);
     lua_insert(L, first);
     int ok = lua_pcall(L, nargs, LUA_MULTRET, first) == LUA_OK;
     cc_buf b = {0};
@@ -158,16 +151,6 @@ static cproc *check(lua_State *L, int idx, const char *fname) {
         luaL_error(L, "%s: bad argument #%d (process expected, got %s)", fname, idx,
                    luaL_typename(L, idx));
     return *box;
-}
-
-static void set_unjoined(lua_State *L, int idx, int on) {
-    idx = cb_absindex(L, idx);
-    cb_rawgetp(L, LUA_REGISTRYINDEX, &UNJOINED_KEY);
-    lua_pushvalue(L, idx);
-    if (on) lua_pushboolean(L, 1);
-    else lua_pushnil(L);
-    lua_rawset(L, -3);
-    lua_pop(L, 1);
 }
 
 static void close_result(cproc *p) {
@@ -261,7 +244,7 @@ static int l_spawn(lua_State *L) {
     fcntl(p->rfd, F_SETFL, fcntl(p->rfd, F_GETFL) | O_NONBLOCK);
     if (name) snprintf(p->name, sizeof p->name, "%s", name);
     else snprintf(p->name, sizeof p->name, "process-%d", ++counter);
-    set_unjoined(L, -1, 1);
+    cb_registry_mark(L, &UNJOINED_KEY, -1, 1);
     return 1;
 }
 
@@ -272,7 +255,7 @@ static int p_join(lua_State *L) {
         return luaL_error(L, "process:join: process %d is not a child of this process", (int)p->pid);
     int r = finish(p, deadline);
     if (r) return cb_fail(L, r, "process:join");
-    set_unjoined(L, 1, 0);
+    cb_registry_mark(L, &UNJOINED_KEY, 1, 0);
     if (WIFSIGNALED(p->status) && p->result.len == 0)
         return luaL_error(L, "process %d (%s) killed by %s", (int)p->pid, p->name,
                           signame(WTERMSIG(p->status)));

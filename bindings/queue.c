@@ -20,26 +20,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct {
-    cc_buf buf;
-} scratch_t;
-
-/* One encode buffer per state, kept in the registry (no malloc per put). */
-static const char BUF_KEY = 'b';
-
-static cc_buf *scratch(lua_State *L) {
-    cb_rawgetp(L, LUA_REGISTRYINDEX, &BUF_KEY);
-    scratch_t *s = lua_touserdata(L, -1);
-    lua_pop(L, 1);
-    return &s->buf;
-}
-
-static int scratch_gc(lua_State *L) {
-    scratch_t *s = lua_touserdata(L, 1);
-    cc_buf_free(&s->buf);
-    return 0;
-}
-
 static cc_queue *check(lua_State *L, const char *fname) {
     return (cc_queue *)cb_self(L, CC_T_QUEUE, fname);
 }
@@ -64,7 +44,7 @@ static int q_put(lua_State *L) {
     cc_queue *q = check(L, "queue:put");
     if (lua_gettop(L) < 2) return luaL_error(L, "queue:put: bad argument #1 (value expected)");
     double deadline = cb_opt_deadline(L, 3, "queue:put");
-    cc_buf *b = scratch(L);
+    cc_buf *b = cb_scratch(L, 0);
     cb_encode(L, 2, 1, b, "queue:put", 1);
     int r = cc_queue_put(q, b->data, b->len, deadline);
     if (r) {
@@ -79,7 +59,7 @@ static int q_put(lua_State *L) {
 static int q_get(lua_State *L) {
     cc_queue *q = check(L, "queue:get");
     double deadline = cb_opt_deadline(L, 2, "queue:get");
-    cc_buf *b = scratch(L);
+    cc_buf *b = cb_scratch(L, 0);
     int r = cc_queue_get(q, b, deadline);
     if (r) return cb_fail(L, r, "queue:get");
     lua_settop(L, 0);
@@ -95,7 +75,7 @@ static int q_put_many(lua_State *L) {
         cb_pushinteger(L, 0);
         return 1;
     }
-    cc_buf all = {0}, *one = scratch(L);
+    cc_buf all = {0}, *one = cb_scratch(L, 0);
     size_t *lens = malloc(n * sizeof *lens);
     if (!lens) return luaL_error(L, "queue:put_many: out of memory");
     /* encode each item; on a refusal, what was encoded is released */
@@ -129,7 +109,7 @@ static int q_get_many(lua_State *L) {
     lua_Integer max = cb_checkinteger(L, 2);
     if (max < 1) return luaL_argerror(L, 2, "max must be >= 1");
     double deadline = cb_opt_deadline(L, 3, "queue:get_many");
-    cc_buf *b = scratch(L);
+    cc_buf *b = cb_scratch(L, 0);
     size_t *lens, n;
     int r = cc_queue_get_many(q, (size_t)max, b, &lens, &n, deadline);
     if (r) {
@@ -186,7 +166,7 @@ static int q_closed(lua_State *L) {
 
 static int iter_next(lua_State *L) {
     cc_queue *q = (cc_queue *)cb_check(L, lua_upvalueindex(1), CC_T_QUEUE, "queue:iter");
-    cc_buf *b = scratch(L);
+    cc_buf *b = cb_scratch(L, 0);
     int r = cc_queue_get(q, b, CC_FOREVER);
     if (r == -EPIPE) return 0;
     if (r) return cb_fail(L, r, "queue:iter");
@@ -223,13 +203,6 @@ static const luaL_Reg meta[] = {
 };
 
 int cb_open_queue(lua_State *L) {
-    scratch_t *s = lua_newuserdata(L, sizeof *s);
-    s->buf = (cc_buf){0};
-    lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, scratch_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_setmetatable(L, -2);
-    cb_rawsetp(L, LUA_REGISTRYINDEX, &BUF_KEY);
     cb_newtype(L, CC_T_QUEUE, "queue", methods, meta);
     lua_newtable(L);
     lua_pushcfunction(L, l_new);

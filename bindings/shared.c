@@ -26,23 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char BUF_KEY = 'b';
-
-typedef struct { cc_buf a, b; } bufs;
-
-static bufs *scratch(lua_State *L) {
-    cb_rawgetp(L, LUA_REGISTRYINDEX, &BUF_KEY);
-    bufs *s = lua_touserdata(L, -1);
-    lua_pop(L, 1);
-    return s;
-}
-
-static int bufs_gc(lua_State *L) {
-    bufs *s = lua_touserdata(L, 1);
-    cc_buf_free(&s->a);
-    cc_buf_free(&s->b);
-    return 0;
-}
+typedef struct { cc_buf *a, *b; } bufs; /* the two per-state scratch buffers */
 
 static int nomem_or(lua_State *L, int r, const char *fname) {
     if (r == -ENOMEM) return cb_nomem(L, fname);
@@ -74,7 +58,7 @@ static int64_t index_of(lua_State *L, int idx) {
 static int list_extend_from(lua_State *L, cc_list *l, int t, const char *fname) {
     size_t n = (size_t)cb_rawlen(L, t);
     if (n == 0) return 0;
-    bufs *s = scratch(L);
+    bufs s = {cb_scratch(L, 0), cb_scratch(L, 1)};
     size_t *lens = malloc(n * sizeof *lens);
     if (!lens) return luaL_error(L, "%s: out of memory", fname);
     cc_buf all = {0};
@@ -86,15 +70,15 @@ static int list_extend_from(lua_State *L, cc_list *l, int t, const char *fname) 
             r = -EINVAL;
             break;
         }
-        cb_encode(L, -1, 1, &s->a, fname, (int)i + 1);
+        cb_encode(L, -1, 1, s.a, fname, (int)i + 1);
         lua_pop(L, 1);
-        r = cc_buf_reserve(&all, all.len + s->a.len);
+        r = cc_buf_reserve(&all, all.len + s.a->len);
         if (!r) {
-            memcpy(all.data + all.len, s->a.data, s->a.len);
-            all.len += s->a.len;
-            lens[i] = s->a.len;
+            memcpy(all.data + all.len, s.a->data, s.a->len);
+            all.len += s.a->len;
+            lens[i] = s.a->len;
         } else {
-            cc_msg_release(s->a.data, s->a.len);
+            cc_msg_release(s.a->data, s.a->len);
         }
     }
     size_t made = r ? i - (r == -EINVAL ? 0 : 1) : n;
@@ -125,7 +109,7 @@ static int l_new(lua_State *L) {
 
 static int l_append(lua_State *L) {
     cc_list *l = list_check(L, "list:append");
-    cc_buf *b = &scratch(L)->a;
+    cc_buf *b = cb_scratch(L, 0);
     encode_item(L, 2, b, "list:append", 1);
     int r = cc_list_append(l, b->data, b->len);
     if (r) {
@@ -143,7 +127,7 @@ static int l_extend(lua_State *L) {
 }
 
 static int l_get(lua_State *L, cc_list *l, int64_t i, const char *fname) {
-    cc_buf *b = &scratch(L)->b;
+    cc_buf *b = cb_scratch(L, 1);
     int r = cc_list_get(l, i, b);
     if (r == -ERANGE) return 0;
     if (r) return nomem_or(L, r, fname);
@@ -169,7 +153,7 @@ static int l_newindex(lua_State *L) {
     if (i < 0 || lua_type(L, 2) != LUA_TNUMBER)
         return luaL_error(L, "list:__newindex: bad index (an integer 1..#list+1 expected)");
     if (lua_isnil(L, 3)) return luaL_error(L, "list:__newindex: cannot store nil (use remove)");
-    cc_buf *b = &scratch(L)->a;
+    cc_buf *b = cb_scratch(L, 0);
     cb_encode(L, 3, 1, b, "list:__newindex", 2);
     int r = cc_list_set(l, i, b->data, b->len);
     if (r) {
@@ -188,7 +172,7 @@ static int l_len(lua_State *L) {
 
 static int l_pop(lua_State *L) {
     cc_list *l = list_check(L, "list:pop");
-    cc_buf *b = &scratch(L)->b;
+    cc_buf *b = cb_scratch(L, 1);
     int r = cc_list_pop(l, b);
     if (r == -ERANGE) return 0;
     if (r) return nomem_or(L, r, "list:pop");
@@ -207,7 +191,7 @@ static int l_insert(lua_State *L) {
         i = index_of(L, 2);
         if (i < 0) return luaL_argerror(L, 1, "position must be an integer >= 1");
     }
-    cc_buf *b = &scratch(L)->a;
+    cc_buf *b = cb_scratch(L, 0);
     encode_item(L, vidx, b, "list:insert", vidx - 1);
     int r = cc_list_insert(l, i, b->data, b->len);
     if (r) {
@@ -221,7 +205,7 @@ static int l_insert(lua_State *L) {
 static int l_remove(lua_State *L) {
     cc_list *l = list_check(L, "list:remove");
     int64_t i = lua_isnoneornil(L, 2) ? cc_list_len(l) - 1 : index_of(L, 2);
-    cc_buf *b = &scratch(L)->b;
+    cc_buf *b = cb_scratch(L, 1);
     int r = i < 0 ? -ERANGE : cc_list_remove(l, i, b);
     if (r == -ERANGE) return luaL_error(L, "list:remove: index %d out of range", (int)i + 1);
     if (r) return nomem_or(L, r, "list:remove");
@@ -231,9 +215,9 @@ static int l_remove(lua_State *L) {
 
 static int l_totable(lua_State *L) {
     cc_list *l = list_check(L, "list:totable");
-    bufs *s = scratch(L);
+    bufs s = {cb_scratch(L, 0), cb_scratch(L, 1)};
     size_t *lens, n;
-    int r = cc_list_snapshot(l, &s->b, &lens, &n);
+    int r = cc_list_snapshot(l, s.b, &lens, &n);
     if (r) {
         free(lens);
         return nomem_or(L, r, "list:totable");
@@ -242,7 +226,7 @@ static int l_totable(lua_State *L) {
     lua_createtable(L, (int)n, 0);
     size_t off = 0;
     for (size_t i = 0; i < n; i++) {
-        cb_decode(L, s->b.data + off, lens[i], "list:totable");
+        cb_decode(L, s.b->data + off, lens[i], "list:totable");
         lua_rawseti(L, 1, (int)i + 1);
         off += lens[i];
     }
@@ -359,27 +343,27 @@ static int d_new(lua_State *L) {
 }
 
 static int d_get_at(lua_State *L, cc_dict *d, int kidx, const char *fname) {
-    bufs *s = scratch(L);
-    encode_key(L, kidx, &s->a, fname);
-    int r = cc_dict_get(d, s->a.data, s->a.len, &s->b);
+    bufs s = {cb_scratch(L, 0), cb_scratch(L, 1)};
+    encode_key(L, kidx, s.a, fname);
+    int r = cc_dict_get(d, s.a->data, s.a->len, s.b);
     if (r == -ENOENT) return 0;
     if (r) return nomem_or(L, r, fname);
-    return cb_decode(L, s->b.data, s->b.len, fname);
+    return cb_decode(L, s.b->data, s.b->len, fname);
 }
 
 static int d_set_at(lua_State *L, cc_dict *d, int kidx, int vidx, const char *fname) {
-    bufs *s = scratch(L);
-    encode_key(L, kidx, &s->a, fname);
+    bufs s = {cb_scratch(L, 0), cb_scratch(L, 1)};
+    encode_key(L, kidx, s.a, fname);
     if (lua_isnil(L, vidx)) {
-        int r = cc_dict_delete(d, s->a.data, s->a.len, &s->b);
-        if (r == 0) cc_msg_release(s->b.data, s->b.len);
+        int r = cc_dict_delete(d, s.a->data, s.a->len, s.b);
+        if (r == 0) cc_msg_release(s.b->data, s.b->len);
         else if (r != -ENOENT) return nomem_or(L, r, fname);
         return 0;
     }
-    cb_encode(L, vidx, 1, &s->b, fname, 2);
-    int r = cc_dict_set(d, s->a.data, s->a.len, s->b.data, s->b.len);
+    cb_encode(L, vidx, 1, s.b, fname, 2);
+    int r = cc_dict_set(d, s.a->data, s.a->len, s.b->data, s.b->len);
     if (r) {
-        cc_msg_release(s->b.data, s->b.len);
+        cc_msg_release(s.b->data, s.b->len);
         return nomem_or(L, r, fname);
     }
     return 0;
@@ -417,12 +401,12 @@ static int d_set(lua_State *L) {
 
 static int d_delete(lua_State *L) {
     cc_dict *d = dict_arg(L, "dict:delete");
-    bufs *s = scratch(L);
-    encode_key(L, 2, &s->a, "dict:delete");
-    int r = cc_dict_delete(d, s->a.data, s->a.len, &s->b);
+    bufs s = {cb_scratch(L, 0), cb_scratch(L, 1)};
+    encode_key(L, 2, s.a, "dict:delete");
+    int r = cc_dict_delete(d, s.a->data, s.a->len, s.b);
     if (r == -ENOENT) return 0;
     if (r) return nomem_or(L, r, "dict:delete");
-    return cb_decode(L, s->b.data, s->b.len, "dict:delete");
+    return cb_decode(L, s.b->data, s.b->len, "dict:delete");
 }
 
 static int d_len(lua_State *L) {
@@ -438,9 +422,9 @@ static int d_clear(lua_State *L) {
 /* Snapshot into a fresh table: mode 0 totable, 1 keys, 2 values, 3 items */
 static int d_collect(lua_State *L, int mode, const char *fname) {
     cc_dict *d = dict_arg(L, fname);
-    bufs *s = scratch(L);
+    bufs s = {cb_scratch(L, 0), cb_scratch(L, 1)};
     size_t *lens, n;
-    int r = cc_dict_snapshot(d, &s->b, &lens, &n);
+    int r = cc_dict_snapshot(d, s.b, &lens, &n);
     if (r) {
         free(lens);
         return nomem_or(L, r, fname);
@@ -449,9 +433,9 @@ static int d_collect(lua_State *L, int mode, const char *fname) {
     lua_createtable(L, mode ? (int)n : 0, mode ? 0 : (int)n);
     size_t off = 0;
     for (size_t i = 0; i < n; i++) {
-        cb_decode(L, s->b.data + off, lens[2 * i], fname);
+        cb_decode(L, s.b->data + off, lens[2 * i], fname);
         off += lens[2 * i];
-        cb_decode(L, s->b.data + off, lens[2 * i + 1], fname);
+        cb_decode(L, s.b->data + off, lens[2 * i + 1], fname);
         off += lens[2 * i + 1];
         switch (mode) {
         case 0: lua_rawset(L, 1); break;
@@ -534,14 +518,6 @@ static void set_index(lua_State *L, const char *tname, lua_CFunction index) {
 }
 
 int cb_open_shared(lua_State *L) {
-    bufs *s = lua_newuserdata(L, sizeof *s);
-    memset(s, 0, sizeof *s);
-    lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, bufs_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_setmetatable(L, -2);
-    cb_rawsetp(L, LUA_REGISTRYINDEX, &BUF_KEY);
-
     const luaL_Reg list_meta[] = {
         {"__newindex", l_newindex}, {"__len", l_len}, {"__tostring", l_tostring},
         {"__pairs", l_ipairs},      {NULL, NULL},

@@ -75,13 +75,6 @@ static void cancel_hook(lua_State *L, lua_Debug *ar) {
 }
 #endif
 
-static int traceback(lua_State *L) {
-    if (lua_type(L, 1) == LUA_TSTRING) cb_traceback(L, L, lua_tostring(L, 1), 1);
-    else if (lua_isnoneornil(L, 1)) lua_pushliteral(L, "(error object is nil)");
-    else lua_settop(L, 1);
-    return 1;
-}
-
 static int body(lua_State *L) {
     cthread *t = lua_touserdata(L, 1);
     lua_settop(L, 0);
@@ -145,7 +138,7 @@ static int setup_and_run(lua_State *L) {
     lua_sethook(L, cancel_hook, LUA_MASKCOUNT, 1000);
 #endif
     lua_settop(L, 0);
-    lua_pushcfunction(L, traceback);
+    lua_pushcfunction(L, cb_msghandler);
     lua_pushcfunction(L, body);
     lua_pushlightuserdata(L, t);
     if (lua_pcall(L, 1, 0, 1) == LUA_OK) {
@@ -196,16 +189,6 @@ static cthread *check(lua_State *L, int idx, const char *fname) {
     return *box;
 }
 
-static void set_unjoined(lua_State *L, int idx, int on) {
-    idx = cb_absindex(L, idx);
-    cb_rawgetp(L, LUA_REGISTRYINDEX, &UNJOINED_KEY);
-    lua_pushvalue(L, idx);
-    if (on) lua_pushboolean(L, 1);
-    else lua_pushnil(L);
-    lua_rawset(L, -3);
-    lua_pop(L, 1);
-}
-
 static char *dup_field(lua_State *L, const char *field) {
     char *r = NULL;
     lua_getglobal(L, "package");
@@ -247,7 +230,7 @@ static int l_new(lua_State *L) {
         return luaL_error(L, "thread.new: cannot start a thread: %s", strerror(-r));
     }
     t->started = 1;
-    set_unjoined(L, -1, 1);
+    cb_registry_mark(L, &UNJOINED_KEY, -1, 1);
     return 1;
 }
 
@@ -261,7 +244,7 @@ static int finish(lua_State *L, cthread *t, int idx, double deadline, const char
     if (!t->joined) {
         pthread_join(t->tid, NULL);
         t->joined = 1;
-        if (idx) set_unjoined(L, idx, 0);
+        if (idx) cb_registry_mark(L, &UNJOINED_KEY, idx, 0);
     }
     return 0;
 }

@@ -156,6 +156,10 @@ void cc_cond_broadcast(cc_cond *c);
 int cc_futex_wait(_Atomic uint32_t *w, uint32_t val, double deadline);
 void cc_futex_wake(_Atomic uint32_t *w, int n);       /* n = INT32_MAX wakes all */
 
+/* Wait until fd has one of events (POLLIN, POLLOUT) or the deadline
+ * passes, in interruptible slices: 1 ready, 0 timeout, -EINTR, -errno. */
+int cc_wait_fd(int fd, short events, double deadline);
+
 /* Interruption: a blocking wait polls this at most every ~50 ms and returns
  * -EINTR when it is set (thread cancel, Ctrl-C in the REPL). Thread-local. */
 void cc_interrupt_set(_Atomic int *flag);     /* the calling thread's flag, or NULL */

@@ -12,20 +12,8 @@
 #include <errno.h>
 #include <stdatomic.h>
 #include <stdlib.h>
-#include <string.h>
 
-/* Weak so that a build missing one primitive still links (and leaks that
- * type's objects rather than crashing); the full build defines them all. */
-#define WEAK __attribute__((weak))
-WEAK void cc_list_destroy(cc_obj *o);
-WEAK void cc_dict_destroy(cc_obj *o);
-WEAK void cc_queue_destroy(cc_obj *o);
-WEAK void cc_lock_destroy(cc_obj *o);
-WEAK void cc_sem_destroy(cc_obj *o);
-WEAK void cc_event_destroy(cc_obj *o);
-WEAK void cc_condvar_destroy(cc_obj *o);
-WEAK void cc_barrier_destroy(cc_obj *o);
-WEAK void cc_pipe_destroy(cc_obj *o);
+#include <string.h>
 
 void cc_obj_init(cc_obj *o, enum cc_type t) {
     atomic_store(&o->refs, 1);
@@ -50,6 +38,7 @@ static void destroy(cc_obj *o) {
     default: break;
     }
     if (fn) fn(o);
+    else abort(); /* an object of no known type: a broken invariant */
 }
 
 void cc_release(cc_obj *o) {

@@ -152,25 +152,6 @@ int cc_pipe_fd(cc_pipe *p) { return p->fd; }
 
 /* ---- waiting ---- */
 
-/* Wait for events on fd until deadline, in interruptible slices. 1 ready,
- * 0 timeout, or a negative errno. */
-static int wait_fd(int fd, short events, double deadline) {
-    for (;;) {
-        if (cc_interrupted()) return -EINTR;
-        double until = cc_wait_slice(deadline);
-        int ms = -1;
-        if (until >= 0) {
-            double left = until - cc_now();
-            ms = left <= 0 ? 0 : (int)(left * 1000) + 1;
-        }
-        struct pollfd pf = {fd, events, 0};
-        int r = poll(&pf, 1, ms);
-        if (r > 0) return 1;
-        if (r < 0 && errno != EINTR) return -errno;
-        if (deadline >= 0 && cc_now() >= deadline) return 0;
-    }
-}
-
 /* ---- send ---- */
 
 int cc_pipe_send(cc_pipe *p, const void *msg, size_t len, double deadline) {
@@ -203,7 +184,7 @@ int cc_pipe_send(cc_pipe *p, const void *msg, size_t len, double deadline) {
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             /* a frame once started is finished: no deadline mid-frame */
-            int w = wait_fd(p->fd, POLLOUT, left < 8 + len ? CC_FOREVER : deadline);
+            int w = cc_wait_fd(p->fd, POLLOUT, left < 8 + len ? CC_FOREVER : deadline);
             if (w == 0) {
                 r = -ETIMEDOUT;
                 break;
@@ -241,7 +222,7 @@ static int fill(cc_pipe *p, double deadline) {
         if (n == 0) return 0;
         if (errno == EINTR) continue;
         if (errno != EAGAIN && errno != EWOULDBLOCK) return errno == ECONNRESET ? 0 : -errno;
-        int w = wait_fd(p->fd, POLLIN, deadline);
+        int w = cc_wait_fd(p->fd, POLLIN, deadline);
         if (w == 0) return -ETIMEDOUT;
         if (w < 0) return w;
     }
@@ -259,7 +240,7 @@ static int read_exact(cc_pipe *p, char *dst, size_t n) {
         if (got > 0) have += (size_t)got;
         else if (got == 0) return -EPIPE; /* a frame cut short: the writer died */
         else if (errno != EINTR && errno != EAGAIN) return -errno;
-        else if (errno == EAGAIN && wait_fd(p->fd, POLLIN, CC_FOREVER) < 0) return -EINTR;
+        else if (errno == EAGAIN && cc_wait_fd(p->fd, POLLIN, CC_FOREVER) < 0) return -EINTR;
     }
     return 0;
 }
@@ -292,6 +273,6 @@ int cc_pipe_recv(cc_pipe *p, cc_buf *out, double deadline) {
 int cc_pipe_poll(cc_pipe *p, double deadline) {
     if (p->closed || !p->can_read) return 0;
     if (buffered(p)) return 1;
-    int w = wait_fd(p->fd, POLLIN, deadline);
+    int w = cc_wait_fd(p->fd, POLLIN, deadline);
     return w;
 }

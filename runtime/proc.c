@@ -71,24 +71,6 @@ pid_t cc_fork(int keep_fd) {
     return pid < 0 ? -errno : pid;
 }
 
-/* poll one fd until readable or deadline, in interruptible slices */
-static int wait_readable(int fd, double deadline) {
-    for (;;) {
-        if (cc_interrupted()) return -EINTR;
-        double until = cc_wait_slice(deadline);
-        int ms = -1;
-        if (until >= 0) {
-            double left = until - cc_now();
-            ms = left <= 0 ? 0 : (int)(left * 1000) + 1;
-        }
-        struct pollfd p = {fd, POLLIN, 0};
-        int r = poll(&p, 1, ms);
-        if (r > 0) return 0;
-        if (r < 0 && errno != EINTR) return -errno;
-        if (deadline >= 0 && cc_now() >= deadline) return -ETIMEDOUT;
-    }
-}
-
 int cc_read_all(int fd, cc_buf *out, double deadline) {
     for (;;) {
         /* grow as needed: most results are a few bytes, and a 64 KiB buffer
@@ -102,8 +84,8 @@ int cc_read_all(int fd, cc_buf *out, double deadline) {
         if (n == 0) return 0;
         if (errno == EINTR) continue;
         if (errno != EAGAIN) return -errno;
-        int r = wait_readable(fd, deadline);
-        if (r) return r;
+        int r = cc_wait_fd(fd, POLLIN, deadline);
+        if (r <= 0) return r ? r : -ETIMEDOUT;
     }
 }
 
@@ -111,9 +93,9 @@ int cc_read_all(int fd, cc_buf *out, double deadline) {
 static int wait_pidfd(pid_t pid, double deadline) {
     int fd = (int)syscall(SYS_pidfd_open, pid, 0);
     if (fd < 0) return -ENOSYS;
-    int r = wait_readable(fd, deadline);
+    int r = cc_wait_fd(fd, POLLIN, deadline);
     close(fd);
-    return r;
+    return r < 0 ? r : r ? 0 : -ETIMEDOUT;
 }
 
 int cc_wait_pid(pid_t pid, int *status, double deadline) {

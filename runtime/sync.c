@@ -22,6 +22,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <poll.h>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <sys/syscall.h>
@@ -103,6 +104,25 @@ int cc_futex_wait(_Atomic uint32_t *w, uint32_t val, double deadline) {
 
 void cc_futex_wake(_Atomic uint32_t *w, int n) {
     syscall(SYS_futex, (uint32_t *)w, FUTEX_WAKE, n, NULL, NULL, 0);
+}
+
+/* ---- file descriptors ---- */
+
+int cc_wait_fd(int fd, short events, double deadline) {
+    for (;;) {
+        if (cc_interrupted()) return -EINTR;
+        double until = cc_wait_slice(deadline);
+        int ms = -1;
+        if (until >= 0) {
+            double left = until - cc_now();
+            ms = left <= 0 ? 0 : (int)(left * 1000) + 1;
+        }
+        struct pollfd pf = {fd, events, 0};
+        int r = poll(&pf, 1, ms);
+        if (r > 0) return 1;
+        if (r < 0 && errno != EINTR) return -errno;
+        if (deadline >= 0 && cc_now() >= deadline) return 0;
+    }
 }
 
 /* ---- condition ---- */
