@@ -1,0 +1,240 @@
+-- build/concur: lua5.4's flags and conventions, --help, and the REPL driven
+-- through tmux. It shells out to build/concur, so it runs once (the concur flavour).
+local flavour = os.getenv("CONCUR_TEST_FLAVOUR")
+local BIN = "build/concur"
+
+local function skip()
+  if flavour and flavour ~= "concur" then pending("runs once, under the concur flavour") return true end
+  if not io.open(BIN) then pending("build/concur not built") return true end
+end
+
+-- run a shell command; returns stdout+stderr and the exit status
+local function sh(cmd)
+  local f = io.popen("timeout 20 " .. cmd .. " 2>&1; echo \"<rc=$?>\"")
+  local out = f:read("*a")
+  f:close()
+  local body, rc = out:match("^(.-)<rc=(%d+)>%s*$")
+  return body, tonumber(rc)
+end
+
+describe("concur command line", function()
+  it("prints both version lines with -v", function()
+    if skip() then return end
+    local out, rc = sh(BIN .. " -v")
+    assert.equal(0, rc)
+    assert.matches("^Lua 5%.4", out)
+    assert.matches("concur %d+%.%d+%.%d+", out)
+  end)
+
+  it("runs -e chunks in order and passes script arguments in arg and ...", function()
+    if skip() then return end
+    local script = os.tmpname()
+    local f = io.open(script, "w")
+    f:write("print(arg[0] == ..., arg[1], arg[2], select('#', ...), arg[-1] ~= nil)")
+    f:close()
+    local out, rc = sh(BIN .. " -e 'X = 1' -e 'io.write(X + 1, \" \")' " .. script .. " a b")
+    os.remove(script)
+    assert.equal(0, rc)
+    assert.matches("^2 false\ta\tb\t2\ttrue", out)
+  end)
+
+  it("loads a library with -l mod and -l g=mod", function()
+    if skip() then return end
+    assert.matches("table", sh(BIN .. " -l string -e 'print(type(string))'"))
+    assert.matches("function", sh(BIN .. " -l s=string -e 'print(type(s.rep))'"))
+  end)
+
+  it("runs stdin with - and stops options at --", function()
+    if skip() then return end
+    assert.matches("from stdin", sh("echo 'print(\"from stdin\")' | " .. BIN .. " -"))
+    local out = sh("echo 'print(...)' > /tmp/concur_dd.lua && " .. BIN .. " -- /tmp/concur_dd.lua -v")
+    assert.matches("%-v", out)
+    os.remove("/tmp/concur_dd.lua")
+  end)
+
+  it("runs stdin when it is not a terminal and there is no script", function()
+    if skip() then return end
+    assert.matches("piped", sh("echo 'print(\"piped\")' | " .. BIN))
+  end)
+
+  it("honours LUA_INIT and LUA_INIT_5_4, and -E ignores them", function()
+    if skip() then return end
+    assert.matches("init ran", sh("env LUA_INIT='print(\"init ran\")' " .. BIN .. " -e ''"))
+    assert.matches("5.4 wins", sh("env LUA_INIT='print(1)' LUA_INIT_5_4='print(\"5.4 wins\")' " .. BIN .. " -e ''"))
+    local out = sh("env LUA_INIT='print(\"init ran\")' " .. BIN .. " -E -e 'print(\"done\")'")
+    assert.is_nil(out:find("init ran", 1, true))
+    local f = io.open("/tmp/concur_init.lua", "w")
+    f:write("print('from file')")
+    f:close()
+    assert.matches("from file", sh("env LUA_INIT=@/tmp/concur_init.lua " .. BIN .. " -e ''"))
+    os.remove("/tmp/concur_init.lua")
+  end)
+
+  it("exits 1 with the message and a traceback on an error", function()
+    if skip() then return end
+    local out, rc = sh(BIN .. " -e 'local function f() error(\"boom\") end f()'")
+    assert.equal(1, rc)
+    assert.matches("^concur: %(command line%):1: boom", out)
+    assert.matches("stack traceback:", out)
+    local _, rc2 = sh(BIN .. " /nonexistent/script.lua")
+    assert.equal(1, rc2)
+  end)
+
+  it("passes os.exit codes through", function()
+    if skip() then return end
+    local _, rc = sh(BIN .. " -e 'os.exit(7)'")
+    assert.equal(7, rc)
+    local _, rc2 = sh(BIN .. " -e 'os.exit(false)'")
+    assert.equal(1, rc2)
+  end)
+
+  it("rejects an unknown option with the usage", function()
+    if skip() then return end
+    local out, rc = sh(BIN .. " -Z")
+    assert.equal(1, rc)
+    assert.matches("unrecognized option '%-Z'", out)
+    assert.matches("usage:", out)
+    local out2, rc2 = sh(BIN .. " -e")
+    assert.equal(1, rc2)
+    assert.matches("'%-e' needs argument", out2)
+  end)
+
+  it("explains itself with --help", function()
+    if skip() then return end
+    local out, rc = sh(BIN .. " --help")
+    assert.equal(0, rc)
+    for _, word in ipairs{"process", "thread", "shared", "pipe", "lock", "queue", "CONCUR_SHM", "REPL", "LUA_INIT"} do
+      assert.matches(word, out)
+    end
+  end)
+
+  it("has the primitives as globals and as require 'concur'", function()
+    if skip() then return end
+    local out = sh(BIN .. " -e 'print(type(process.spawn), type(thread.new), type(shared.list), type(pipe), type(lock), type(queue), type(primes.count), require(\"concur\") == concur)'")
+    assert.matches("function\tfunction\tfunction\ttable\ttable\ttable\tfunction\ttrue", out)
+  end)
+
+  it("runs busted specs through busted --lua", function()
+    if skip() then return end
+    local spec = "/tmp/concur_mini_spec.lua"
+    local f = io.open(spec, "w")
+    f:write("describe('x', function() it('runs under concur', function() assert.is_function(process.spawn) end) end)")
+    f:close()
+    local out = sh("busted --lua=" .. BIN .. " " .. spec)
+    os.remove(spec)
+    assert.matches("1 success", out)
+  end)
+end)
+
+describe("concur REPL (through tmux)", function()
+  local session, home
+
+  local function has_tmux() return os.execute("command -v tmux >/dev/null 2>&1") end
+
+  local function screen()
+    local f = io.popen("tmux capture-pane -p -t " .. session)
+    local s = f:read("*a")
+    f:close()
+    return s
+  end
+
+  -- wait until the screen matches pattern (bounded: 5 s)
+  local function wait_for(pattern)
+    for _ = 1, 100 do
+      local s = screen()
+      if s:find(pattern) then return s end
+      os.execute("sleep 0.05")
+    end
+    return screen()
+  end
+
+  local function keys(...)
+    for _, k in ipairs{...} do
+      if k:match("^[A-Z]") or k:match("^C%-") then os.execute("tmux send-keys -t " .. session .. " " .. k)
+      else os.execute("tmux send-keys -t " .. session .. " -l '" .. k:gsub("'", "'\\''") .. "'") end
+    end
+  end
+
+  before_each(function()
+    session = "concur_spec_" .. tostring(os.time()) .. tostring(math.random(1e6))
+    home = os.tmpname()
+    os.remove(home)
+    os.execute("mkdir -p " .. home)
+  end)
+
+  after_each(function()
+    os.execute("tmux kill-session -t " .. session .. " 2>/dev/null")
+    os.execute("rm -rf " .. home)
+  end)
+
+  local function start()
+    os.execute(string.format("tmux new-session -d -s %s -x 120 -y 40 'cd %s && HOME=%s %s'",
+      session, os.getenv("PWD") or ".", home, BIN))
+    return wait_for("> ")
+  end
+
+  it("prints expression values and tables readably", function()
+    if skip() then return end
+    if not has_tmux() then pending("tmux not installed") return end
+    start()
+    keys("1 + 2", "Enter")
+    keys("{1, 2, x = {y = 'z'}}", "Enter")
+    local s = wait_for('{1, 2, x = {y = "z"}}')
+    assert.matches("\n3\n", s)
+    assert.matches('{1, 2, x = {y = "z"}}', s, 1, true)
+  end)
+
+  it("continues multi-line input until the chunk is complete", function()
+    if skip() then return end
+    if not has_tmux() then pending("tmux not installed") return end
+    start()
+    keys("for i = 1, 2 do", "Enter", "print('line', i)", "Enter", "end", "Enter")
+    local s = wait_for("line%s+2") -- the terminal shows the tab as spaces
+    assert.matches(">> ", s)
+    assert.matches("line%s+1", s)
+  end)
+
+  it("completes global fields with Tab", function()
+    if skip() then return end
+    if not has_tmux() then pending("tmux not installed") return end
+    start()
+    keys("process.sp", "Tab")
+    local s = wait_for("process%.spawn")
+    assert.matches("process%.spawn", s)
+  end)
+
+  it("interrupts running code and blocking waits with Ctrl-C", function()
+    if skip() then return end
+    if not has_tmux() then pending("tmux not installed") return end
+    start()
+    keys("while true do end", "Enter")
+    os.execute("sleep 0.3")
+    keys("C-c")
+    wait_for("interrupted")
+    keys("queue():get()", "Enter")
+    os.execute("sleep 0.3")
+    keys("C-c")
+    os.execute("sleep 0.2")
+    keys("print('still ' .. 'alive')", "Enter")
+    local s = wait_for("still alive")
+    assert.matches("still alive", s)
+    local _, n = s:gsub("interrupted", "")
+    assert.is_true(n >= 2)
+  end)
+
+  it("keeps history in ~/.concur_history with mode 0600", function()
+    if skip() then return end
+    if not has_tmux() then pending("tmux not installed") return end
+    start()
+    keys("x_marker = 41 + 1", "Enter")
+    wait_for("> .-> ")
+    keys("C-d")
+    os.execute("sleep 0.3")
+    local f = io.popen("stat -c %a " .. home .. "/.concur_history")
+    local mode = f:read("*a")
+    f:close()
+    assert.equal("600", (mode:gsub("%s", "")))
+    local hist = io.open(home .. "/.concur_history"):read("*a")
+    assert.matches("x_marker = 41 %+ 1", hist)
+  end)
+end)
