@@ -1,0 +1,284 @@
+-- Integrity under re-entry, untrusted input, infinite timeouts, refused
+-- batches and arena pressure (issue 8: items 5, 7, 9, 10, 11, 16).
+local concur = require "concur"
+local S = dofile("spec/support.lua")
+local queue, thread, process, shared, lock, pipe = concur.queue, concur.thread, concur.process,
+  concur.shared, concur.lock, concur.pipe
+
+local function garbage_with(n, fn)
+  for _ = 1, n do S.finalizer(fn) end
+end
+
+describe("re-entrant use of concur from finalizers and require", function()
+  it("does not lose a message being decoded when a finalizer uses a queue", function()
+    local q, side = queue(), queue()
+    local big = {}
+    for i = 1, 100000 do big[i] = "item" .. i end
+    for round = 1, 5 do
+      q:put(big)
+      garbage_with(50, function() side:put(string.rep("x", 3 * 1048576)); side:get() end)
+      local ok, got = pcall(q.get, q)
+      assert.is_true(ok, got)
+      assert.equal(100000, #got)
+      assert.equal("item77777", got[77777])
+    end
+  end)
+
+  it("does not corrupt a message being encoded when a finalizer encodes", function()
+    -- in a fresh interpreter: a small heap collects often, so finalizers
+    -- run in the middle of the encoder's allocations
+    local out, status = S.run([[
+      local S = dofile("spec/support.lua")
+      local q, side = concur.queue(), concur.queue()
+      local inner = concur.shared.list()
+      local bad = 0
+      for round = 1, 20 do
+        local big = {}
+        for i = 1, 20000 do big[i] = {i, tostring(i)} end
+        big.list = concur.shared.list()
+        for _ = 1, 2000 do
+          S.finalizer(function() side:put({inner, {inner}, string.rep("y", 100)}); side:get() end)
+        end
+        assert(q:put(big))
+        local ok, got = pcall(q.get, q)
+        if not ok or #got ~= 20000 or got.list ~= big.list or got[12345][2] ~= "12345" then
+          bad = bad + 1
+          print(ok, got)
+        end
+      end
+      print("bad", bad)
+    ]], "", 60)
+    assert.equal(0, status, out)
+    assert.matches("bad%s+0", out)
+  end)
+
+  it("decodes a message whose module's top level uses a queue", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    os.execute("mkdir -p " .. dir)
+    local f = assert(io.open(dir .. "/ccreentry.lua", "w"))
+    f:write([[
+      local concur = require "concur"
+      local q = concur.queue()
+      q:put(string.rep("m", 200000)); q:get()
+      return {answer = 42}
+    ]])
+    f:close()
+    local old = package.path
+    package.path = dir .. "/?.lua;" .. package.path
+    local M = require "ccreentry"
+    local q = queue()
+    q:put({M, string.rep("z", 100000), 7})
+    local t = thread.new(function(qq)
+      local v = qq:get(5)
+      return v[1].answer, #v[2], v[3]
+    end, q)
+    local a, b, c = t:join(10)
+    package.path = old
+    package.loaded.ccreentry = nil
+    os.execute("rm -rf " .. dir)
+    assert.equal(42, a)
+    assert.equal(100000, b)
+    assert.equal(7, c)
+  end)
+end)
+
+describe("concur.decode on untrusted bytes", function()
+  it("refuses functions, C functions and module names unless trusted", function()
+    local s = concur.encode(function() return 1 end)
+    local ok, err = pcall(concur.decode, s)
+    assert.is_false(ok)
+    assert.matches("concur.decode: .*function", err)
+    local fn = concur.decode(s, {trust = true})
+    assert.equal(1, fn())
+    assert.has_error(function() concur.decode(concur.encode(string.format)) end)
+    assert.has_error(function() concur.decode(concur.encode(string)) end)
+    assert.equal(string.format, concur.decode(concur.encode(string.format), {trust = true}))
+    -- plain data still decodes
+    local t = concur.decode(concur.encode({1, "a", {b = true}}))
+    assert.equal("a", t[2])
+    assert.is_true(t[3].b)
+  end)
+
+  it("refuses a metatable __gc planted in the bytes", function()
+    local s = concur.encode(setmetatable({}, {__gc = function() end}))
+    assert.has_error(function() concur.decode(s) end)
+  end)
+end)
+
+describe("infinite timeouts", function()
+  local function cpu(fn)
+    local c0, w0 = os.clock(), concur.clock()
+    fn()
+    return os.clock() - c0, concur.clock() - w0
+  end
+
+  for _, inf in ipairs{math.huge, 1e300} do
+    it("wait forever at no CPU with a timeout of " .. tostring(inf), function()
+      local l = lock()
+      l:acquire()
+      local t = thread.new(function(ll) concur.sleep(0.3) ll:release() end, l)
+      local used, took = cpu(function() assert.is_true(l:acquire(inf)) end)
+      t:join()
+      assert.is_true(took >= 0.2)
+      assert.is_true(used < 0.15, "lock:acquire spun: " .. used .. " s of CPU")
+      l:release()
+
+      local q = queue()
+      local p = thread.new(function(qq) concur.sleep(0.2) qq:put("late") end, q)
+      used = cpu(function() assert.equal("late", q:get(inf)) end)
+      assert.is_true(used < 0.15, "queue:get spun")
+      assert.equal("late", (concur.wait({q}, inf) and "late"))
+      p:join(inf)
+
+      local e = lock.event()
+      thread.new(function(ee) concur.sleep(0.2) ee:set() end, e):join(inf)
+      assert.is_true(e:wait(inf))
+
+      local s = lock.semaphore(0)
+      local st = thread.new(function(ss) concur.sleep(0.1) ss:release() end, s)
+      assert.is_true(s:acquire(inf))
+      st:join(inf)
+
+      local b = lock.barrier(2)
+      local bt = thread.new(function(bb) concur.sleep(0.1) return bb:wait(inf) end, b)
+      assert.is_number(b:wait(inf))
+      assert.is_number(bt:join(inf))
+
+      local c = lock.condition()
+      local ct = thread.new(function(cc) concur.sleep(0.2) cc:acquire() cc:notify() cc:release() end, c)
+      c:acquire()
+      local woke
+      used, took = cpu(function() woke = c:wait(inf) end)
+      c:release()
+      ct:join(inf)
+      assert.is_true(woke, "condition:wait returned false at once")
+      assert.is_true(took >= 0.1)
+
+      local a, bb = pipe()
+      thread.new(function(x) concur.sleep(0.1) x:send(5) end, a):join(inf)
+      assert.equal(5, bb:recv(inf))
+    end)
+
+    it("sleeps forever with concur.sleep(" .. tostring(inf) .. ") in the main state", function()
+      local out, status, timedout = S.run("concur.sleep(" .. string.format("%.17g", inf) .. ") print('returned')", "", 1)
+      assert.is_true(timedout, "returned at once: " .. out)
+    end)
+
+    it("sleeps forever with concur.sleep(" .. tostring(inf) .. ") until cancelled", function()
+      local t = thread.new(function(x) concur.sleep(x) return "woke" end, inf)
+      concur.sleep(0.3)
+      assert.is_true(t:alive())
+      t:cancel()
+      local v, why = t:join(5)
+      assert.is_nil(v)
+      assert.equal("cancelled", why)
+    end)
+  end
+
+  it("refuses a NaN timeout", function()
+    assert.has_error(function() queue():get(0 / 0) end)
+    assert.has_error(function() concur.sleep(0 / 0) end)
+  end)
+end)
+
+describe("refused batches", function()
+  local function settle()
+    collectgarbage()
+    collectgarbage()
+    return (concur.memory())
+  end
+
+  it("give back what they had encoded (put_many, extend, shared.list)", function()
+    local q = queue()
+    local base = settle()
+    for _ = 1, 5 do
+      local big = shared.list()
+      big:extend({string.rep("a", 1048576), string.rep("b", 1048576), string.rep("c", 1048576)})
+      assert.has_error(function() q:put_many({big, coroutine.create(print)}) end)
+      local l = shared.list()
+      assert.has_error(function() l:extend({big, big, coroutine.create(print)}) end)
+      assert.has_error(function() shared.list({big, print == nil, coroutine.create(print)}) end)
+      assert.equal(0, #l)
+      assert.equal(0, #q)
+    end
+    local after = settle()
+    assert.is_true(after - base < 64 * 1024, "held " .. (after - base) .. " bytes")
+  end)
+
+  it("get_many releases the items after one that cannot be decoded", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    os.execute("mkdir -p " .. dir)
+    local f = assert(io.open(dir .. "/ccgone.lua", "w"))
+    f:write("return {}")
+    f:close()
+    local q = queue()
+    local base = settle()
+    local p = process.spawn(function(qq, d)
+      package.path = d .. "/?.lua;" .. package.path
+      local M = require "ccgone"
+      local big = concur.shared.list({string.rep("x", 1048576), string.rep("y", 1048576)})
+      qq:put_many({1, M, big, big, 5})
+      return true
+    end, q, dir)
+    assert.is_true(p:join(10))
+    os.execute("rm -rf " .. dir)
+    assert.has_error(function() q:get_many(10) end)
+    local after = settle()
+    assert.is_true(after - base < 64 * 1024, "held " .. (after - base) .. " bytes")
+  end)
+end)
+
+describe("arena pressure and the garbage collector", function()
+  it("collects dropped pipes and queues before reporting exhaustion", function()
+    local out, status = S.run([[
+      for i = 1, 3000 do local a, b = concur.pipe() end
+      for i = 1, 20000 do local q = concur.queue(); q:put(i) end
+      print("done", concur.memory() < 32 * 1024 * 1024)
+    ]], "CONCUR_SHM=32M", 60)
+    assert.equal(0, status, out)
+    assert.matches("done%s+true", out)
+  end)
+
+  it("reports exhaustion with honest figures", function()
+    local out = S.run([[
+      local q = concur.queue()
+      local s = string.rep("x", 100000)
+      local ok, err = pcall(function() for i = 1, 1000 do q:put(s) end end)
+      print(err)
+    ]], "CONCUR_SHM=2M")
+    assert.matches("queue:put: shared memory exhausted %([%d.]+ MiB in use of 2.0 MiB; set CONCUR_SHM%)", out)
+    assert.not_matches("concur: concur:", out)
+  end)
+
+  it("refuses a CONCUR_SHM it cannot read", function()
+    for _, bad in ipairs{"5X", "12MB", "-1", "abc", "1e400", "0"} do
+      local out, status = S.run("print(concur.memory())", "CONCUR_SHM=" .. bad)
+      assert.is_true(status ~= 0, bad .. " was accepted: " .. out)
+      assert.matches("CONCUR_SHM", out)
+      assert.not_matches("concur: concur:", out)
+    end
+    local out, status = S.run("local used, size = concur.memory() print(size)", "CONCUR_SHM=3M")
+    assert.equal(0, status, out)
+    assert.matches("^3145728", out)
+  end)
+end)
+
+describe("argument errors", function()
+  it("queue.new refuses a table", function()
+    assert.has_error(function() queue.new({}) end)
+    assert.has_error(function() queue({}) end)
+    assert.equal(3, queue.new(3):maxsize())
+    assert.equal(3, queue(3):maxsize())
+  end)
+
+  it("list:remove names a bad index", function()
+    local l = shared.list({1, 2})
+    local ok, err = pcall(l.remove, l, "x")
+    assert.is_false(ok)
+    assert.matches("list:remove: bad argument #1 %(integer expected, got string%)", err)
+    ok, err = pcall(l.remove, l, 5)
+    assert.matches("list:remove: index 5 out of range %(list has 2 items%)", err)
+  end)
+end)
