@@ -14,6 +14,7 @@
 #define CB_H
 
 #include "compat.h"
+#include <errno.h>
 #include "../runtime/cc.h"
 
 /* ---- the codec (codec.c) ---- */
@@ -27,6 +28,10 @@ void cb_encode(lua_State *L, int first, int n, cc_buf *out, const char *fname, i
  * message's references (the caller must not release them afterwards), also
  * on error. Raises "<fname>: corrupt message (...)" on bad input. */
 int cb_decode(lua_State *L, const void *msg, size_t len, const char *fname);
+/* The same for bytes from outside (concur.decode): refuses Lua functions
+ * (bytecode is not verified by the VM), C functions and module names
+ * (decoding must not run require). */
+int cb_decode_untrusted(lua_State *L, const void *msg, size_t len, const char *fname);
 /* Decode without raising: returns the count, or -1 with an error message
  * pushed. Used by the fuzz harness and by paths that must not longjmp. */
 int cb_decode_protected(lua_State *L, const void *msg, size_t len);
@@ -65,6 +70,19 @@ double cb_opt_deadline(lua_State *L, int idx, const char *fname);
 int cb_fail(lua_State *L, int err, const char *fname);
 /* Raise the "shared memory exhausted (N MiB in use of M; set CONCUR_SHM)" error. */
 int cb_nomem(lua_State *L, const char *fname);
+/* A full garbage collection (unless the script stopped the collector):
+ * run before reporting the arena exhausted, then retry once. */
+void cb_collect(lua_State *L);
+#define CB_RETRY(L, r, expr)                                                                     \
+    do {                                                                                         \
+        (r) = (expr);                                                                            \
+        if ((r) == -ENOMEM || (r) == -EMFILE || (r) == -ENFILE) {                                \
+            cb_collect(L);                                                                       \
+            (r) = (expr);                                                                        \
+        }                                                                                        \
+    } while (0)
+/* Tell the collector a new handle pins this many bytes outside the Lua heap. */
+void cb_pressure(lua_State *L, size_t bytes);
 /* Make sure the arena exists (reads CONCUR_SHM the first time). */
 void cb_arena(lua_State *L);
 
@@ -72,9 +90,32 @@ void cb_arena(lua_State *L);
 int cb_msghandler(lua_State *L);
 /* t = registry[key] (a table); t[stack[idx]] = on and true or nil. */
 void cb_registry_mark(lua_State *L, const void *key, int idx, int on);
-/* Two per-state encode/decode buffers (which = 0 or 1), kept for reuse so a
- * put/get/send/recv allocates nothing; freed when the state closes. */
-cc_buf *cb_scratch(lua_State *L, int which);
+/* A per-state scratch buffer (which = 0 or 1) for one call, reused so
+ * put/get/send/recv allocate nothing; safe against re-entry from
+ * finalizers, required modules and metamethods (see concur.c). Give it
+ * back with cb_buf_give before returning; a call that raises need not. */
+#define cb_buf_take(L, which) cb_buf_take_at(L, which, __builtin_frame_address(0))
+cc_buf *cb_buf_take_at(lua_State *L, int which, const void *frame);
+void cb_buf_give(lua_State *L, cc_buf *b);
+
+/* Messages end to end, owned by a userdata pushed on the stack: whatever
+ * has not been taken over when the call raises is released by its __gc. */
+typedef struct cb_batch {
+    cc_buf all;
+    size_t *lens;
+    size_t n, cap;
+    size_t next, off;   /* messages [next, n) still own their references */
+} cb_batch;
+cb_batch *cb_batch_new(lua_State *L);           /* pushes it */
+/* Append a copy of one message; its references move into the batch (also
+ * when this raises for lack of memory). */
+void cb_batch_add(lua_State *L, cb_batch *b, const void *msg, size_t len, const char *fname);
+/* Messages [0, upto) were taken over by someone else (a queue, a list). */
+void cb_batch_keep(cb_batch *b, size_t upto);
+/* Release what is still owned and free the memory now. */
+void cb_batch_free(lua_State *L, cb_batch *b);
+/* Decode message i (at byte offset off): pushes its values, their count. */
+int cb_batch_decode(lua_State *L, cb_batch *b, size_t i, size_t off, const char *fname);
 
 /* Per-library openers: each pushes its library table. */
 int cb_open_process(lua_State *L);

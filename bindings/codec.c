@@ -63,9 +63,11 @@ typedef struct enc {
     int arg;           /* current argument number, for messages */
     int seen;          /* stack slot of the table -> id map (nil until needed) */
     int modcache;      /* stack slot of the module cache (nil until needed) */
+    int refslot;       /* stack slot of the grown shared-object table (nil until needed) */
     int nextid;
-    cc_obj *refs[MAX_REFS];
-    uint32_t nrefs;
+    cc_obj **refs;     /* refs_inline, or the userdata in refslot once it outgrew it */
+    uint32_t nrefs, refcap;
+    cc_obj *refs_inline[16];
     int depth;
     seg path[MAX_DEPTH + 1];
 } enc;
@@ -310,11 +312,13 @@ static void encode_table(enc *e, int idx) {
         e->depth--;
         lua_pop(L, 2);
     }
+    size_t nput = 0;
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         int kidx = lua_gettop(L) - 1, ok = 0;
         lua_Integer k = cb_tointegerx(L, kidx, &ok);
         if (!(lua_type(L, kidx) == LUA_TNUMBER && ok && k >= 1 && (size_t)k <= narr)) {
+            if (++nput > nhash) break;
             enter(e, 'f', kidx, NULL);
             encode_value(e, kidx);
             encode_value(e, kidx + 1);
@@ -322,6 +326,9 @@ static void encode_table(enc *e, int idx) {
         }
         lua_pop(L, 1);
     }
+    /* a finalizer run by an allocation above could have changed the table:
+     * the counts written before its items must still hold */
+    if (nput != nhash || cb_rawlen(L, idx) < narr) refuse(e, "a table that changed while it was being sent");
     if (lua_getmetatable(L, idx)) {
         enter(e, 'm', 0, "metatable");
         encode_value(e, lua_gettop(L));
@@ -430,6 +437,14 @@ static void encode_userdata(enc *e, int idx) {
         if (e->refs[i] == o) break;
     if (i == e->nrefs) {
         if (e->nrefs == MAX_REFS) refuse(e, "more than 4096 shared objects in one value");
+        if (e->nrefs == e->refcap) { /* grow into a userdata anchored in its slot */
+            uint32_t cap = e->refcap * 4 < MAX_REFS ? e->refcap * 4 : MAX_REFS;
+            cc_obj **grown = lua_newuserdata(e->L, cap * sizeof *grown);
+            memcpy(grown, e->refs, e->nrefs * sizeof *grown);
+            lua_replace(e->L, e->refslot);
+            e->refs = grown;
+            e->refcap = cap;
+        }
         e->refs[e->nrefs++] = o;
     }
     put_byte(e, T_SHARED);
@@ -468,34 +483,27 @@ static void encode_value(enc *e, int idx) {
     }
 }
 
-/* The encoder's scratch state is big (the shared-object table, the path),
- * so each lua_State keeps one in its registry: no allocation per message,
- * and nothing to free when a refusal longjmps out. Encoding never calls
- * back into Lua, so it is never re-entered on one state. */
-static const char ENC_KEY = 'e';
-
-static enc *scratch(lua_State *L) {
-    cb_rawgetp(L, LUA_REGISTRYINDEX, &ENC_KEY);
-    enc *e = lua_touserdata(L, -1);
-    lua_pop(L, 1);
-    if (!e) {
-        e = lua_newuserdata(L, sizeof *e);
-        cb_rawsetp(L, LUA_REGISTRYINDEX, &ENC_KEY);
-    }
-    return e;
-}
-
+/* The encoder's state lives on the C stack (as ldump.c's DumpState does):
+ * encoding can run Lua code -- any allocation may run a __gc finalizer --
+ * and if that code sends something too, it encodes with a state of its
+ * own. What must grow goes into reserved Lua stack slots, so a refusal
+ * that longjmps out leaves nothing to free. */
 void cb_encode(lua_State *L, int first, int n, cc_buf *out, const char *fname, int argbase) {
     first = cb_absindex(L, first);
     int top = lua_gettop(L);
-    enc *e = scratch(L);
+    enc E, *e = &E;
     e->L = L;
     e->b = out;
     e->fname = fname;
-    lua_pushnil(L); /* reserved slots: the seen-table and the module cache */
+    luaL_checkstack(L, 8, "too many values");
+    lua_pushnil(L); /* reserved slots: the seen-table, the module cache, the refs */
     e->seen = lua_gettop(L);
     lua_pushnil(L);
     e->modcache = lua_gettop(L);
+    lua_pushnil(L);
+    e->refslot = lua_gettop(L);
+    e->refs = e->refs_inline;
+    e->refcap = sizeof e->refs_inline / sizeof e->refs_inline[0];
     e->nextid = 1;
     e->nrefs = 0;
     e->depth = 0;
@@ -532,7 +540,14 @@ typedef struct dec {
     int handles;      /* stack index of the handles of the header's objects */
     uint32_t nrefs;
     int depth;
+    int trust;        /* 0: refuse bytecode and module names (concur.decode) */
 } dec;
+
+static int distrust(dec *d, const char *what) {
+    return luaL_error(d->L, "%s: the bytes hold %s; pass {trust = true} only for bytes you made "
+                            "(loading bytecode from elsewhere can crash the interpreter)",
+                      d->fname, what);
+}
 
 static int corrupt(dec *d, const char *why) {
     return luaL_error(d->L, "%s: corrupt message (%s)", d->fname, why);
@@ -680,7 +695,10 @@ static void decode_value(dec *d) {
         break;
     }
     case T_TABLE: decode_table(d); break;
-    case T_FUNC: decode_function(d); break;
+    case T_FUNC:
+        if (!d->trust) distrust(d, "a Lua function");
+        decode_function(d);
+        break;
     case T_REF: {
         uint64_t id = get_varint(d);
         if (!lua_istable(L, d->ids) || id > INT32_MAX) corrupt(d, "bad reference");
@@ -689,6 +707,7 @@ static void decode_value(dec *d) {
         break;
     }
     case T_CFUNC: {
+        if (!d->trust) distrust(d, "a C function");
         size_t mn, fn;
         const char *mod = get_str(d, &mn);
         const char *field = get_str(d, &fn);
@@ -714,6 +733,7 @@ static void decode_value(dec *d) {
     }
     case T_GLOBALS: cb_pushglobaltable(L); break;
     case T_MODULE: {
+        if (!d->trust) distrust(d, "a module name");
         size_t n;
         const char *name = get_str(d, &n);
         push_module(d, name, n);
@@ -724,8 +744,8 @@ static void decode_value(dec *d) {
     d->depth--;
 }
 
-int cb_decode(lua_State *L, const void *msg, size_t len, const char *fname) {
-    dec d = {L, msg, (const unsigned char *)msg + len, fname, 0, 0, 0, 0};
+static int decode(lua_State *L, const void *msg, size_t len, const char *fname, int trust) {
+    dec d = {L, msg, (const unsigned char *)msg + len, fname, 0, 0, 0, 0, trust};
     if (len < sizeof(cc_msghdr)) luaL_error(L, "%s: corrupt message (truncated)", fname);
     uint32_t nrefs = cc_msg_nrefs(msg);
     if (nrefs > MAX_REFS || cc_msg_payload_offset(nrefs) > len)
@@ -767,6 +787,14 @@ int cb_decode(lua_State *L, const void *msg, size_t len, const char *fname) {
     }
     lua_settop(L, base + nvals);
     return nvals;
+}
+
+int cb_decode(lua_State *L, const void *msg, size_t len, const char *fname) {
+    return decode(L, msg, len, fname, 1);
+}
+
+int cb_decode_untrusted(lua_State *L, const void *msg, size_t len, const char *fname) {
+    return decode(L, msg, len, fname, 0);
 }
 
 typedef struct { const void *msg; size_t len; int n; } pdecode;

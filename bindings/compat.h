@@ -74,7 +74,9 @@ static inline void cb_rawsetp(lua_State *L, int i, const void *p) {
 #define cb_len(L, i) ((lua_Integer)lua_objlen(L, i))
 static inline lua_Integer cb_tointegerx(lua_State *L, int i, int *ok) {
     lua_Number n = lua_tonumber(L, i);
-    int isnum = lua_isnumber(L, i) && n == (lua_Number)(lua_Integer)n;
+    /* range first: casting NaN or 2^63 to an integer is undefined */
+    int isnum = lua_isnumber(L, i) && n >= -9223372036854775808.0 && n < 9223372036854775808.0 &&
+                n == (lua_Number)(lua_Integer)n;
     if (ok) *ok = isnum;
     return isnum ? (lua_Integer)n : 0;
 }

@@ -116,7 +116,7 @@ cb_handle *cb_push(lua_State *L, cc_obj *o) {
     cb_rawgetp(L, LUA_REGISTRYINDEX, &MT_KEYS[o->type < CC_T_MAX ? o->type : 0]);
     if (lua_isnil(L, -1)) {
         cc_release(o);
-        luaL_error(L, "concur: no %s type in this state", cb_typename(o->type));
+        luaL_error(L, "no concur %s type in this state", cb_typename(o->type));
     }
     h = cb_newuserdata(L, sizeof *h);
     h->obj = o;
@@ -193,8 +193,11 @@ double cb_opt_deadline(lua_State *L, int idx, const char *fname) {
 }
 
 int cb_nomem(lua_State *L, const char *fname) {
-    return luaL_error(L, "%s: shared memory exhausted (%d MiB in use of %d; set CONCUR_SHM)", fname,
-                      (int)(cc_arena_used() >> 20), (int)(cc_arena_size() >> 20));
+    char used[32], size[32];
+    snprintf(used, sizeof used, "%.1f", (double)cc_arena_used() / (1 << 20));
+    snprintf(size, sizeof size, "%.1f", (double)cc_arena_size() / (1 << 20));
+    return luaL_error(L, "%s: shared memory exhausted (%s MiB in use of %s MiB; set CONCUR_SHM)",
+                      fname, used, size);
 }
 
 int cb_fail(lua_State *L, int err, const char *fname) {
@@ -213,19 +216,25 @@ int cb_fail(lua_State *L, int err, const char *fname) {
     }
 }
 
-/* CONCUR_SHM: bytes, or with a K/M/G suffix. */
+/* CONCUR_SHM: a whole number of bytes, or with a K/M/G/T suffix (an
+ * optional trailing "iB"/"B" is not accepted: 12MB would read as megabits to
+ * some). Anything else, zero, or past 2^46 is refused: 0 back. */
 static size_t parse_size(const char *s) {
     char *end;
-    double v = strtod(s, &end);
-    if (end == s || v <= 0) return 0;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (end == s || errno || *s == '-' || *s == '+') return 0;
+    unsigned shift = 0;
     switch (*end) {
-    case 'k': case 'K': v *= 1024.0; break;
-    case 'm': case 'M': v *= 1024.0 * 1024; break;
-    case 'g': case 'G': v *= 1024.0 * 1024 * 1024; break;
-    case 't': case 'T': v *= 1024.0 * 1024 * 1024 * 1024; break;
-    default: break;
+    case '\0': break;
+    case 'k': case 'K': shift = 10; end++; break;
+    case 'm': case 'M': shift = 20; end++; break;
+    case 'g': case 'G': shift = 30; end++; break;
+    case 't': case 'T': shift = 40; end++; break;
+    default: return 0;
     }
-    return (size_t)v;
+    if (*end != '\0' || v == 0 || v > ((1ULL << 46) >> shift)) return 0;
+    return (size_t)(v << shift);
 }
 
 void cb_arena(lua_State *L) {
@@ -234,11 +243,37 @@ void cb_arena(lua_State *L) {
     size_t size = 0;
     if (env && *env) {
         size = parse_size(env);
-        if (!size) luaL_error(L, "concur: bad CONCUR_SHM '%s' (use e.g. 512M or 4G)", env);
+        if (!size) luaL_error(L, "bad CONCUR_SHM '%s' (a size such as 512M, 4G or 1048576)", env);
     }
     int r = cc_arena_init(size);
-    if (r) luaL_error(L, "concur: cannot map %d MiB of shared memory (CONCUR_SHM): %s",
+    if (r) luaL_error(L, "cannot map %d MiB of shared memory (CONCUR_SHM): %s",
                       (int)((size ? size : cc_arena_default_size()) >> 20), strerror(-r));
+}
+
+/* ---- the collector and the arena ----
+ *
+ * A handle is a few dozen bytes of Lua heap that can pin 128 KiB of arena
+ * (a pipe's buffers, a queue's chunk): left alone, the collector would see
+ * no reason to run while the arena fills. Constructors report what they pin
+ * as collector debt, and an operation that finds the arena full collects
+ * once and retries before it reports exhaustion. Neither runs the collector
+ * if the script stopped it. */
+static int gc_running(lua_State *L) {
+#ifdef LUA_GCISRUNNING
+    return lua_gc(L, LUA_GCISRUNNING, 0);
+#else
+    (void)L;
+    return 1;
+#endif
+}
+
+void cb_collect(lua_State *L) {
+    if (gc_running(L)) lua_gc(L, LUA_GCCOLLECT, 0);
+}
+
+void cb_pressure(lua_State *L, size_t bytes) {
+    int kb = (int)(bytes >> 10);
+    if (kb > 0 && gc_running(L)) lua_gc(L, LUA_GCSTEP, kb);
 }
 
 /* ---- helpers for the binding files ---- */
@@ -260,35 +295,197 @@ void cb_registry_mark(lua_State *L, const void *key, int idx, int on) {
     lua_pop(L, 1);
 }
 
+/* ---- scratch buffers ----
+ *
+ * put/get/send/recv reuse two malloc'd buffers per lua_State, so the hot
+ * paths allocate nothing. A buffer is in use from cb_buf_take to
+ * cb_buf_give, and during that time Lua code can run on the same state: a
+ * __gc finalizer (any allocation can step the collector), a module that
+ * decode requires, a metamethod. If that code uses concur, it must not get
+ * the buffer the outer call is still reading or writing.
+ *
+ * So each buffer records the C frame of the call that holds it. A nested
+ * call runs in a deeper frame (a lower address: the stack grows down on
+ * every platform we build for), finds the buffer held by a live frame, and
+ * gets a temporary buffer of its own. A call that raised never gives its
+ * buffer back; the next call from the same or a shallower frame proves that
+ * frame dead (it cannot still be running below us) and takes the buffer
+ * over. Temporaries of dead frames are freed the same way, so an error
+ * leaks nothing for long. */
+#define NTEMP 16
+
+typedef struct scratch {
+    cc_buf buf[2];
+    const void *owner[2];            /* frame holding buf[i], NULL when free */
+    cc_buf temp[NTEMP];
+    const void *temp_owner[NTEMP];   /* NULL: slot unused */
+    int ntemp;
+} scratch;
+
 static const char SCRATCH_KEY = 's';
 
 static int scratch_gc(lua_State *L) {
-    cc_buf *b = lua_touserdata(L, 1);
-    cc_buf_free(&b[0]);
-    cc_buf_free(&b[1]);
+    scratch *s = lua_touserdata(L, 1);
+    for (int i = 0; i < 2; i++) cc_buf_free(&s->buf[i]);
+    for (int i = 0; i < NTEMP; i++) cc_buf_free(&s->temp[i]);
     return 0;
 }
 
-cc_buf *cb_scratch(lua_State *L, int which) {
+static scratch *get_scratch(lua_State *L) {
     cb_rawgetp(L, LUA_REGISTRYINDEX, &SCRATCH_KEY);
-    cc_buf *b = lua_touserdata(L, -1);
+    scratch *s = lua_touserdata(L, -1);
     lua_pop(L, 1);
-    if (!b) {
-        b = lua_newuserdata(L, 2 * sizeof *b);
-        memset(b, 0, 2 * sizeof *b);
+    if (!s) {
+        s = lua_newuserdata(L, sizeof *s);
+        memset(s, 0, sizeof *s);
         lua_createtable(L, 0, 1);
         lua_pushcfunction(L, scratch_gc);
         lua_setfield(L, -2, "__gc");
         lua_setmetatable(L, -2);
         cb_rawsetp(L, LUA_REGISTRYINDEX, &SCRATCH_KEY);
     }
-    return &b[which];
+    return s;
+}
+
+/* The frame that held something is gone when we run at or above it. */
+static int dead(const void *owner, const void *frame) {
+    return (uintptr_t)frame >= (uintptr_t)owner;
+}
+
+cc_buf *cb_buf_take_at(lua_State *L, int which, const void *frame) {
+    scratch *s = get_scratch(L);
+    if (s->ntemp) { /* free the temporaries of calls that raised */
+        for (int i = 0; i < NTEMP; i++)
+            if (s->temp_owner[i] && dead(s->temp_owner[i], frame)) {
+                cc_buf_free(&s->temp[i]);
+                s->temp_owner[i] = NULL;
+                s->ntemp--;
+            }
+    }
+    if (!s->owner[which] || dead(s->owner[which], frame)) {
+        s->owner[which] = frame;
+        s->buf[which].len = 0;
+        return &s->buf[which];
+    }
+    for (int i = 0; i < NTEMP; i++)
+        if (!s->temp_owner[i]) {
+            s->temp_owner[i] = frame;
+            s->temp[i].len = 0;
+            s->ntemp++;
+            return &s->temp[i];
+        }
+    luaL_error(L, "concur: operations nested more than %d deep in finalizers", NTEMP);
+    return NULL;
+}
+
+void cb_buf_give(lua_State *L, cc_buf *b) {
+    scratch *s = get_scratch(L);
+    for (int i = 0; i < 2; i++)
+        if (b == &s->buf[i]) {
+            s->owner[i] = NULL;
+            return;
+        }
+    for (int i = 0; i < NTEMP; i++)
+        if (b == &s->temp[i] && s->temp_owner[i]) {
+            cc_buf_free(&s->temp[i]);
+            s->temp_owner[i] = NULL;
+            s->ntemp--;
+            return;
+        }
+}
+
+/* ---- batches ----
+ *
+ * Several messages end to end (put_many and extend on the way in, get_many
+ * and snapshots on the way out) in a userdata on the Lua stack: if encoding
+ * or decoding item i raises, its __gc releases the references of the
+ * messages nobody took over yet ([next, n)) and frees the memory, instead
+ * of leaking both. */
+static const char BATCH_KEY = 'b';
+
+static void batch_release(cb_batch *b) {
+    size_t off = b->off;
+    for (size_t i = b->next; i < b->n; i++) {
+        cc_msg_release(b->all.data + off, b->lens[i]);
+        off += b->lens[i];
+    }
+    b->next = b->n;
+    b->off = off;
+}
+
+static int batch_gc(lua_State *L) {
+    cb_batch *b = lua_touserdata(L, 1);
+    if (!b) return 0;
+    batch_release(b);
+    cc_buf_free(&b->all);
+    free(b->lens);
+    b->lens = NULL;
+    b->n = b->cap = b->next = b->off = 0;
+    return 0;
+}
+
+cb_batch *cb_batch_new(lua_State *L) {
+    cb_batch *b = lua_newuserdata(L, sizeof *b);
+    memset(b, 0, sizeof *b);
+    cb_rawgetp(L, LUA_REGISTRYINDEX, &BATCH_KEY);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        lua_createtable(L, 0, 1);
+        lua_pushcfunction(L, batch_gc);
+        lua_setfield(L, -2, "__gc");
+        lua_pushvalue(L, -1);
+        cb_rawsetp(L, LUA_REGISTRYINDEX, &BATCH_KEY);
+    }
+    lua_setmetatable(L, -2);
+    return b;
+}
+
+void cb_batch_add(lua_State *L, cb_batch *b, const void *msg, size_t len, const char *fname) {
+    if (b->n == b->cap) {
+        size_t cap = b->cap ? 2 * b->cap : 16;
+        size_t *lens = realloc(b->lens, cap * sizeof *lens);
+        if (!lens) {
+            cc_msg_release(msg, len);
+            luaL_error(L, "%s: out of memory", fname);
+        }
+        b->lens = lens;
+        b->cap = cap;
+    }
+    if (cc_buf_reserve(&b->all, b->all.len + len) != 0) {
+        cc_msg_release(msg, len);
+        luaL_error(L, "%s: out of memory", fname);
+    }
+    memcpy(b->all.data + b->all.len, msg, len);
+    b->all.len += len;
+    b->lens[b->n++] = len;
+}
+
+void cb_batch_keep(cb_batch *b, size_t upto) {
+    while (b->next < upto && b->next < b->n) b->off += b->lens[b->next++];
+}
+
+void cb_batch_free(lua_State *L, cb_batch *b) {
+    (void)L;
+    batch_release(b);
+    cc_buf_free(&b->all);
+    free(b->lens);
+    b->lens = NULL;
+    b->n = b->cap = b->next = b->off = 0;
+}
+
+int cb_batch_decode(lua_State *L, cb_batch *b, size_t i, size_t off, const char *fname) {
+    /* decode takes over message i's references even if it raises */
+    if (b->next <= i) cb_batch_keep(b, i + 1);
+    return cb_decode(L, b->all.data + off, b->lens[i], fname);
 }
 
 /* ---- concur.* utilities ---- */
 
 static int l_sleep(lua_State *L) {
-    double s = (double)luaL_checknumber(L, 1);
+    if (lua_type(L, 1) != LUA_TNUMBER)
+        return luaL_error(L, "concur.sleep: bad argument #1 (seconds expected, got %s)", luaL_typename(L, 1));
+    double s = (double)lua_tonumber(L, 1);
+    if (!(s >= 0)) return luaL_error(L, "concur.sleep: bad argument #1 (seconds must be >= 0)");
     if (s > 0 && cc_sleep(s) == -EINTR) return luaL_error(L, "concur.sleep: interrupted");
     return 0;
 }
@@ -308,25 +505,38 @@ static int l_memory(lua_State *L) {
  * serializer. A string cannot own counts on shared objects, so those are
  * refused here (they travel through queues, pipes and lists instead). */
 static int l_encode(lua_State *L) {
-    cc_buf b = {0};
-    cb_encode(L, 1, lua_gettop(L), &b, "concur.encode", 1);
-    if (cc_msg_nrefs(b.data)) {
-        cc_msg_release(b.data, b.len);
-        cc_buf_free(&b);
+    cc_buf *b = cb_buf_take(L, 0); /* a refusal raises: nothing to free */
+    cb_encode(L, 1, lua_gettop(L), b, "concur.encode", 1);
+    if (cc_msg_nrefs(b->data)) {
+        cc_msg_release(b->data, b->len);
+        cb_buf_give(L, b);
         return luaL_error(L, "concur.encode: cannot encode shared objects into a string");
     }
-    lua_pushlstring(L, b.data, b.len);
-    cc_buf_free(&b);
+    lua_pushlstring(L, b->data, b->len);
+    cb_buf_give(L, b);
     return 1;
 }
 
+/* concur.decode(s, [{trust = true}]): by default the bytes are untrusted,
+ * like input from a file or a socket, and may hold only data (see
+ * cb_decode_untrusted). */
 static int l_decode(lua_State *L) {
     size_t n;
-    const char *s = luaL_checklstring(L, 1, &n);
+    if (lua_type(L, 1) != LUA_TSTRING)
+        return luaL_error(L, "concur.decode: bad argument #1 (string expected, got %s)", luaL_typename(L, 1));
+    const char *s = lua_tolstring(L, 1, &n);
+    int trust = 0;
+    if (!lua_isnoneornil(L, 2)) {
+        if (!lua_istable(L, 2))
+            return luaL_error(L, "concur.decode: bad argument #2 (options table expected, got %s)",
+                              luaL_typename(L, 2));
+        lua_getfield(L, 2, "trust");
+        trust = lua_toboolean(L, -1);
+    }
     if (n >= sizeof(cc_msghdr) && cc_msg_nrefs(s))
         return luaL_error(L, "concur.decode: corrupt message (shared objects in a string)");
     lua_settop(L, 1);
-    return cb_decode(L, s, n, "concur.decode");
+    return trust ? cb_decode(L, s, n, "concur.decode") : cb_decode_untrusted(L, s, n, "concur.decode");
 }
 
 static const luaL_Reg utils[] = {

@@ -36,10 +36,12 @@ static int l_new(lua_State *L) {
         return luaL_argerror(L, 1, "options table expected");
     }
     cc_pipe *a, *b;
-    int r = cc_pipe_new(&a, &b, duplex);
+    int r;
+    CB_RETRY(L, r, cc_pipe_new(&a, &b, duplex));
     if (r) return cb_fail(L, r, "pipe.new");
     cb_push(L, (cc_obj *)a);
     cb_push(L, (cc_obj *)b);
+    cb_pressure(L, 2 * (64 * 1024 + 1024)); /* two receive buffers and two sockets */
     return 2;
 }
 
@@ -55,11 +57,12 @@ static int e_send(lua_State *L) {
     if (lua_gettop(L) < 2) return luaL_error(L, "pipe:send: bad argument #1 (value expected)");
     if (!cc_pipe_writable(p)) return luaL_error(L, "pipe:send: this end is read-only");
     if (cc_pipe_closed(p)) return luaL_error(L, "pipe:send: the pipe end is closed");
-    cc_buf *b = cb_scratch(L, 0);
+    cc_buf *b = cb_buf_take(L, 0);
     cb_encode(L, 2, 1, b, "pipe:send", 1);
     int r = cc_pipe_send(p, b->data, b->len, CC_FOREVER);
+    if (r) cc_msg_release(b->data, b->len);
+    cb_buf_give(L, b);
     if (r) {
-        cc_msg_release(b->data, b->len);
         if (r == -EPIPE) return luaL_error(L, "pipe:send: the other end is closed");
         if (r == -EBADF) return luaL_error(L, "pipe:send: the pipe end is closed");
         return cb_fail(L, r, "pipe:send");
@@ -72,12 +75,15 @@ static int e_recv(lua_State *L) {
     double deadline = cb_opt_deadline(L, 2, "pipe:recv");
     if (!cc_pipe_readable(p)) return luaL_error(L, "pipe:recv: this end is write-only");
     if (cc_pipe_closed(p)) return luaL_error(L, "pipe:recv: the pipe end is closed");
-    cc_buf *b = cb_scratch(L, 0);
+    cc_buf *b = cb_buf_take(L, 0);
     int r = cc_pipe_recv(p, b, deadline);
+    if (r) cb_buf_give(L, b);
     if (r == -EBADF) return luaL_error(L, "pipe:recv: the pipe end is closed");
     if (r) return cb_fail(L, r, "pipe:recv");
     lua_settop(L, 0);
-    return cb_decode(L, b->data, b->len, "pipe:recv");
+    int n = cb_decode(L, b->data, b->len, "pipe:recv");
+    cb_buf_give(L, b);
+    return n;
 }
 
 static int e_poll(lua_State *L) {

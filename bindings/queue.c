@@ -25,33 +25,40 @@ static cc_queue *check(lua_State *L, const char *fname) {
 }
 
 static int l_new(lua_State *L) {
-    /* called as queue(maxsize) (through __call, the library is argument 1)
-     * or queue.new(maxsize) */
-    int idx = lua_istable(L, 1) ? 2 : 1;
     lua_Integer maxsize = 0;
-    if (!lua_isnoneornil(L, idx)) {
-        maxsize = cb_checkinteger(L, idx);
-        if (maxsize < 0) return luaL_argerror(L, idx, "maxsize must be >= 0");
+    if (!lua_isnoneornil(L, 1)) {
+        int ok = 0;
+        maxsize = cb_tointegerx(L, 1, &ok);
+        if (!ok || maxsize < 0)
+            return luaL_error(L, "queue.new: bad argument #1 (maxsize expected: an integer >= 0, got %s)",
+                              lua_type(L, 1) == LUA_TNUMBER ? lua_tostring(L, 1) : luaL_typename(L, 1));
     }
     cc_queue *q;
-    int r = cc_queue_new(&q, maxsize);
+    int r;
+    CB_RETRY(L, r, cc_queue_new(&q, maxsize));
     if (r) return cb_fail(L, r, "queue.new");
     cb_push(L, (cc_obj *)q); /* the header is its first member */
+    cb_pressure(L, 64 * 1024); /* its first chunk, at the first put */
     return 1;
+}
+
+static int l_call(lua_State *L) { /* queue(maxsize): the library is argument 1 */
+    lua_remove(L, 1);
+    return l_new(L);
 }
 
 static int q_put(lua_State *L) {
     cc_queue *q = check(L, "queue:put");
     if (lua_gettop(L) < 2) return luaL_error(L, "queue:put: bad argument #1 (value expected)");
     double deadline = cb_opt_deadline(L, 3, "queue:put");
-    cc_buf *b = cb_scratch(L, 0);
+    cc_buf *b = cb_buf_take(L, 0);
     cb_encode(L, 2, 1, b, "queue:put", 1);
-    int r = cc_queue_put(q, b->data, b->len, deadline);
-    if (r) {
-        cc_msg_release(b->data, b->len);
-        if (r == -EPIPE) return luaL_error(L, "queue:put: the queue is closed");
-        return cb_fail(L, r, "queue:put");
-    }
+    int r;
+    CB_RETRY(L, r, cc_queue_put(q, b->data, b->len, deadline));
+    if (r) cc_msg_release(b->data, b->len);
+    cb_buf_give(L, b);
+    if (r == -EPIPE) return luaL_error(L, "queue:put: the queue is closed");
+    if (r) return cb_fail(L, r, "queue:put");
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -59,45 +66,43 @@ static int q_put(lua_State *L) {
 static int q_get(lua_State *L) {
     cc_queue *q = check(L, "queue:get");
     double deadline = cb_opt_deadline(L, 2, "queue:get");
-    cc_buf *b = cb_scratch(L, 0);
+    cc_buf *b = cb_buf_take(L, 0);
     int r = cc_queue_get(q, b, deadline);
-    if (r) return cb_fail(L, r, "queue:get");
+    if (r) {
+        cb_buf_give(L, b);
+        return cb_fail(L, r, "queue:get");
+    }
     lua_settop(L, 0);
-    return cb_decode(L, b->data, b->len, "queue:get");
+    int n = cb_decode(L, b->data, b->len, "queue:get");
+    cb_buf_give(L, b);
+    return n;
 }
 
 static int q_put_many(lua_State *L) {
     cc_queue *q = check(L, "queue:put_many");
     luaL_checktype(L, 2, LUA_TTABLE);
     double deadline = cb_opt_deadline(L, 3, "queue:put_many");
+    lua_settop(L, 3);
     size_t n = (size_t)cb_rawlen(L, 2);
     if (n == 0) {
         cb_pushinteger(L, 0);
         return 1;
     }
-    cc_buf all = {0}, *one = cb_scratch(L, 0);
-    size_t *lens = malloc(n * sizeof *lens);
-    if (!lens) return luaL_error(L, "queue:put_many: out of memory");
-    /* encode each item; on a refusal, what was encoded is released */
-    size_t i;
-    for (i = 0; i < n; i++) {
+    /* encode every item first (a refusal raises, and the batch's __gc
+     * gives back what the items before it had counted) */
+    cb_batch *all = cb_batch_new(L);
+    cc_buf *one = cb_buf_take(L, 0);
+    for (size_t i = 0; i < n; i++) {
         lua_rawgeti(L, 2, (int)i + 1);
         cb_encode(L, -1, 1, one, "queue:put_many", (int)i + 1);
         lua_pop(L, 1);
-        if (cc_buf_reserve(&all, all.len + one->len) != 0) break;
-        memcpy(all.data + all.len, one->data, one->len);
-        all.len += one->len;
-        lens[i] = one->len;
+        cb_batch_add(L, all, one->data, one->len, "queue:put_many");
     }
-    int64_t put = i == n ? cc_queue_put_many(q, all.data, lens, n, deadline) : -ENOMEM;
-    /* release the references of the messages that did not go in */
-    size_t off = 0;
-    for (size_t k = 0; k < i; k++) {
-        if (put < 0 || k >= (size_t)put) cc_msg_release(all.data + off, lens[k]);
-        off += lens[k];
-    }
-    free(lens);
-    cc_buf_free(&all);
+    cb_buf_give(L, one);
+    int64_t put;
+    CB_RETRY(L, put, cc_queue_put_many(q, all->all.data, all->lens, n, deadline));
+    if (put > 0) cb_batch_keep(all, (size_t)put); /* the queue owns those */
+    cb_batch_free(L, all);                         /* the rest go back now */
     if (put == -EPIPE) return luaL_error(L, "queue:put_many: the queue is closed");
     if (put < 0) return cb_fail(L, (int)put, "queue:put_many");
     cb_pushinteger(L, put);
@@ -106,27 +111,24 @@ static int q_put_many(lua_State *L) {
 
 static int q_get_many(lua_State *L) {
     cc_queue *q = check(L, "queue:get_many");
-    lua_Integer max = cb_checkinteger(L, 2);
-    if (max < 1) return luaL_argerror(L, 2, "max must be >= 1");
+    int ok = 0;
+    lua_Integer max = cb_tointegerx(L, 2, &ok);
+    if (!ok || max < 1) return luaL_error(L, "queue:get_many: bad argument #1 (max expected: an integer >= 1)");
     double deadline = cb_opt_deadline(L, 3, "queue:get_many");
-    cc_buf *b = cb_scratch(L, 0);
-    size_t *lens, n;
-    int r = cc_queue_get_many(q, (size_t)max, b, &lens, &n, deadline);
-    if (r) {
-        free(lens);
-        return cb_fail(L, r, "queue:get_many");
-    }
     lua_settop(L, 0);
+    cb_batch *all = cb_batch_new(L);
+    size_t n;
+    int r = cc_queue_get_many(q, (size_t)max, &all->all, &all->lens, &n, deadline);
+    if (r) return cb_fail(L, r, "queue:get_many");
+    all->n = all->cap = n;
     lua_createtable(L, (int)n, 0);
     size_t off = 0;
     for (size_t i = 0; i < n; i++) {
-        /* a refusal mid-way must not leak the rest: decode takes over
-         * each message's references even when it raises */
-        cb_decode(L, b->data + off, lens[i], "queue:get_many");
-        lua_rawseti(L, 1, (int)i + 1);
-        off += lens[i];
+        cb_batch_decode(L, all, i, off, "queue:get_many");
+        lua_rawseti(L, 2, (int)i + 1);
+        off += all->lens[i];
     }
-    free(lens);
+    cb_batch_free(L, all);
     return 1;
 }
 
@@ -166,12 +168,14 @@ static int q_closed(lua_State *L) {
 
 static int iter_next(lua_State *L) {
     cc_queue *q = (cc_queue *)cb_check(L, lua_upvalueindex(1), CC_T_QUEUE, "queue:iter");
-    cc_buf *b = cb_scratch(L, 0);
+    cc_buf *b = cb_buf_take(L, 0);
     int r = cc_queue_get(q, b, CC_FOREVER);
+    if (r) cb_buf_give(L, b);
     if (r == -EPIPE) return 0;
     if (r) return cb_fail(L, r, "queue:iter");
     lua_settop(L, 0);
     int n = cb_decode(L, b->data, b->len, "queue:iter");
+    cb_buf_give(L, b);
     return n > 0 ? 1 : 0;
 }
 
@@ -208,7 +212,7 @@ int cb_open_queue(lua_State *L) {
     lua_pushcfunction(L, l_new);
     lua_setfield(L, -2, "new");
     lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, l_new);
+    lua_pushcfunction(L, l_call);
     lua_setfield(L, -2, "__call");
     lua_setmetatable(L, -2);
     return 1;

@@ -23,10 +23,10 @@
 #include "../runtime/list.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct { cc_buf *a, *b; } bufs; /* the two per-state scratch buffers */
 
 static int nomem_or(lua_State *L, int r, const char *fname) {
     if (r == -ENOMEM) return cb_nomem(L, fname);
@@ -58,41 +58,24 @@ static int64_t index_of(lua_State *L, int idx) {
 static int list_extend_from(lua_State *L, cc_list *l, int t, const char *fname) {
     size_t n = (size_t)cb_rawlen(L, t);
     if (n == 0) return 0;
-    bufs s = {cb_scratch(L, 0), cb_scratch(L, 1)};
-    size_t *lens = malloc(n * sizeof *lens);
-    if (!lens) return luaL_error(L, "%s: out of memory", fname);
-    cc_buf all = {0};
-    size_t i;
-    int r = 0;
-    for (i = 0; i < n && !r; i++) {
+    int top = lua_gettop(L);
+    /* encode every item first: a refusal raises, and the batch's __gc gives
+     * back what the items before it had counted; the list is untouched */
+    cb_batch *all = cb_batch_new(L);
+    cc_buf *one = cb_buf_take(L, 0);
+    for (size_t i = 0; i < n; i++) {
         lua_rawgeti(L, t, (int)i + 1);
-        if (lua_isnil(L, -1)) {
-            r = -EINVAL;
-            break;
-        }
-        cb_encode(L, -1, 1, s.a, fname, (int)i + 1);
+        if (lua_isnil(L, -1)) return luaL_error(L, "%s: the table has a hole at [%d]", fname, (int)i + 1);
+        cb_encode(L, -1, 1, one, fname, (int)i + 1);
         lua_pop(L, 1);
-        r = cc_buf_reserve(&all, all.len + s.a->len);
-        if (!r) {
-            memcpy(all.data + all.len, s.a->data, s.a->len);
-            all.len += s.a->len;
-            lens[i] = s.a->len;
-        } else {
-            cc_msg_release(s.a->data, s.a->len);
-        }
+        cb_batch_add(L, all, one->data, one->len, fname);
     }
-    size_t made = r ? i - (r == -EINVAL ? 0 : 1) : n;
-    if (!r) r = cc_list_extend(l, all.data, lens, n);
-    if (r) { /* nothing went in: give the references back */
-        size_t off = 0;
-        for (size_t k = 0; k < made; k++) {
-            cc_msg_release(all.data + off, lens[k]);
-            off += lens[k];
-        }
-    }
-    free(lens);
-    cc_buf_free(&all);
-    if (r == -EINVAL) return luaL_error(L, "%s: the table has a hole at [%d]", fname, (int)i + 1);
+    cb_buf_give(L, one);
+    int r;
+    CB_RETRY(L, r, cc_list_extend(l, all->all.data, all->lens, n));
+    if (!r) cb_batch_keep(all, n); /* the list owns them now */
+    cb_batch_free(L, all);
+    lua_settop(L, top);
     if (r) return nomem_or(L, r, fname);
     return 0;
 }
@@ -100,7 +83,8 @@ static int list_extend_from(lua_State *L, cc_list *l, int t, const char *fname) 
 static int l_new(lua_State *L) {
     if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TTABLE);
     cc_list *l;
-    int r = cc_list_new(&l);
+    int r;
+    CB_RETRY(L, r, cc_list_new(&l));
     if (r) return nomem_or(L, r, "shared.list");
     cb_push(L, (cc_obj *)l);
     if (lua_istable(L, 1)) list_extend_from(L, l, 1, "shared.list");
@@ -109,13 +93,13 @@ static int l_new(lua_State *L) {
 
 static int l_append(lua_State *L) {
     cc_list *l = list_check(L, "list:append");
-    cc_buf *b = cb_scratch(L, 0);
+    cc_buf *b = cb_buf_take(L, 0);
     encode_item(L, 2, b, "list:append", 1);
-    int r = cc_list_append(l, b->data, b->len);
-    if (r) {
-        cc_msg_release(b->data, b->len);
-        return nomem_or(L, r, "list:append");
-    }
+    int r;
+    CB_RETRY(L, r, cc_list_append(l, b->data, b->len));
+    if (r) cc_msg_release(b->data, b->len);
+    cb_buf_give(L, b);
+    if (r) return nomem_or(L, r, "list:append");
     return 0;
 }
 
@@ -127,11 +111,14 @@ static int l_extend(lua_State *L) {
 }
 
 static int l_get(lua_State *L, cc_list *l, int64_t i, const char *fname) {
-    cc_buf *b = cb_scratch(L, 1);
+    cc_buf *b = cb_buf_take(L, 1);
     int r = cc_list_get(l, i, b);
+    if (r) cb_buf_give(L, b);
     if (r == -ERANGE) return 0;
     if (r) return nomem_or(L, r, fname);
-    return cb_decode(L, b->data, b->len, fname);
+    int n = cb_decode(L, b->data, b->len, fname);
+    cb_buf_give(L, b);
+    return n;
 }
 
 static int l_index(lua_State *L) {
@@ -153,11 +140,13 @@ static int l_newindex(lua_State *L) {
     if (i < 0 || lua_type(L, 2) != LUA_TNUMBER)
         return luaL_error(L, "list:__newindex: bad index (an integer 1..#list+1 expected)");
     if (lua_isnil(L, 3)) return luaL_error(L, "list:__newindex: cannot store nil (use remove)");
-    cc_buf *b = cb_scratch(L, 0);
+    cc_buf *b = cb_buf_take(L, 0);
     cb_encode(L, 3, 1, b, "list:__newindex", 2);
-    int r = cc_list_set(l, i, b->data, b->len);
+    int r;
+    CB_RETRY(L, r, cc_list_set(l, i, b->data, b->len));
+    if (r) cc_msg_release(b->data, b->len);
+    cb_buf_give(L, b);
     if (r) {
-        cc_msg_release(b->data, b->len);
         if (r == -ERANGE) return luaL_error(L, "list:__newindex: index %d out of range (list has %d items)",
                                             (int)i + 1, (int)cc_list_len(l));
         return nomem_or(L, r, "list:__newindex");
@@ -172,12 +161,15 @@ static int l_len(lua_State *L) {
 
 static int l_pop(lua_State *L) {
     cc_list *l = list_check(L, "list:pop");
-    cc_buf *b = cb_scratch(L, 1);
+    cc_buf *b = cb_buf_take(L, 1);
     int r = cc_list_pop(l, b);
+    if (r) cb_buf_give(L, b);
     if (r == -ERANGE) return 0;
     if (r) return nomem_or(L, r, "list:pop");
     lua_settop(L, 0);
-    return cb_decode(L, b->data, b->len, "list:pop");
+    int n = cb_decode(L, b->data, b->len, "list:pop");
+    cb_buf_give(L, b);
+    return n;
 }
 
 static int l_insert(lua_State *L) {
@@ -191,11 +183,13 @@ static int l_insert(lua_State *L) {
         i = index_of(L, 2);
         if (i < 0) return luaL_argerror(L, 1, "position must be an integer >= 1");
     }
-    cc_buf *b = cb_scratch(L, 0);
+    cc_buf *b = cb_buf_take(L, 0);
     encode_item(L, vidx, b, "list:insert", vidx - 1);
-    int r = cc_list_insert(l, i, b->data, b->len);
+    int r;
+    CB_RETRY(L, r, cc_list_insert(l, i, b->data, b->len));
+    if (r) cc_msg_release(b->data, b->len);
+    cb_buf_give(L, b);
     if (r) {
-        cc_msg_release(b->data, b->len);
         if (r == -ERANGE) return luaL_error(L, "list:insert: position %d out of range", (int)i + 1);
         return nomem_or(L, r, "list:insert");
     }
@@ -204,33 +198,44 @@ static int l_insert(lua_State *L) {
 
 static int l_remove(lua_State *L) {
     cc_list *l = list_check(L, "list:remove");
-    int64_t i = lua_isnoneornil(L, 2) ? cc_list_len(l) - 1 : index_of(L, 2);
-    cc_buf *b = cb_scratch(L, 1);
+    int64_t i;
+    if (lua_isnoneornil(L, 2)) i = cc_list_len(l) - 1;
+    else if (lua_type(L, 2) != LUA_TNUMBER || (i = index_of(L, 2)) == -2)
+        return luaL_error(L, "list:remove: bad argument #1 (integer expected, got %s)",
+                          lua_type(L, 2) == LUA_TNUMBER ? "a fraction" : luaL_typename(L, 2));
+    cc_buf *b = cb_buf_take(L, 1);
     int r = i < 0 ? -ERANGE : cc_list_remove(l, i, b);
-    if (r == -ERANGE) return luaL_error(L, "list:remove: index %d out of range", (int)i + 1);
+    if (r) cb_buf_give(L, b);
+    if (r == -ERANGE) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "index %lld out of range (list has %lld items)", (long long)i + 1,
+                 (long long)cc_list_len(l));
+        return luaL_error(L, "list:remove: %s", msg);
+    }
     if (r) return nomem_or(L, r, "list:remove");
     lua_settop(L, 0);
-    return cb_decode(L, b->data, b->len, "list:remove");
+    int n = cb_decode(L, b->data, b->len, "list:remove");
+    cb_buf_give(L, b);
+    return n;
 }
 
 static int l_totable(lua_State *L) {
     cc_list *l = list_check(L, "list:totable");
-    bufs s = {cb_scratch(L, 0), cb_scratch(L, 1)};
-    size_t *lens, n;
-    int r = cc_list_snapshot(l, s.b, &lens, &n);
-    if (r) {
-        free(lens);
-        return nomem_or(L, r, "list:totable");
-    }
     lua_settop(L, 0);
+    cb_batch *all = cb_batch_new(L);
+    size_t n;
+    int r = cc_list_snapshot(l, &all->all, &all->lens, &n);
+    if (r) return nomem_or(L, r, "list:totable");
+    all->n = all->cap = n;
     lua_createtable(L, (int)n, 0);
     size_t off = 0;
     for (size_t i = 0; i < n; i++) {
-        cb_decode(L, s.b->data + off, lens[i], "list:totable");
-        lua_rawseti(L, 1, (int)i + 1);
-        off += lens[i];
+        cb_batch_decode(L, all, i, off, "list:totable");
+        lua_rawseti(L, 2, (int)i + 1);
+        off += all->lens[i];
     }
-    free(lens);
+    cb_batch_free(L, all);
+    lua_remove(L, 1);
     return 1;
 }
 
@@ -241,7 +246,10 @@ static int l_clear(lua_State *L) {
 
 static int ipairs_next(lua_State *L) {
     /* iterate over the snapshot table in upvalue 1 */
-    lua_Integer i = luaL_checkinteger(L, 2) + 1;
+    int ok = 0;
+    lua_Integer i = cb_tointegerx(L, 2, &ok);
+    if (!ok || i < 0 || i >= INT32_MAX) return 0;
+    i++;
     lua_rawgeti(L, lua_upvalueindex(1), (int)i);
     if (lua_isnil(L, -1)) return 0;
     cb_pushinteger(L, i);
@@ -321,7 +329,8 @@ static void encode_key(lua_State *L, int idx, cc_buf *b, const char *fname) {
 static int d_new(lua_State *L) {
     if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TTABLE);
     cc_dict *d;
-    int r = cc_dict_new(&d);
+    int r;
+    CB_RETRY(L, r, cc_dict_new(&d));
     if (r) return nomem_or(L, r, "shared.dict");
     cb_push(L, (cc_obj *)d);
     if (lua_istable(L, 1)) {
@@ -343,29 +352,34 @@ static int d_new(lua_State *L) {
 }
 
 static int d_get_at(lua_State *L, cc_dict *d, int kidx, const char *fname) {
-    bufs s = {cb_scratch(L, 0), cb_scratch(L, 1)};
-    encode_key(L, kidx, s.a, fname);
-    int r = cc_dict_get(d, s.a->data, s.a->len, s.b);
+    cc_buf *key = cb_buf_take(L, 0), *val = cb_buf_take(L, 1);
+    encode_key(L, kidx, key, fname);
+    int r = cc_dict_get(d, key->data, key->len, val);
+    cb_buf_give(L, key);
+    if (r) cb_buf_give(L, val);
     if (r == -ENOENT) return 0;
     if (r) return nomem_or(L, r, fname);
-    return cb_decode(L, s.b->data, s.b->len, fname);
+    int n = cb_decode(L, val->data, val->len, fname);
+    cb_buf_give(L, val);
+    return n;
 }
 
 static int d_set_at(lua_State *L, cc_dict *d, int kidx, int vidx, const char *fname) {
-    bufs s = {cb_scratch(L, 0), cb_scratch(L, 1)};
-    encode_key(L, kidx, s.a, fname);
+    cc_buf *key = cb_buf_take(L, 0), *val = cb_buf_take(L, 1);
+    encode_key(L, kidx, key, fname);
+    int r;
     if (lua_isnil(L, vidx)) {
-        int r = cc_dict_delete(d, s.a->data, s.a->len, s.b);
-        if (r == 0) cc_msg_release(s.b->data, s.b->len);
-        else if (r != -ENOENT) return nomem_or(L, r, fname);
-        return 0;
+        r = cc_dict_delete(d, key->data, key->len, val);
+        if (r == 0) cc_msg_release(val->data, val->len);
+        if (r == -ENOENT) r = 0;
+    } else {
+        cb_encode(L, vidx, 1, val, fname, 2);
+        CB_RETRY(L, r, cc_dict_set(d, key->data, key->len, val->data, val->len));
+        if (r) cc_msg_release(val->data, val->len);
     }
-    cb_encode(L, vidx, 1, s.b, fname, 2);
-    int r = cc_dict_set(d, s.a->data, s.a->len, s.b->data, s.b->len);
-    if (r) {
-        cc_msg_release(s.b->data, s.b->len);
-        return nomem_or(L, r, fname);
-    }
+    cb_buf_give(L, key);
+    cb_buf_give(L, val);
+    if (r) return nomem_or(L, r, fname);
     return 0;
 }
 
@@ -401,12 +415,16 @@ static int d_set(lua_State *L) {
 
 static int d_delete(lua_State *L) {
     cc_dict *d = dict_arg(L, "dict:delete");
-    bufs s = {cb_scratch(L, 0), cb_scratch(L, 1)};
-    encode_key(L, 2, s.a, "dict:delete");
-    int r = cc_dict_delete(d, s.a->data, s.a->len, s.b);
+    cc_buf *key = cb_buf_take(L, 0), *val = cb_buf_take(L, 1);
+    encode_key(L, 2, key, "dict:delete");
+    int r = cc_dict_delete(d, key->data, key->len, val);
+    cb_buf_give(L, key);
+    if (r) cb_buf_give(L, val);
     if (r == -ENOENT) return 0;
     if (r) return nomem_or(L, r, "dict:delete");
-    return cb_decode(L, s.b->data, s.b->len, "dict:delete");
+    int n = cb_decode(L, val->data, val->len, "dict:delete");
+    cb_buf_give(L, val);
+    return n;
 }
 
 static int d_len(lua_State *L) {
@@ -422,34 +440,34 @@ static int d_clear(lua_State *L) {
 /* Snapshot into a fresh table: mode 0 totable, 1 keys, 2 values, 3 items */
 static int d_collect(lua_State *L, int mode, const char *fname) {
     cc_dict *d = dict_arg(L, fname);
-    bufs s = {cb_scratch(L, 0), cb_scratch(L, 1)};
-    size_t *lens, n;
-    int r = cc_dict_snapshot(d, s.b, &lens, &n);
-    if (r) {
-        free(lens);
-        return nomem_or(L, r, fname);
-    }
     lua_settop(L, 0);
+    cb_batch *all = cb_batch_new(L);
+    size_t n;
+    int r = cc_dict_snapshot(d, &all->all, &all->lens, &n);
+    if (r) return nomem_or(L, r, fname);
+    all->n = all->cap = 2 * n;
     lua_createtable(L, mode ? (int)n : 0, mode ? 0 : (int)n);
+    int t = 2;
     size_t off = 0;
     for (size_t i = 0; i < n; i++) {
-        cb_decode(L, s.b->data + off, lens[2 * i], fname);
-        off += lens[2 * i];
-        cb_decode(L, s.b->data + off, lens[2 * i + 1], fname);
-        off += lens[2 * i + 1];
+        cb_batch_decode(L, all, 2 * i, off, fname);
+        off += all->lens[2 * i];
+        cb_batch_decode(L, all, 2 * i + 1, off, fname);
+        off += all->lens[2 * i + 1];
         switch (mode) {
-        case 0: lua_rawset(L, 1); break;
-        case 1: lua_pop(L, 1); lua_rawseti(L, 1, (int)i + 1); break;
-        case 2: lua_remove(L, -2); lua_rawseti(L, 1, (int)i + 1); break;
+        case 0: lua_rawset(L, t); break;
+        case 1: lua_pop(L, 1); lua_rawseti(L, t, (int)i + 1); break;
+        case 2: lua_remove(L, -2); lua_rawseti(L, t, (int)i + 1); break;
         default:
             lua_createtable(L, 2, 0);
             lua_insert(L, -3);
             lua_rawseti(L, -3, 2);
             lua_rawseti(L, -2, 1);
-            lua_rawseti(L, 1, (int)i + 1);
+            lua_rawseti(L, t, (int)i + 1);
         }
     }
-    free(lens);
+    cb_batch_free(L, all);
+    lua_remove(L, 1);
     return 1;
 }
 

@@ -35,10 +35,12 @@
 #include <sys/types.h>
 
 #define CC_FOREVER (-1.0)
+/* Timeouts above this many seconds (about 31 years) mean "forever". */
+#define CC_MAX_TIMEOUT 1e9
 
 /* ---- clock (clock.c) ------------------------------------------------- */
 double cc_now(void);                  /* CLOCK_MONOTONIC seconds */
-double cc_deadline(double timeout);   /* timeout < 0 -> CC_FOREVER */
+double cc_deadline(double timeout);   /* < 0, > CC_MAX_TIMEOUT, inf -> CC_FOREVER */
 int cc_sleep(double seconds);         /* 0, or -EINTR if cc_interrupted() fired */
 /* The point a wait should sleep until before re-checking cc_interrupted():
  * the deadline itself, or sooner when the thread can be interrupted. */
@@ -124,7 +126,11 @@ typedef struct cc_buf {
     char *data;
     size_t len, cap;
 } cc_buf;
-int cc_buf_reserve(cc_buf *b, size_t need);   /* ensures cap >= need */
+/* Ensures cap >= need; -ENOMEM when malloc fails or need is past
+ * CC_BUF_MAX (a length read from a corrupt stream must not wrap the
+ * doubling or ask for 2^64 bytes). */
+#define CC_BUF_MAX ((size_t)1 << 40)
+int cc_buf_reserve(cc_buf *b, size_t need);
 void cc_buf_free(cc_buf *b);
 
 /* ---- sync (sync.c) -------------------------------------------------- */

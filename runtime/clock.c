@@ -20,7 +20,10 @@ double cc_now(void) {
 }
 
 double cc_deadline(double timeout) {
-    return timeout < 0 ? CC_FOREVER : cc_now() + timeout;
+    /* math.huge, 1e300 and anything past CC_MAX_TIMEOUT wait forever: a
+     * deadline that far out would overflow time_t in a timespec */
+    if (timeout < 0 || !(timeout <= CC_MAX_TIMEOUT)) return CC_FOREVER;
+    return cc_now() + timeout;
 }
 
 void cc_interrupt_set(_Atomic int *flag) { interrupt_flag = flag; }
@@ -36,6 +39,8 @@ double cc_wait_slice(double deadline) {
 }
 
 void cc_timespec(double t, struct timespec *ts) {
+    if (!(t >= 0)) t = 0;
+    if (t > 2 * CC_MAX_TIMEOUT) t = 2 * CC_MAX_TIMEOUT; /* never past time_t */
     ts->tv_sec = (time_t)t;
     ts->tv_nsec = (long)((t - (double)ts->tv_sec) * 1e9);
     if (ts->tv_nsec >= 1000000000L) { ts->tv_sec++; ts->tv_nsec -= 1000000000L; }
@@ -43,14 +48,15 @@ void cc_timespec(double t, struct timespec *ts) {
 }
 
 int cc_sleep(double seconds) {
-    double deadline = cc_now() + (seconds > 0 ? seconds : 0);
+    double deadline = cc_deadline(seconds > 0 ? seconds : 0);
     for (;;) {
         if (cc_interrupted()) return -EINTR;
         double until = cc_wait_slice(deadline);
+        if (until < 0) until = cc_now() + 86400.0; /* forever: a day at a time */
         struct timespec ts;
         cc_timespec(until, &ts);
         int r = clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
         if (r != 0 && r != EINTR) return -r;
-        if (cc_now() >= deadline) return 0;
+        if (deadline >= 0 && cc_now() >= deadline) return 0;
     }
 }

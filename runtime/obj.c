@@ -77,8 +77,9 @@ void cc_msg_release(const void *msg, size_t len) {
 
 int cc_buf_reserve(cc_buf *b, size_t need) {
     if (need <= b->cap) return 0;
+    if (need > CC_BUF_MAX) return -ENOMEM;
     size_t cap = b->cap ? b->cap : 256;
-    while (cap < need) cap *= 2;
+    while (cap < need) cap *= 2; /* cannot wrap: need <= 2^40 */
     char *d = realloc(b->data, cap);
     if (!d) return -ENOMEM;
     b->data = d;
