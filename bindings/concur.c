@@ -182,6 +182,36 @@ cc_obj *cb_check_any(lua_State *L, int idx, const char *fname) {
     return o;
 }
 
+/* Every handle of this state is in its intern table (weak values lose only
+ * handles that are already unreachable), so this is everything a forked
+ * child running this state can reach. Collect first, retain after: nothing
+ * here allocates a Lua object, so no collection changes the table meanwhile. */
+int cb_retain_reachable(lua_State *L, cc_buf *held) {
+    held->len = 0;
+    luaL_checkstack(L, 4, NULL);
+    push_intern(L);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        cb_handle *h = lua_touserdata(L, -1);
+        lua_pop(L, 1);
+        if (!h || !h->obj) continue;
+        if (cc_buf_reserve(held, held->len + sizeof h->obj)) {
+            lua_pop(L, 2);
+            held->len = 0;
+            return -ENOMEM;
+        }
+        memcpy(held->data + held->len, &h->obj, sizeof h->obj);
+        held->len += sizeof h->obj;
+    }
+    lua_pop(L, 1);
+    for (size_t off = 0; off < held->len; off += sizeof(cc_obj *)) {
+        cc_obj *o;
+        memcpy(&o, held->data + off, sizeof o);
+        cc_retain(o);
+    }
+    return 0;
+}
+
 /* ---- timeouts and errors ---- */
 
 double cb_opt_deadline(lua_State *L, int idx, const char *fname) {

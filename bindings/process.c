@@ -38,9 +38,11 @@ typedef struct cproc {
     int args_refs;        /* args holds counts to give back once reaped */
     int holds_refs;       /* result holds a whole message owning its references */
     cc_buf result;        /* status byte then the message */
-    cc_buf args;          /* fn and arguments, encoded before the fork: their
-                             counts keep what the child uses alive until it
-                             is reaped, whatever the parent drops meanwhile */
+    cc_buf args;          /* fn and arguments, encoded before the fork */
+    cc_buf held;          /* cc_obj *[]: one count on every object the child
+                             can reach (all handles of the spawning state),
+                             kept until it is reaped, whatever the parent
+                             drops meanwhile */
     char name[64];
 } cproc;
 
@@ -160,10 +162,21 @@ static void close_result(cproc *p) {
     }
 }
 
-static void release_args(cproc *p) {
-    if (p->args_refs && p->owner == cc_pid()) cc_msg_release(p->args.data, p->args.len);
+/* Give back the counts kept for the child; only the spawning process holds
+ * them (in a forked child this record is a copy), and only once the child
+ * is reaped: a child we could not reap keeps them (a leak, never a use
+ * after free). */
+static void release_holds(cproc *p) {
+    int mine = p->owner == cc_pid() && (p->reaped || p->pid <= 0);
+    if (p->args_refs && mine) cc_msg_release(p->args.data, p->args.len);
     p->args_refs = 0;
     cc_buf_free(&p->args);
+    for (size_t off = 0; mine && off < p->held.len; off += sizeof(cc_obj *)) {
+        cc_obj *o;
+        memcpy(&o, p->held.data + off, sizeof o);
+        cc_release(o);
+    }
+    cc_buf_free(&p->held);
 }
 
 /* Reap without blocking; 1 when the child is gone. */
@@ -188,7 +201,7 @@ static int finish(cproc *p, double deadline) {
         if (r) return r;
         p->reaped = 1;
     }
-    release_args(p);
+    release_holds(p);
     return 0;
 }
 
@@ -224,6 +237,10 @@ static int l_spawn(lua_State *L) {
     p->rfd = -1;
     p->daemon = daemon;
     p->owner = cc_pid();
+    /* the child can reach, and use, every object this state has a handle
+     * on (through globals, the registry, any table), not only fn's
+     * arguments and upvalues: hold them all until it is reaped */
+    if (cb_retain_reachable(L, &p->held)) return luaL_error(L, "process.spawn: out of memory");
     int fds[2];
     if (pipe2(fds, O_CLOEXEC)) return luaL_error(L, "process.spawn: pipe: %s", strerror(errno));
     cc_fork_track(fds[1], 1);
@@ -326,8 +343,7 @@ static int p_gc(lua_State *L) {
     close_result(p);
     int mine = p->owner == cc_pid(); /* in a forked child this is a copy */
     if (p->holds_refs && mine) cc_msg_release(p->result.data + 1, p->result.len - 1);
-    if (mine) release_args(p);
-    cc_buf_free(&p->args);
+    release_holds(p);
     cc_buf_free(&p->result);
     free(p);
     return 0;

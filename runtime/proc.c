@@ -62,7 +62,10 @@ pid_t cc_fork(int keep_fd) {
     if (pid == 0) {
         for (int i = 0; i < ntracked; i++)
             if (tracked[i] != keep_fd) close(tracked[i]);
+        /* our own result pipe stays tracked: a grandchild must not hold it
+         * open, or our parent's join would wait for the grandchild too */
         ntracked = 0;
+        if (keep_fd >= 0) tracked[ntracked++] = keep_fd;
         pthread_mutex_unlock(&track_lock);
         for (int i = 0; i < nhooks; i++) hooks[i]();
         return 0;
