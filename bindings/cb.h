@@ -57,6 +57,9 @@ cc_obj *cb_test(lua_State *L, int idx);          /* any concur handle, or NULL *
  * (an array of cc_obj *, held->len bytes): all that a child forked from this
  * state can reach. The caller releases each one later. 0 or -ENOMEM. */
 int cb_retain_reachable(lua_State *L, cc_buf *held);
+/* What to call the value at idx after "got" in an argument error: a
+ * userdata's __name (FILE*, concur.queue), else its type, as luaL_typeerror. */
+const char *cb_typeof(lua_State *L, int idx);
 const char *cb_typename(enum cc_type t);         /* "queue", "list", ... */
 
 /* ---- common helpers (concur.c) ---- */
