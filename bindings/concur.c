@@ -213,7 +213,7 @@ int cb_retain_reachable(lua_State *L, cc_buf *held) {
     push_intern(L);
     lua_pushnil(L);
     while (lua_next(L, -2)) {
-        cb_handle *h = lua_touserdata(L, -1);
+        cb_handle *h = lua_type(L, -1) == LUA_TUSERDATA ? lua_touserdata(L, -1) : NULL;
         lua_pop(L, 1);
         if (!h || !h->obj) continue;
         if (cc_buf_reserve(held, held->len + sizeof h->obj)) {
