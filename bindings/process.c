@@ -17,6 +17,18 @@
  * Handles of unjoined children sit in a registry table; when the state
  * closes their finalizers join them (daemons are killed first), so no child
  * is left running or a zombie.
+ *
+ * Counts across the fork. The child can reach every shared object the
+ * spawning state has a handle on (globals, the registry, any table), and its
+ * copies of those handles hold no count of their own: they are the parent's.
+ * So before forking, the parent takes one more count on each object in the
+ * state's intern table (cb_retain_reachable) and gives them back only once
+ * the child is reaped -- after a join, a kill, or the handle's finalizer. A
+ * child that spawns does the same for its own children, so a grandchild
+ * stays covered after its parent is gone. A spawn from a thread retains that
+ * thread's state, the only one that runs in the child. The cost is O(live
+ * handles) per spawn; a child that is never reaped keeps its counts (a leak,
+ * never a use after free).
  */
 #include "cb.h"
 #include "../runtime/proc.h"
