@@ -32,9 +32,12 @@ const char *cb_typename(enum cc_type t) {
 /* ---- handles ---- */
 
 /* The handle at idx, or NULL when the value there is not a concur handle
- * (a full userdata whose metatable carries the concur mark). */
+ * (a full userdata of a handle's size whose metatable carries the concur
+ * mark: under LuaJIT a newproxy can be given a copy of every field). */
 static cb_handle *to_handle(lua_State *L, int idx) {
-    if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return NULL;
+    if (lua_type(L, idx) != LUA_TUSERDATA || cb_rawlen(L, idx) != sizeof(cb_handle) ||
+        !lua_getmetatable(L, idx))
+        return NULL;
     cb_rawgetp(L, -1, &HANDLE_KEY);
     int ok = lua_toboolean(L, -1);
     lua_pop(L, 2);

@@ -95,6 +95,11 @@ local others = {
   {"a table", {}}, {"io.stdout", io.stdout}, {"nil", nil}, {"a number", 42}, {"a string", "s"},
   {"a function", print}, {"a coroutine", coroutine.create(print)}, {"true", true},
 }
+if newproxy then -- LuaJIT: a userdata given a copy of every field of a handle's metatable
+  local forged = newproxy(true)
+  for k, v in pairs(getmetatable(live.lock)) do getmetatable(forged)[k] = v end
+  others[#others + 1] = {"a forged proxy", forged}
+end
 for _, name in ipairs(types) do
   local mt = getmetatable(live[name])
   local receivers = {}
