@@ -22,7 +22,7 @@ local function collect()
 end
 
 describe("process.spawn and objects reached through globals", function()
-  after_each(function() FORK_L, FORK_Q, FORK_E = nil, nil, nil end)
+  after_each(function() FORK_L, FORK_Q, FORK_E, FORK_M = nil, nil, nil, nil end)
 
   it("keeps a shared list held in a global alive while the child uses it", function()
     FORK_L = shared.list()
@@ -82,27 +82,46 @@ describe("process.spawn and objects reached through globals", function()
     end
   end)
 
-  it("keeps what a grandchild reaches alive after its parent has been reaped", function()
-    FORK_L = shared.list()
-    local go, done = queue(), queue()
-    -- the child starts a grandchild and leaves at once, without joining it
+  it("keeps what a grandchild reaches through its parent's globals alive", function()
+    FORK_L = shared.list() -- the parent's, and one the child makes: both reach the grandchild
     local c = process.spawn(function()
-      process.spawn(function()
+      FORK_M = shared.list()
+      local go = queue()
+      local g = process.spawn(function()
         assert(go:get(10), "no go signal")
-        for i = 1, 5 do FORK_L:append("grandchild" .. i) end
-        done:put(#FORK_L)
+        for i = 1, 5 do FORK_L:append(i) FORK_M:append(i) end
+        return #FORK_L, #FORK_M
       end)
-      return true
+      FORK_M = nil
+      collect()
+      local news = fresh(shared.list)
+      go:put(true)
+      local nl, nm = g:join(10)
+      local hit = 0
+      for _, l in ipairs(news) do hit = hit + #l end
+      return nl, nm, hit
     end)
-    assert.is_true(c:join(10))
     FORK_L = nil
     collect()
-    local news = fresh(shared.list)
-    go:put(true)
-    assert.equal(5, done:get(10))
-    for i, l in ipairs(news) do
+    local mine = fresh(shared.list)
+    local nl, nm, hit = c:join(20)
+    assert.equal(5, nl)
+    assert.equal(5, nm)
+    assert.equal(0, hit, "the grandchild's appends landed in the child's new lists")
+    for i, l in ipairs(mine) do
       assert.equal(0, #l, "the grandchild's appends landed in new list " .. i)
     end
+  end)
+
+  it("does not make a parent's join wait for a grandchild its child left running", function()
+    local go, done = queue(), queue()
+    local c = process.spawn(function()
+      process.spawn(function() go:get(10) done:put(true) end)
+      return true
+    end)
+    assert.is_true(c:join(5)) -- before the fix: "timeout", the grandchild held the result pipe
+    go:put(true)
+    assert.is_true(done:get(10))
   end)
 
   it("keeps what a child spawned from a thread reaches through that thread's globals", function()
