@@ -58,6 +58,13 @@ cc_obj *cb_check_any(lua_State *L, int idx, const char *fname);
  * t = CC_T_NONE accepts any concur object, the caller then checks). */
 cc_obj *cb_self(lua_State *L, enum cc_type t, const char *fname);
 cc_obj *cb_test(lua_State *L, int idx);          /* any concur handle, or NULL */
+/* Retain every object that has a handle in this state and list them in held
+ * (an array of cc_obj *, held->len bytes): all that a child forked from this
+ * state can reach. The caller releases each one later. 0 or -ENOMEM. */
+int cb_retain_reachable(lua_State *L, cc_buf *held);
+/* What to call the value at idx after "got" in an argument error: a
+ * userdata's __name (FILE*, concur.queue), else its type, as luaL_typeerror. */
+const char *cb_typeof(lua_State *L, int idx);
 const char *cb_typename(enum cc_type t);         /* "queue", "list", ... */
 
 /* ---- common helpers (concur.c) ---- */

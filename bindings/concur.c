@@ -31,9 +31,31 @@ const char *cb_typename(enum cc_type t) {
 
 /* ---- handles ---- */
 
+/* The handle at idx, or NULL when the value there is not a concur handle
+ * (a full userdata of a handle's size whose metatable carries the concur
+ * mark: under LuaJIT a newproxy can be given a copy of every field). */
+static cb_handle *to_handle(lua_State *L, int idx) {
+    if (lua_type(L, idx) != LUA_TUSERDATA || cb_rawlen(L, idx) != sizeof(cb_handle) ||
+        !lua_getmetatable(L, idx))
+        return NULL;
+    cb_rawgetp(L, -1, &HANDLE_KEY);
+    int ok = lua_toboolean(L, -1);
+    lua_pop(L, 2);
+    return ok ? lua_touserdata(L, idx) : NULL;
+}
+
+/* Metamethods can be called by hand with anything: check, never trust. */
+static cb_handle *meta_arg(lua_State *L, int idx, const char *event) {
+    cb_handle *h = to_handle(L, idx);
+    if (!h)
+        luaL_error(L, "bad argument #%d to '%s' (concur object expected, got %s)", idx, event,
+                   cb_typeof(L, idx));
+    return h;
+}
+
 static int h_gc(lua_State *L) {
-    cb_handle *h = lua_touserdata(L, 1);
-    if (h && h->obj) {
+    cb_handle *h = meta_arg(L, 1, "__gc");
+    if (h->obj) {
         cc_obj *o = h->obj;
         h->obj = NULL;
         if (h->owner == cc_pid()) cc_release(o);
@@ -42,15 +64,18 @@ static int h_gc(lua_State *L) {
 }
 
 static int h_tostring(lua_State *L) {
-    cb_handle *h = lua_touserdata(L, 1);
+    cb_handle *h = meta_arg(L, 1, "__tostring");
     if (!h->obj) lua_pushstring(L, "concur object (released)");
     else lua_pushfstring(L, "concur.%s: %p", cb_typename(h->obj->type), (void *)h->obj);
     return 1;
 }
 
+/* Lua calls __eq with one handle and any other userdata: that is false, not
+ * an error; only a call with no handle at all is a misuse. */
 static int h_eq(lua_State *L) {
-    cb_handle *a = lua_touserdata(L, 1), *b = lua_touserdata(L, 2);
-    lua_pushboolean(L, a && b && a->obj == b->obj);
+    cb_handle *a = to_handle(L, 1), *b = to_handle(L, 2);
+    if (!a && !b) meta_arg(L, 1, "__eq");
+    lua_pushboolean(L, a && b && a->obj && a->obj == b->obj);
     return 1;
 }
 
@@ -131,22 +156,18 @@ cb_handle *cb_push(lua_State *L, cc_obj *o) {
 }
 
 cc_obj *cb_test(lua_State *L, int idx) {
-    cb_handle *h = lua_touserdata(L, idx);
-    if (!h || lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return NULL;
-    cb_rawgetp(L, -1, &HANDLE_KEY);
-    int ok = lua_toboolean(L, -1);
-    lua_pop(L, 2);
-    return ok ? h->obj : NULL;
+    cb_handle *h = to_handle(L, idx);
+    return h ? h->obj : NULL;
 }
 
 static int arg_error(lua_State *L, int idx, const char *fname, const char *expected) {
     return luaL_error(L, "%s: bad argument #%d (%s expected, got %s)", fname, idx, expected,
-                      luaL_typename(L, idx));
+                      cb_typeof(L, idx));
 }
 
 cc_obj *cb_check(lua_State *L, int idx, enum cc_type t, const char *fname) {
     cb_handle *h = lua_touserdata(L, idx);
-    if (h && lua_getmetatable(L, idx)) {
+    if (h && lua_type(L, idx) == LUA_TUSERDATA && lua_getmetatable(L, idx)) {
         cb_rawgetp(L, LUA_REGISTRYINDEX, &MT_KEYS[t]);
         int same = lua_rawequal(L, -1, -2);
         lua_pop(L, 2);
@@ -163,7 +184,7 @@ cc_obj *cb_check(lua_State *L, int idx, enum cc_type t, const char *fname) {
 
 cc_obj *cb_self(lua_State *L, enum cc_type t, const char *fname) {
     cb_handle *h = lua_touserdata(L, 1);
-    if (h && lua_getmetatable(L, 1)) {
+    if (h && lua_type(L, 1) == LUA_TUSERDATA && lua_getmetatable(L, 1)) {
         int same = lua_rawequal(L, -1, lua_upvalueindex(1));
         lua_pop(L, 1);
         if (same) {
@@ -173,13 +194,57 @@ cc_obj *cb_self(lua_State *L, enum cc_type t, const char *fname) {
     }
     /* not the method's own type, or called without the upvalue (as a
      * metamethod): the full check, which raises the right message */
-    return t == CC_T_NONE ? cb_check_any(L, 1, fname) : cb_check(L, 1, t, fname);
+    if (t != CC_T_NONE) return cb_check(L, 1, t, fname);
+    h = to_handle(L, 1);
+    if (h && !h->obj) luaL_error(L, "%s: the object was released", fname);
+    return cb_check_any(L, 1, fname);
 }
 
 cc_obj *cb_check_any(lua_State *L, int idx, const char *fname) {
     cc_obj *o = cb_test(L, idx);
     if (!o) arg_error(L, idx, fname, "concur object");
     return o;
+}
+
+/* Every handle of this state is in its intern table (weak values lose only
+ * handles that are already unreachable), so this is everything a forked
+ * child running this state can reach. Collect first, retain after: nothing
+ * here allocates a Lua object, so no collection changes the table meanwhile. */
+int cb_retain_reachable(lua_State *L, cc_buf *held) {
+    held->len = 0;
+    luaL_checkstack(L, 4, NULL);
+    push_intern(L);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        cb_handle *h = lua_type(L, -1) == LUA_TUSERDATA ? lua_touserdata(L, -1) : NULL;
+        lua_pop(L, 1);
+        if (!h || !h->obj) continue;
+        if (cc_buf_reserve(held, held->len + sizeof h->obj)) {
+            lua_pop(L, 2);
+            held->len = 0;
+            return -ENOMEM;
+        }
+        memcpy(held->data + held->len, &h->obj, sizeof h->obj);
+        held->len += sizeof h->obj;
+    }
+    lua_pop(L, 1);
+    for (size_t off = 0; off < held->len; off += sizeof(cc_obj *)) {
+        cc_obj *o;
+        memcpy(&o, held->data + off, sizeof o);
+        cc_retain(o);
+    }
+    return 0;
+}
+
+const char *cb_typeof(lua_State *L, int idx) {
+    if (lua_type(L, idx) == LUA_TLIGHTUSERDATA) return "light userdata";
+    const char *name = NULL;
+    if (luaL_getmetafield(L, idx, "__name")) {
+        /* the string stays anchored in the metatable of the value at idx */
+        if (lua_type(L, -1) == LUA_TSTRING) name = lua_tostring(L, -1);
+        lua_pop(L, 1);
+    }
+    return name ? name : luaL_typename(L, idx);
 }
 
 /* ---- timeouts and errors ---- */

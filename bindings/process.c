@@ -17,6 +17,18 @@
  * Handles of unjoined children sit in a registry table; when the state
  * closes their finalizers join them (daemons are killed first), so no child
  * is left running or a zombie.
+ *
+ * Counts across the fork. The child can reach every shared object the
+ * spawning state has a handle on (globals, the registry, any table), and its
+ * copies of those handles hold no count of their own: they are the parent's.
+ * So before forking, the parent takes one more count on each object in the
+ * state's intern table (cb_retain_reachable) and gives them back only once
+ * the child is reaped -- after a join, a kill, or the handle's finalizer. A
+ * child that spawns does the same for its own children, so a grandchild
+ * stays covered after its parent is gone. A spawn from a thread retains that
+ * thread's state, the only one that runs in the child. The cost is O(live
+ * handles) per spawn; a child that is never reaped keeps its counts (a leak,
+ * never a use after free).
  */
 #include "cb.h"
 #include "../runtime/proc.h"
@@ -38,9 +50,11 @@ typedef struct cproc {
     int args_refs;        /* args holds counts to give back once reaped */
     int holds_refs;       /* result holds a whole message owning its references */
     cc_buf result;        /* status byte then the message */
-    cc_buf args;          /* fn and arguments, encoded before the fork: their
-                             counts keep what the child uses alive until it
-                             is reaped, whatever the parent drops meanwhile */
+    cc_buf args;          /* fn and arguments, encoded before the fork */
+    cc_buf held;          /* cc_obj *[]: one count on every object the child
+                             can reach (all handles of the spawning state),
+                             kept until it is reaped, whatever the parent
+                             drops meanwhile */
     char name[64];
 } cproc;
 
@@ -68,14 +82,26 @@ static const char *signame(int sig) {
     return buf;
 }
 
+/* A signal argument: a name ("TERM", "SIGKILL") or a number in 1..SIGRTMAX;
+ * none or nil is SIGTERM. Argument numbers count after self, as Lua's. */
 static int check_signal(lua_State *L, int idx, const char *fname) {
     if (lua_isnoneornil(L, idx)) return SIGTERM;
-    if (lua_type(L, idx) == LUA_TNUMBER) return (int)cb_checkinteger(L, idx);
-    const char *s = luaL_checkstring(L, idx);
+    if (lua_type(L, idx) == LUA_TNUMBER) {
+        int ok = 0;
+        lua_Integer n = cb_tointegerx(L, idx, &ok);
+        if (!ok || n < 1 || n > SIGRTMAX)
+            luaL_error(L, "%s: bad argument #%d (signal number out of range 1..%d)", fname, idx - 1,
+                       (int)SIGRTMAX);
+        return (int)n;
+    }
+    if (lua_type(L, idx) != LUA_TSTRING)
+        luaL_error(L, "%s: bad argument #%d (signal name or number expected, got %s)", fname,
+                   idx - 1, cb_typeof(L, idx));
+    const char *s = lua_tostring(L, idx);
     if (strncmp(s, "SIG", 3) == 0) s += 3;
     for (size_t i = 0; i < sizeof SIGNALS / sizeof SIGNALS[0]; i++)
         if (strcmp(SIGNALS[i].name, s) == 0) return SIGNALS[i].sig;
-    return luaL_error(L, "%s: bad argument #%d (unknown signal '%s')", fname, idx,
+    return luaL_error(L, "%s: bad argument #%d (unknown signal '%s')", fname, idx - 1,
                       lua_tostring(L, idx));
 }
 
@@ -145,12 +171,23 @@ static void child(lua_State *L, int first, int nargs, int wfd) {
 
 /* ---- in the parent ---- */
 
+/* The process record of the handle at idx; raises on anything else, and on
+ * a handle whose finalizer already ran (the record is gone). */
 static cproc *check(lua_State *L, int idx, const char *fname) {
     cproc **box = luaL_testudata(L, idx, MT);
-    if (!box || !*box)
+    if (!box)
         luaL_error(L, "%s: bad argument #%d (process expected, got %s)", fname, idx,
-                   luaL_typename(L, idx));
+                   cb_typeof(L, idx));
+    if (!*box) luaL_error(L, "%s: the process handle was finalized", fname);
     return *box;
+}
+
+/* A metamethod's argument: a process handle, possibly finalized (NULL). */
+static cproc **meta_arg(lua_State *L, const char *event) {
+    cproc **box = luaL_testudata(L, 1, MT);
+    if (!box)
+        luaL_error(L, "bad argument #1 to '%s' (%s expected, got %s)", event, MT, cb_typeof(L, 1));
+    return box;
 }
 
 static void close_result(cproc *p) {
@@ -160,10 +197,21 @@ static void close_result(cproc *p) {
     }
 }
 
-static void release_args(cproc *p) {
-    if (p->args_refs && p->owner == cc_pid()) cc_msg_release(p->args.data, p->args.len);
+/* Give back the counts kept for the child; only the spawning process holds
+ * them (in a forked child this record is a copy), and only once the child
+ * is reaped: a child we could not reap keeps them (a leak, never a use
+ * after free). */
+static void release_holds(cproc *p) {
+    int mine = p->owner == cc_pid() && (p->reaped || p->pid <= 0);
+    if (p->args_refs && mine) cc_msg_release(p->args.data, p->args.len);
     p->args_refs = 0;
     cc_buf_free(&p->args);
+    for (size_t off = 0; mine && off < p->held.len; off += sizeof(cc_obj *)) {
+        cc_obj *o;
+        memcpy(&o, p->held.data + off, sizeof o);
+        cc_release(o);
+    }
+    cc_buf_free(&p->held);
 }
 
 /* Reap without blocking; 1 when the child is gone. */
@@ -188,7 +236,7 @@ static int finish(cproc *p, double deadline) {
         if (r) return r;
         p->reaped = 1;
     }
-    release_args(p);
+    release_holds(p);
     return 0;
 }
 
@@ -199,17 +247,22 @@ static int l_spawn(lua_State *L) {
         lua_settop(L, 1);
         lua_getfield(L, 1, "name");
         lua_getfield(L, 1, "daemon");
-        name = lua_isnil(L, 2) ? NULL : luaL_checkstring(L, 2);
+        if (!lua_isnil(L, 2) && !lua_isstring(L, 2))
+            return luaL_error(L, "process.spawn: bad field 'name' (string expected, got %s)",
+                              cb_typeof(L, 2));
+        name = lua_tostring(L, 2);
         daemon = lua_toboolean(L, 3);
         int n = (int)cb_rawlen(L, 1);
-        luaL_checkstack(L, n + 4, "too many arguments");
+        if (!lua_checkstack(L, n + 4)) return luaL_error(L, "process.spawn: too many arguments");
         for (int i = 1; i <= n; i++) lua_rawgeti(L, 1, i);
         first = 4;
         nargs = n - 1;
         if (n < 1 || !lua_isfunction(L, first))
             return luaL_error(L, "process.spawn: bad argument #1 (function expected in field [1])");
     } else {
-        luaL_checktype(L, 1, LUA_TFUNCTION);
+        if (!lua_isfunction(L, 1))
+            return luaL_error(L, "process.spawn: bad argument #1 (function expected, got %s)",
+                              cb_typeof(L, 1));
         nargs = lua_gettop(L) - 1;
     }
     cproc **box = lua_newuserdata(L, sizeof *box);
@@ -224,6 +277,10 @@ static int l_spawn(lua_State *L) {
     p->rfd = -1;
     p->daemon = daemon;
     p->owner = cc_pid();
+    /* the child can reach, and use, every object this state has a handle
+     * on (through globals, the registry, any table), not only fn's
+     * arguments and upvalues: hold them all until it is reaped */
+    if (cb_retain_reachable(L, &p->held)) return luaL_error(L, "process.spawn: out of memory");
     int fds[2];
     if (pipe2(fds, O_CLOEXEC)) return luaL_error(L, "process.spawn: pipe: %s", strerror(errno));
     cc_fork_track(fds[1], 1);
@@ -296,26 +353,30 @@ static int p_kill(lua_State *L) {
 }
 
 static int p_index(lua_State *L) {
-    cproc *p = check(L, 1, "process:__index");
+    cproc **box = meta_arg(L, "__index");
     const char *k = lua_tostring(L, 2);
     if (!k) return 0;
-    if (strcmp(k, "pid") == 0) cb_pushinteger(L, p->pid);
-    else if (strcmp(k, "name") == 0) lua_pushstring(L, p->name);
-    else if (strcmp(k, "daemon") == 0) lua_pushboolean(L, p->daemon);
-    else if (strcmp(k, "exitcode") == 0) {
-        if (!poll_reap(p)) lua_pushnil(L);
-        else if (WIFSIGNALED(p->status)) cb_pushinteger(L, -WTERMSIG(p->status));
-        else cb_pushinteger(L, WEXITSTATUS(p->status));
-    } else {
+    int field = strcmp(k, "pid") == 0 || strcmp(k, "name") == 0 || strcmp(k, "daemon") == 0 ||
+                strcmp(k, "exitcode") == 0;
+    if (!field) { /* methods are found on a finalized handle too; they raise */
         luaL_getmetatable(L, MT);
         lua_getfield(L, -1, "methods");
         lua_getfield(L, -1, k);
+        return 1;
     }
+    if (!*box) return luaL_error(L, "process.%s: the process handle was finalized", k);
+    cproc *p = *box;
+    if (strcmp(k, "pid") == 0) cb_pushinteger(L, p->pid);
+    else if (strcmp(k, "name") == 0) lua_pushstring(L, p->name);
+    else if (strcmp(k, "daemon") == 0) lua_pushboolean(L, p->daemon);
+    else if (!poll_reap(p)) lua_pushnil(L);
+    else if (WIFSIGNALED(p->status)) cb_pushinteger(L, -WTERMSIG(p->status));
+    else cb_pushinteger(L, WEXITSTATUS(p->status));
     return 1;
 }
 
 static int p_gc(lua_State *L) {
-    cproc **box = lua_touserdata(L, 1);
+    cproc **box = meta_arg(L, "__gc");
     cproc *p = *box;
     if (!p) return 0;
     *box = NULL;
@@ -326,40 +387,60 @@ static int p_gc(lua_State *L) {
     close_result(p);
     int mine = p->owner == cc_pid(); /* in a forked child this is a copy */
     if (p->holds_refs && mine) cc_msg_release(p->result.data + 1, p->result.len - 1);
-    if (mine) release_args(p);
-    cc_buf_free(&p->args);
+    release_holds(p);
     cc_buf_free(&p->result);
     free(p);
     return 0;
 }
 
 static int p_tostring(lua_State *L) {
-    cproc *p = check(L, 1, "process:__tostring");
-    lua_pushfstring(L, "process %d (%s, %s)", (int)p->pid, p->name,
-                    poll_reap(p) ? "ended" : "running");
+    cproc *p = *meta_arg(L, "__tostring");
+    if (!p) lua_pushliteral(L, "process (finalized)");
+    else lua_pushfstring(L, "process %d (%s, %s)", (int)p->pid, p->name,
+                         poll_reap(p) ? "ended" : "running");
     return 1;
 }
 
 /* ---- process.run and utilities ---- */
 
+/* process.run's timeout field: none = forever, else seconds >= 0. */
+static double run_deadline(lua_State *L, int idx) {
+    if (lua_isnil(L, idx)) return CC_FOREVER;
+    if (lua_type(L, idx) != LUA_TNUMBER)
+        luaL_error(L, "process.run: bad field 'timeout' (number expected, got %s)", cb_typeof(L, idx));
+    double t = (double)lua_tonumber(L, idx);
+    if (!(t >= 0)) luaL_error(L, "process.run: bad field 'timeout' (must be >= 0)");
+    return cc_deadline(t);
+}
+
 static int l_run(lua_State *L) {
-    luaL_checktype(L, 1, LUA_TTABLE);
+    if (!lua_istable(L, 1))
+        return luaL_error(L, "process.run: bad argument #1 (table expected, got %s)", cb_typeof(L, 1));
+    lua_settop(L, 1);
     int n = (int)cb_rawlen(L, 1);
     if (n < 1) return luaL_error(L, "process.run: bad argument #1 (empty command)");
+    if (!lua_checkstack(L, n + 8)) return luaL_error(L, "process.run: too many arguments");
     char **argv = lua_newuserdata(L, sizeof(char *) * (size_t)(n + 1));
-    luaL_checkstack(L, n + 8, "too many arguments");
     for (int i = 1; i <= n; i++) { /* the strings stay on the stack while used */
         lua_rawgeti(L, 1, i);
         if (!lua_isstring(L, -1))
-            return luaL_error(L, "process.run: bad argument #1 (field [%d] is not a string)", i);
-        argv[i - 1] = (char *)lua_tostring(L, -1);
+            return luaL_error(L, "process.run: bad argument #1 (field [%d] is %s, not a string)", i,
+                              cb_typeof(L, -1));
+        size_t len;
+        argv[i - 1] = (char *)lua_tolstring(L, -1, &len);
+        /* exec would silently cut the argument at the NUL */
+        if (strlen(argv[i - 1]) != len)
+            return luaL_error(L, "process.run: bad argument #1 (field [%d] contains a NUL byte)", i);
     }
     argv[n] = NULL;
     size_t inlen = 0;
     lua_getfield(L, 1, "stdin");
-    const char *in = lua_isnil(L, -1) ? NULL : luaL_checklstring(L, -1, &inlen);
+    if (!lua_isnil(L, -1) && !lua_isstring(L, -1))
+        return luaL_error(L, "process.run: bad field 'stdin' (string expected, got %s)",
+                          cb_typeof(L, -1));
+    const char *in = lua_tolstring(L, -1, &inlen);
     lua_getfield(L, 1, "timeout");
-    double deadline = cb_opt_deadline(L, lua_gettop(L), "process.run");
+    double deadline = run_deadline(L, -1);
     cc_buf out = {0}, err = {0};
     int status = 0;
     int r = cc_run(argv, in, inlen, deadline, &out, &err, &status);
@@ -418,6 +499,8 @@ int cb_open_process(lua_State *L) {
     lua_newtable(L);
     cb_rawsetp(L, LUA_REGISTRYINDEX, &UNJOINED_KEY);
     if (luaL_newmetatable(L, MT)) {
+        lua_pushstring(L, MT); /* errors say "got concur.X" (LuaJIT does not set it) */
+        lua_setfield(L, -2, "__name");
         lua_pushcfunction(L, p_gc);
         lua_setfield(L, -2, "__gc");
         lua_pushcfunction(L, p_tostring);

@@ -182,11 +182,23 @@ static void *run(void *arg) {
 
 /* ---- in the caller ---- */
 
+/* The thread record of the handle at idx; raises on anything else, and on
+ * a handle whose finalizer already ran (it let go of the record). */
 static cthread *check(lua_State *L, int idx, const char *fname) {
     cthread **box = luaL_testudata(L, idx, MT);
-    if (!box) luaL_error(L, "%s: bad argument #%d (thread expected, got %s)", fname, idx,
-                         luaL_typename(L, idx));
+    if (!box)
+        luaL_error(L, "%s: bad argument #%d (thread expected, got %s)", fname, idx,
+                   cb_typeof(L, idx));
+    if (!*box) luaL_error(L, "%s: the thread handle was finalized", fname);
     return *box;
+}
+
+/* A metamethod's argument: a thread handle, possibly finalized (NULL). */
+static cthread **meta_arg(lua_State *L, const char *event) {
+    cthread **box = luaL_testudata(L, 1, MT);
+    if (!box)
+        luaL_error(L, "bad argument #1 to '%s' (%s expected, got %s)", event, MT, cb_typeof(L, 1));
+    return box;
 }
 
 static char *dup_field(lua_State *L, const char *field) {
@@ -203,7 +215,9 @@ static char *dup_field(lua_State *L, const char *field) {
 }
 
 static int l_new(lua_State *L) {
-    luaL_checktype(L, 1, LUA_TFUNCTION);
+    if (!lua_isfunction(L, 1))
+        return luaL_error(L, "thread.new: bad argument #1 (function expected, got %s)",
+                          cb_typeof(L, 1));
     int nargs = lua_gettop(L);
     cthread *t = calloc(1, sizeof *t);
     if (!t) return luaL_error(L, "thread.new: out of memory");
@@ -282,7 +296,7 @@ static int t_cancel(lua_State *L) {
 }
 
 static int t_gc(lua_State *L) {
-    cthread **box = lua_touserdata(L, 1);
+    cthread **box = meta_arg(L, "__gc");
     cthread *t = *box;
     if (!t) return 0;
     *box = NULL;
@@ -296,7 +310,11 @@ static int t_gc(lua_State *L) {
 }
 
 static int t_tostring(lua_State *L) {
-    cthread *t = check(L, 1, "thread:__tostring");
+    cthread *t = *meta_arg(L, "__tostring");
+    if (!t) {
+        lua_pushliteral(L, "thread (finalized)");
+        return 1;
+    }
     const char *state = !t->started ? "not started" : !cc_done_get(&t->done) ? "running" : "done";
     lua_pushfstring(L, "thread: %p (%s)", (void *)t, state);
     return 1;
@@ -319,6 +337,8 @@ int cb_open_thread(lua_State *L) {
     lua_newtable(L);
     cb_rawsetp(L, LUA_REGISTRYINDEX, &UNJOINED_KEY);
     if (luaL_newmetatable(L, MT)) {
+        lua_pushstring(L, MT); /* errors say "got concur.X" (LuaJIT does not set it) */
+        lua_setfield(L, -2, "__name");
         lua_pushcfunction(L, t_gc);
         lua_setfield(L, -2, "__gc");
         lua_pushcfunction(L, t_tostring);

@@ -62,7 +62,10 @@ pid_t cc_fork(int keep_fd) {
     if (pid == 0) {
         for (int i = 0; i < ntracked; i++)
             if (tracked[i] != keep_fd) close(tracked[i]);
+        /* our own result pipe stays tracked: a grandchild must not hold it
+         * open, or our parent's join would wait for the grandchild too */
         ntracked = 0;
+        if (keep_fd >= 0) tracked[ntracked++] = keep_fd;
         pthread_mutex_unlock(&track_lock);
         for (int i = 0; i < nhooks; i++) hooks[i]();
         return 0;
@@ -185,7 +188,8 @@ int cc_run(char *const argv[], const char *in, size_t inlen, double deadline,
         double until = cc_wait_slice(deadline);
         if (until >= 0) {
             double left = until - cc_now();
-            ms = left <= 0 ? 0 : (int)(left * 1000) + 1;
+            /* a day at most: a far deadline (1e300, inf) must not overflow */
+            ms = left <= 0 ? 0 : left > 86400 ? 86400 * 1000 : (int)(left * 1000) + 1;
         }
         int n = poll(p, 3, ms);
         if (n < 0 && errno != EINTR) { r = -errno; break; }
