@@ -33,6 +33,8 @@ HEADERS     := $(wildcard runtime/*.h bindings/*.h host/*.h include/*.h)
 OBJ54  := $(patsubst %.c,$(B)/obj54/%.o,$(RUNTIME_SRC) $(BIND_SRC))
 OBJJIT := $(patsubst %.c,$(B)/objjit/%.o,$(RUNTIME_SRC) $(BIND_SRC))
 OBJHOST := $(patsubst %.c,$(B)/obj54/%.o,$(HOST_SRC))
+# extra objects linked into the host only (the ASan build adds tests/asan_fork.c)
+HOST_EXTRA ?=
 
 all: $(B)/concur $(B)/lua5.4/concur.so $(B)/luajit/concur.so $(B)/libconcur.a $(B)/libconcur.so $(B)/concur.pc $(B)/include/concur.h
 
@@ -44,7 +46,7 @@ $(B)/objjit/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(BASEFLAGS) $(CFLAGS) -fPIC $(LUAJIT_CFLAGS) -c $< -o $@
 
-$(B)/concur: $(OBJHOST) $(OBJ54)
+$(B)/concur: $(OBJHOST) $(OBJ54) $(HOST_EXTRA)
 	$(CC) $(CFLAGS) -pthread -Wl,-E -o $@ $^ $(LUA54_LIBS) -lreadline -lm -ldl
 
 # modules: no -llua, the interpreter that loads them provides the symbols
