@@ -9,7 +9,9 @@
 -- and prints "workload ok" at the end.
 --
 -- Timeouts are generous: memcheck runs code 20-50x slower and serialises
--- threads. Runs under build/concur, lua5.4 or luajit (require "concur").
+-- threads. A child's exit code is not checked: memcheck replaces it with
+-- --error-exitcode when the child has a report (scripts/valgrind.sh reads
+-- every process's log instead). Runs under build/concur, lua5.4 or luajit (require "concur").
 local concur = require "concur"
 local process, thread, shared = concur.process, concur.thread, concur.shared
 local pipe, lock, queue, primes = concur.pipe, concur.lock, concur.queue, concur.primes
@@ -82,7 +84,7 @@ step("shared", function()
   end
   for _, t in ipairs(ts) do assert(t:join(T)) end
   local p = process.spawn(function(ll, dd) ll:append("child") dd.child = true return #ll end, l, d)
-  assert(p:join(T) == 41 and p.exitcode == 0)
+  assert(p:join(T) == 41)
   assert(#l == 41 and d.child == true and #d == 41)
 end)
 
@@ -215,7 +217,7 @@ end)
 step("process", function()
   local p = process.spawn{function(a, b) return a + b, {a, b} end, 2, 3, name = "adder"}
   local sum, t = p:join(T)
-  assert(sum == 5 and t[2] == 3 and p.exitcode == 0)
+  assert(sum == 5 and t[2] == 3)
   local bad = process.spawn(function() error({code = 7}) end)
   local ok, err = pcall(bad.join, bad, T)
   assert(not ok and type(err) == "table" and err.code == 7)
