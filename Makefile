@@ -4,8 +4,11 @@
 #   make deps       install missing Debian packages (vendor/debian-packages.txt)
 #   make            build/concur, build/lua5.4/concur.so, build/luajit/concur.so,
 #                   build/libconcur.{a,so}, build/concur.pc
-#   make test       specs under build/concur, lua5.4+module, luajit+module
-#   make sanitize   the specs under ASan+UBSan and under TSan builds
+#   make test       specs under build/concur, lua5.4+module, luajit+module,
+#                   then under the ASan+UBSan host (NOASAN=1: without)
+#   make sanitize   the specs under ASan+UBSan (host, lua5.4 and luajit
+#                   modules) and TSan (host), then make valgrind
+#   make valgrind   a workload of every primitive under memcheck
 #   make fuzz       libFuzzer on the codec's decoder (FUZZ_SECONDS=60)
 #   make bench      benchmarks beside Python and C (QUICK=1 for a short run)
 #   make demo       the headline tutorial lesson at full size
@@ -78,25 +81,41 @@ $(B)/embed: tests/embed.c $(B)/libconcur.a $(B)/include/concur.h
 deps:
 	@sh scripts/deps.sh
 
+# make test = every spec three ways, then once more under the ASan+UBSan host
+# (NOASAN=1 leaves that pass out)
 test: deps
 	@$(MAKE) --no-print-directory all $(B)/embed
-	@sh scripts/test.sh
+	@$(if $(NOASAN),true,$(ASAN_MAKE) $(B)/asan/concur)
+	@sh scripts/test.sh $(if $(NOASAN),,--with-asan)
 
-# Sanitizer builds live in their own trees; the specs run against each.
+# Sanitizer builds live in their own trees. The ASan host links
+# tests/asan_fork.c; the modules run under the stock interpreters with
+# libasan-fork.so preloaded: clang's static ASan runtime (minus its
+# .preinit_array part, which a shared object cannot have) plus the same file.
+ASAN_CFLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+TSAN_CFLAGS := -O1 -g -fsanitize=thread
+ASAN_MAKE = $(MAKE) --no-print-directory B=$(B)/asan CC=clang OPT=-O1 CFLAGS="$(ASAN_CFLAGS)" \
+  HOST_EXTRA=$(B)/asan/obj54/tests/asan_fork.o
+ASAN_RT = $(shell clang -print-file-name=libclang_rt.asan-$$(uname -m).a)
+
+$(B)/libasan-fork.so: tests/asan_fork.c
+	@rm -rf $(B)/asan-rt && mkdir -p $(B)/asan-rt
+	cd $(B)/asan-rt && ar x "$(ASAN_RT)" && rm -f asan_preinit.cpp.o
+	clang -O1 -g -fPIC -shared -DCONCUR_ASAN_PRELOAD -o $@ $(B)/asan-rt/*.o tests/asan_fork.c -lpthread -ldl -lrt -lm -lstdc++
+	@rm -rf $(B)/asan-rt
+
 sanitize: deps
-	$(MAKE) --no-print-directory B=$(B)/asan CC=clang OPT=-O1 \
-	  CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
-	  $(B)/asan/concur
-	$(MAKE) --no-print-directory B=$(B)/tsan CC=clang OPT=-O1 \
-	  CFLAGS="-O1 -g -fsanitize=thread" $(B)/tsan/concur
+	@start=$$(date +%s); \
+	$(ASAN_MAKE) $(B)/asan/concur $(B)/asan/lua5.4/concur.so $(B)/asan/luajit/concur.so \
+	  $(B)/asan/libasan-fork.so && \
+	$(MAKE) --no-print-directory B=$(B)/tsan CC=clang OPT=-O1 CFLAGS="$(TSAN_CFLAGS)" $(B)/tsan/concur && \
+	$(MAKE) --no-print-directory all && \
+	echo "sanitize: builds took $$(($$(date +%s) - start)) s"
 	sh scripts/test.sh --sanitize
 
-fuzz: deps
-	@mkdir -p $(B)/fuzz
-	clang -std=gnu11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined $(LUA54_CFLAGS) \
-	  tests/fuzz_codec.c $(RUNTIME_SRC) $(BIND_SRC) -o $(B)/fuzz/fuzz_codec $(LUA54_LIBS) -lm -pthread
-	@mkdir -p $(B)/fuzz/corpus
-	$(B)/fuzz/fuzz_codec -max_total_time=$${FUZZ_SECONDS:-60} -max_len=4096 $(B)/fuzz/corpus tests/fuzz_corpus
+# tests/valgrind_workload.lua under memcheck (build/concur, lua5.4 + module)
+valgrind: deps all
+	sh scripts/valgrind.sh
 
 bench: deps all
 	sh scripts/bench/run.sh $(if $(QUICK),--quick)
@@ -120,4 +139,4 @@ format:
 clean:
 	rm -rf $(B)
 
-.PHONY: all deps test sanitize fuzz bench demo install format clean
+.PHONY: all deps test sanitize valgrind fuzz bench demo install format clean

@@ -50,3 +50,14 @@ __attribute__((constructor)) static void install(void) {
     pthread_atfork(before, after, after);
 }
 #endif
+
+#ifdef CONCUR_ASAN_PRELOAD
+/* In libasan-fork.so, preloaded into a stock interpreter: once loaded, take
+ * LD_PRELOAD out of the environment, so the programs a spec starts (sh, ps
+ * through io.popen or process.run) run as they are. An uninstrumented ps
+ * with the ASan runtime preloaded hangs in textdomain(); forked children
+ * keep the runtime, being copies. */
+#include <stdlib.h>
+
+__attribute__((constructor)) static void unexport(void) { unsetenv("LD_PRELOAD"); }
+#endif
