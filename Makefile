@@ -9,7 +9,7 @@
 #   make sanitize   the specs under ASan+UBSan (host, lua5.4 and luajit
 #                   modules) and TSan (host), then make valgrind
 #   make valgrind   a workload of every primitive under memcheck
-#   make fuzz       libFuzzer on the codec's decoder (FUZZ_SECONDS=60)
+#   make fuzz       libFuzzer on the codec's decoder and encoder (FUZZ_SECONDS=60 each)
 #   make bench      benchmarks beside Python and C (QUICK=1 for a short run)
 #   make demo       the headline tutorial lesson at full size
 #   make install    PREFIX=/usr/local
@@ -116,6 +116,25 @@ sanitize: deps
 # tests/valgrind_workload.lua under memcheck (build/concur, lua5.4 + module)
 valgrind: deps all
 	sh scripts/valgrind.sh
+
+# libFuzzer on the codec: fuzz_codec feeds the decoder any bytes (seeds:
+# tests/fuzz_corpus, real messages); fuzz_encode builds Lua values from the
+# bytes and checks encode -> decode -> encode (seeds written by
+# tests/make_encode_corpus.lua). FUZZ_SECONDS each; findings land in $(B)/fuzz/.
+FUZZ_SECONDS ?= 60
+FUZZ_CC = clang -std=gnu11 -D_GNU_SOURCE $(WARN) -g -O1 -fsanitize=fuzzer,address,undefined $(LUA54_CFLAGS)
+
+$(B)/fuzz/fuzz_%: tests/fuzz_%.c $(RUNTIME_SRC) $(BIND_SRC) $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $< $(RUNTIME_SRC) $(BIND_SRC) -o $@ $(LUA54_LIBS) -lm -pthread
+
+fuzz: deps $(B)/fuzz/fuzz_codec $(B)/fuzz/fuzz_encode
+	@mkdir -p $(B)/fuzz/corpus $(B)/fuzz/encode_corpus $(B)/fuzz/encode_seeds
+	lua5.4 tests/make_encode_corpus.lua $(B)/fuzz/encode_seeds
+	$(B)/fuzz/fuzz_codec -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -artifact_prefix=$(B)/fuzz/ \
+	  $(B)/fuzz/corpus tests/fuzz_corpus
+	$(B)/fuzz/fuzz_encode -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -artifact_prefix=$(B)/fuzz/ \
+	  $(B)/fuzz/encode_corpus $(B)/fuzz/encode_seeds
 
 bench: deps all
 	sh scripts/bench/run.sh $(if $(QUICK),--quick)

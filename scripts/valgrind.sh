@@ -59,7 +59,7 @@ check() { # name, then the command and its arguments
     timeout -k 10 "$limit" sh -c 'echo $$ >"$0"; exec "$@"' "$out/$name.pid" \
         valgrind -q --tool=memcheck --leak-check=full \
         --show-leak-kinds=definite --errors-for-leak-kinds=definite \
-        --error-exitcode=99 --track-origins=yes --num-callers=30 \
+        --error-exitcode=99 --track-origins=yes --num-callers=12 --keep-debuginfo=yes \
         --trace-children=yes --trace-children-skip='/bin/*,/usr/bin/*,/usr/local/bin/*' \
         --log-file="$out/$name.%p.log" "$@" tests/valgrind_workload.lua \
         >"$out/$name.stdout" 2>"$out/$name.stderr"
