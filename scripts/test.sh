@@ -18,7 +18,10 @@
 # The stock interpreters are not instrumented, so the ASan runtime is
 # preloaded: build/asan/libasan-fork.so, the static runtime plus
 # tests/asan_fork.c (see there why not clang's shared runtime). It carries
-# the UBSan handlers too. Under LuaJIT only memory malloc'd by concur is
+# the UBSan handlers too. It takes LD_PRELOAD out of the environment of the
+# process it is loaded into, so set it with env right before the
+# interpreter: `LD_PRELOAD=... timeout 9 lua5.4` preloads it into timeout,
+# and lua5.4 then runs without it. Under LuaJIT only memory malloc'd by concur is
 # checked: LuaJIT's own allocator (strings, tables, userdata) bypasses malloc.
 #
 # SPEC=spec/queue_spec.lua limits the run to some spec files.
