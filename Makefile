@@ -113,7 +113,7 @@ sanitize: deps
 	echo "sanitize: builds took $$(($$(date +%s) - start)) s"
 	sh scripts/test.sh --sanitize
 
-# tests/valgrind_workload.lua under memcheck (build/concur, lua5.4 + module)
+# tests/valgrind_workload.lua under memcheck (build/concur, lua5.4 and luajit + module)
 valgrind: deps all
 	sh scripts/valgrind.sh
 

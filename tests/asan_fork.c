@@ -1,6 +1,8 @@
 /*
- * asan_fork.c -- linked into the ASan build of the host only (make sanitize,
- * make test's ASan pass): makes fork() safe for ASan's own allocator.
+ * asan_fork.c -- makes fork() safe for ASan's own allocator. Linked into the
+ * ASan host (make test's ASan pass, make sanitize) and into
+ * build/asan/libasan-fork.so, the runtime make sanitize preloads into the
+ * stock interpreters for the ASan modules.
  *
  * Why: concur forks processes from a program that may be running threads,
  * and the child then allocates. glibc's malloc takes its locks around fork,
@@ -14,9 +16,10 @@
  *
  * The fix is what LLVM 18 does: take those locks (thread registry,
  * allocator, stack depot) before fork and drop them after, in parent and
- * child. The functions are internal to the static ASan
- * runtime (hidden, so only a static link into the executable can reach
- * them; a module loaded into stock lua5.4 with the shared runtime cannot).
+ * child. The functions are internal to the static ASan runtime (hidden:
+ * only a static link can reach them, which is why the modules are run with
+ * libasan-fork.so, the static runtime linked into a shared object with this
+ * file, rather than with clang's shared runtime, which does not export them).
  * Declared by their C++ names because the runtime has no C interface for
  * them. Compiled to nothing from clang 18 on, whose runtime installs its
  * own handler (the locks are not recursive: taking them twice would hang).
