@@ -4,9 +4,12 @@
 #   make deps       install missing Debian packages (vendor/debian-packages.txt)
 #   make            build/concur, build/lua5.4/concur.so, build/luajit/concur.so,
 #                   build/libconcur.{a,so}, build/concur.pc
-#   make test       specs under build/concur, lua5.4+module, luajit+module
-#   make sanitize   the specs under ASan+UBSan and under TSan builds
-#   make fuzz       libFuzzer on the codec's decoder (FUZZ_SECONDS=60)
+#   make test       specs under build/concur, lua5.4+module, luajit+module,
+#                   then under the ASan+UBSan host (NOASAN=1: without)
+#   make sanitize   the specs under ASan+UBSan (host, lua5.4 and luajit
+#                   modules) and TSan (host), then make valgrind
+#   make valgrind   a workload of every primitive under memcheck
+#   make fuzz       libFuzzer on the codec's decoder and encoder (FUZZ_SECONDS=60 each)
 #   make bench      benchmarks beside Python and C (QUICK=1 for a short run)
 #   make demo       the headline tutorial lesson at full size
 #   make install    PREFIX=/usr/local
@@ -33,6 +36,8 @@ HEADERS     := $(wildcard runtime/*.h bindings/*.h host/*.h include/*.h)
 OBJ54  := $(patsubst %.c,$(B)/obj54/%.o,$(RUNTIME_SRC) $(BIND_SRC))
 OBJJIT := $(patsubst %.c,$(B)/objjit/%.o,$(RUNTIME_SRC) $(BIND_SRC))
 OBJHOST := $(patsubst %.c,$(B)/obj54/%.o,$(HOST_SRC))
+# extra objects linked into the host only (the ASan build adds tests/asan_fork.c)
+HOST_EXTRA ?=
 
 all: $(B)/concur $(B)/lua5.4/concur.so $(B)/luajit/concur.so $(B)/libconcur.a $(B)/libconcur.so $(B)/concur.pc $(B)/include/concur.h
 
@@ -44,7 +49,7 @@ $(B)/objjit/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(BASEFLAGS) $(CFLAGS) -fPIC $(LUAJIT_CFLAGS) -c $< -o $@
 
-$(B)/concur: $(OBJHOST) $(OBJ54)
+$(B)/concur: $(OBJHOST) $(OBJ54) $(HOST_EXTRA)
 	$(CC) $(CFLAGS) -pthread -Wl,-E -o $@ $^ $(LUA54_LIBS) -lreadline -lm -ldl
 
 # modules: no -llua, the interpreter that loads them provides the symbols
@@ -76,25 +81,60 @@ $(B)/embed: tests/embed.c $(B)/libconcur.a $(B)/include/concur.h
 deps:
 	@sh scripts/deps.sh
 
+# make test = every spec three ways, then once more under the ASan+UBSan host
+# (NOASAN=1 leaves that pass out)
 test: deps
 	@$(MAKE) --no-print-directory all $(B)/embed
-	@sh scripts/test.sh
+	@$(if $(NOASAN),true,$(ASAN_MAKE) $(B)/asan/concur)
+	@sh scripts/test.sh $(if $(NOASAN),,--with-asan)
 
-# Sanitizer builds live in their own trees; the specs run against each.
+# Sanitizer builds live in their own trees. The ASan host links
+# tests/asan_fork.c; the modules run under the stock interpreters with
+# libasan-fork.so preloaded: clang's static ASan runtime (minus its
+# .preinit_array part, which a shared object cannot have) plus the same file.
+ASAN_CFLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+TSAN_CFLAGS := -O1 -g -fsanitize=thread
+ASAN_MAKE = $(MAKE) --no-print-directory B=$(B)/asan CC=clang OPT=-O1 CFLAGS="$(ASAN_CFLAGS)" \
+  HOST_EXTRA=$(B)/asan/obj54/tests/asan_fork.o
+ASAN_RT = $(shell clang -print-file-name=libclang_rt.asan-$$(uname -m).a)
+
+$(B)/libasan-fork.so: tests/asan_fork.c
+	@rm -rf $(B)/asan-rt && mkdir -p $(B)/asan-rt
+	cd $(B)/asan-rt && ar x "$(ASAN_RT)" && rm -f asan_preinit.cpp.o
+	clang -O1 -g -fPIC -shared -DCONCUR_ASAN_PRELOAD -o $@ $(B)/asan-rt/*.o tests/asan_fork.c -lpthread -ldl -lrt -lm -lstdc++
+	@rm -rf $(B)/asan-rt
+
 sanitize: deps
-	$(MAKE) --no-print-directory B=$(B)/asan CC=clang OPT=-O1 \
-	  CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
-	  $(B)/asan/concur
-	$(MAKE) --no-print-directory B=$(B)/tsan CC=clang OPT=-O1 \
-	  CFLAGS="-O1 -g -fsanitize=thread" $(B)/tsan/concur
+	@start=$$(date +%s); \
+	$(ASAN_MAKE) $(B)/asan/concur $(B)/asan/lua5.4/concur.so $(B)/asan/luajit/concur.so \
+	  $(B)/asan/libasan-fork.so && \
+	$(MAKE) --no-print-directory B=$(B)/tsan CC=clang OPT=-O1 CFLAGS="$(TSAN_CFLAGS)" $(B)/tsan/concur && \
+	$(MAKE) --no-print-directory all && \
+	echo "sanitize: builds took $$(($$(date +%s) - start)) s"
 	sh scripts/test.sh --sanitize
 
-fuzz: deps
-	@mkdir -p $(B)/fuzz
-	clang -std=gnu11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined $(LUA54_CFLAGS) \
-	  tests/fuzz_codec.c $(RUNTIME_SRC) $(BIND_SRC) -o $(B)/fuzz/fuzz_codec $(LUA54_LIBS) -lm -pthread
-	@mkdir -p $(B)/fuzz/corpus
-	$(B)/fuzz/fuzz_codec -max_total_time=$${FUZZ_SECONDS:-60} -max_len=4096 $(B)/fuzz/corpus tests/fuzz_corpus
+# tests/valgrind_workload.lua under memcheck (build/concur, lua5.4 and luajit + module)
+valgrind: deps all
+	sh scripts/valgrind.sh
+
+# libFuzzer on the codec: fuzz_codec feeds the decoder any bytes (seeds:
+# tests/fuzz_corpus, real messages); fuzz_encode builds Lua values from the
+# bytes and checks encode -> decode -> encode (seeds written by
+# tests/make_encode_corpus.lua). FUZZ_SECONDS each; findings land in $(B)/fuzz/.
+FUZZ_SECONDS ?= 60
+FUZZ_CC = clang -std=gnu11 -D_GNU_SOURCE $(WARN) -g -O1 -fsanitize=fuzzer,address,undefined $(LUA54_CFLAGS)
+
+$(B)/fuzz/fuzz_%: tests/fuzz_%.c $(RUNTIME_SRC) $(BIND_SRC) $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $< $(RUNTIME_SRC) $(BIND_SRC) -o $@ $(LUA54_LIBS) -lm -pthread
+
+fuzz: deps $(B)/fuzz/fuzz_codec $(B)/fuzz/fuzz_encode
+	@mkdir -p $(B)/fuzz/corpus $(B)/fuzz/encode_corpus $(B)/fuzz/encode_seeds
+	lua5.4 tests/make_encode_corpus.lua $(B)/fuzz/encode_seeds
+	$(B)/fuzz/fuzz_codec -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -artifact_prefix=$(B)/fuzz/ \
+	  $(B)/fuzz/corpus tests/fuzz_corpus
+	$(B)/fuzz/fuzz_encode -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -artifact_prefix=$(B)/fuzz/ \
+	  $(B)/fuzz/encode_corpus $(B)/fuzz/encode_seeds
 
 bench: deps all
 	sh scripts/bench/run.sh $(if $(QUICK),--quick)
@@ -118,4 +158,4 @@ format:
 clean:
 	rm -rf $(B)
 
-.PHONY: all deps test sanitize fuzz bench demo install format clean
+.PHONY: all deps test sanitize valgrind fuzz bench demo install format clean
