@@ -68,6 +68,11 @@ const char *cb_typeof(lua_State *L, int idx);
 const char *cb_typename(enum cc_type t);         /* "queue", "list", ... */
 
 /* ---- common helpers (concur.c) ---- */
+/* "<fname>: bad argument #<arg> (<msg>)": names the function on both VMs
+ * (LuaJIT's luaL_argerror says '?' inside methods). arg counts from the
+ * first argument after self for methods. */
+int cb_argerror(lua_State *L, int arg, const char *fname, const char *msg);
+void cb_checktable(lua_State *L, int idx, int arg, const char *fname);
 /* Optional timeout argument (nil/none = forever; negative = error) -> deadline */
 double cb_opt_deadline(lua_State *L, int idx, const char *fname);
 /* Map a negative errno from the runtime to Lua: -ETIMEDOUT -> nil,"timeout";

@@ -249,6 +249,15 @@ const char *cb_typeof(lua_State *L, int idx) {
 
 /* ---- timeouts and errors ---- */
 
+int cb_argerror(lua_State *L, int arg, const char *fname, const char *msg) {
+    return luaL_error(L, "%s: bad argument #%d (%s)", fname, arg, msg);
+}
+
+void cb_checktable(lua_State *L, int idx, int arg, const char *fname) {
+    if (!lua_istable(L, idx))
+        cb_argerror(L, arg, fname, lua_pushfstring(L, "table expected, got %s", luaL_typename(L, idx)));
+}
+
 double cb_opt_deadline(lua_State *L, int idx, const char *fname) {
     if (lua_isnoneornil(L, idx)) return CC_FOREVER;
     if (lua_type(L, idx) != LUA_TNUMBER) arg_error(L, idx, fname, "timeout in seconds");

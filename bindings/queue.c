@@ -80,7 +80,7 @@ static int q_get(lua_State *L) {
 
 static int q_put_many(lua_State *L) {
     cc_queue *q = check(L, "queue:put_many");
-    luaL_checktype(L, 2, LUA_TTABLE);
+    cb_checktable(L, 2, 1, "queue:put_many");
     double deadline = cb_opt_deadline(L, 3, "queue:put_many");
     lua_settop(L, 3);
     size_t n = (size_t)cb_rawlen(L, 2);

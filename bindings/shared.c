@@ -81,7 +81,7 @@ static int list_extend_from(lua_State *L, cc_list *l, int t, const char *fname) 
 }
 
 static int l_new(lua_State *L) {
-    if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TTABLE);
+    if (!lua_isnoneornil(L, 1)) cb_checktable(L, 1, 1, "shared.list");
     cc_list *l;
     int r;
     CB_RETRY(L, r, cc_list_new(&l));
@@ -105,7 +105,7 @@ static int l_append(lua_State *L) {
 
 static int l_extend(lua_State *L) {
     cc_list *l = list_check(L, "list:extend");
-    luaL_checktype(L, 2, LUA_TTABLE);
+    cb_checktable(L, 2, 1, "list:extend");
     list_extend_from(L, l, 2, "list:extend");
     return 0;
 }
@@ -181,7 +181,7 @@ static int l_insert(lua_State *L) {
         vidx = 2;
     } else {
         i = index_of(L, 2);
-        if (i < 0) return luaL_argerror(L, 1, "position must be an integer >= 1");
+        if (i < 0) return cb_argerror(L, 1, "list:insert", "position must be an integer >= 1");
     }
     cc_buf *b = cb_buf_take(L, 0);
     encode_item(L, vidx, b, "list:insert", vidx - 1);
@@ -327,7 +327,7 @@ static void encode_key(lua_State *L, int idx, cc_buf *b, const char *fname) {
 }
 
 static int d_new(lua_State *L) {
-    if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TTABLE);
+    if (!lua_isnoneornil(L, 1)) cb_checktable(L, 1, 1, "shared.dict");
     cc_dict *d;
     int r;
     CB_RETRY(L, r, cc_dict_new(&d));

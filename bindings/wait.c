@@ -38,7 +38,7 @@ static int collect(lua_State *L, int objs, int n) {
 }
 
 static int l_wait(lua_State *L) {
-    luaL_checktype(L, 1, LUA_TTABLE);
+    cb_checktable(L, 1, 1, "concur.wait");
     double deadline = cb_opt_deadline(L, 2, "concur.wait");
     int n = (int)cb_rawlen(L, 1);
     if (n > MAX_OBJS) return luaL_error(L, "concur.wait: too many objects (at most %d)", MAX_OBJS);

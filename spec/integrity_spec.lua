@@ -269,12 +269,49 @@ describe("arena pressure and the garbage collector", function()
   end)
 end)
 
+describe("reference cycles between shared objects", function()
+  it("are broken by clear(), which gives the memory back", function()
+    collectgarbage()
+    collectgarbage()
+    local base = concur.memory()
+    for _ = 1, 50 do
+      local a, b = shared.list(), shared.list()
+      a:append(b)
+      b:append(a)
+      a:append(string.rep("p", 100000))
+      a:clear() -- documented way out: without it the pair outlives its handles
+    end
+    collectgarbage()
+    collectgarbage()
+    local after = concur.memory()
+    assert.is_true(after - base < 64 * 1024, "held " .. (after - base) .. " bytes")
+  end)
+end)
+
 describe("argument errors", function()
   it("queue.new refuses a table", function()
     assert.has_error(function() queue.new({}) end)
     assert.has_error(function() queue({}) end)
     assert.equal(3, queue.new(3):maxsize())
     assert.equal(3, queue(3):maxsize())
+  end)
+
+  it("name the function on both VMs", function()
+    local cases = {
+      {function() queue():put_many(5) end, "queue:put_many: bad argument #1 %(table expected, got number%)"},
+      {function() shared.list():extend("x") end, "list:extend: bad argument #1 %(table expected, got string%)"},
+      {function() shared.list(5) end, "shared.list: bad argument #1 %(table expected, got number%)"},
+      {function() shared.dict(true) end, "shared.dict: bad argument #1 %(table expected, got boolean%)"},
+      {function() concur.wait(1) end, "concur.wait: bad argument #1 %(table expected, got number%)"},
+      {function() concur.decode({}) end, "concur.decode: bad argument #1 %(string expected, got table%)"},
+      {function() concur.sleep("x") end, "concur.sleep: bad argument #1"},
+    }
+    for _, c in ipairs(cases) do
+      local ok, err = pcall(c[1])
+      assert.is_false(ok)
+      assert.matches(c[2], err)
+      assert.not_matches("'%?'", err)
+    end
   end)
 
   it("list:remove names a bad index", function()
