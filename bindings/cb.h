@@ -109,6 +109,9 @@ void cb_registry_mark(lua_State *L, const void *key, int idx, int on);
 #define cb_buf_take(L, which) cb_buf_take_at(L, which, __builtin_frame_address(0))
 cc_buf *cb_buf_take_at(lua_State *L, int which, const void *frame);
 void cb_buf_give(lua_State *L, cc_buf *b);
+/* In a forked child: no frame of the parent's call chain will ever run
+ * again, so nothing is held. */
+void cb_buf_forget_frames(lua_State *L);
 
 /* Messages end to end, owned by a userdata pushed on the stack: whatever
  * has not been taken over when the call raises is released by its __gc. */

@@ -393,6 +393,7 @@ typedef struct scratch {
     const void *owner[2];            /* frame holding buf[i], NULL when free */
     cc_buf temp[NTEMP];
     const void *temp_owner[NTEMP];   /* NULL: slot unused */
+    int temp_which[NTEMP];
     int ntemp;
 } scratch;
 
@@ -421,22 +422,26 @@ static scratch *get_scratch(lua_State *L) {
     return s;
 }
 
-/* The frame that held something is gone when we run at or above it. */
-static int dead(const void *owner, const void *frame) {
-    return (uintptr_t)frame >= (uintptr_t)owner;
+/* The frame that held something is gone when we run above it; when we run
+ * in that very frame, only a buffer it asks for again (same `which`) was
+ * left behind by an earlier call that raised -- its other buffers are in use
+ * by this call. */
+static int dead(const void *owner, int owner_which, const void *frame, int which) {
+    if ((uintptr_t)frame != (uintptr_t)owner) return (uintptr_t)frame > (uintptr_t)owner;
+    return owner_which == which;
 }
 
 cc_buf *cb_buf_take_at(lua_State *L, int which, const void *frame) {
     scratch *s = get_scratch(L);
     if (s->ntemp) { /* free the temporaries of calls that raised */
         for (int i = 0; i < NTEMP; i++)
-            if (s->temp_owner[i] && dead(s->temp_owner[i], frame)) {
+            if (s->temp_owner[i] && dead(s->temp_owner[i], s->temp_which[i], frame, which)) {
                 cc_buf_free(&s->temp[i]);
                 s->temp_owner[i] = NULL;
                 s->ntemp--;
             }
     }
-    if (!s->owner[which] || dead(s->owner[which], frame)) {
+    if (!s->owner[which] || dead(s->owner[which], which, frame, which)) {
         s->owner[which] = frame;
         s->buf[which].len = 0;
         return &s->buf[which];
@@ -444,12 +449,24 @@ cc_buf *cb_buf_take_at(lua_State *L, int which, const void *frame) {
     for (int i = 0; i < NTEMP; i++)
         if (!s->temp_owner[i]) {
             s->temp_owner[i] = frame;
+            s->temp_which[i] = which;
             s->temp[i].len = 0;
             s->ntemp++;
             return &s->temp[i];
         }
     luaL_error(L, "concur: operations nested more than %d deep in finalizers", NTEMP);
     return NULL;
+}
+
+void cb_buf_forget_frames(lua_State *L) {
+    scratch *s = get_scratch(L);
+    s->owner[0] = s->owner[1] = NULL;
+    for (int i = 0; i < NTEMP; i++)
+        if (s->temp_owner[i]) {
+            cc_buf_free(&s->temp[i]);
+            s->temp_owner[i] = NULL;
+        }
+    s->ntemp = 0;
 }
 
 void cb_buf_give(lua_State *L, cc_buf *b) {

@@ -287,6 +287,7 @@ static int l_spawn(lua_State *L) {
     pid_t pid = cc_fork(fds[1]);
     if (pid == 0) {
         close(fds[0]);
+        cb_buf_forget_frames(L);
         lua_pop(L, 1); /* the handle */
         child(L, first, nargs, fds[1]);
     }

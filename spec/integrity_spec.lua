@@ -83,6 +83,24 @@ describe("re-entrant use of concur from finalizers and require", function()
   end)
 end)
 
+describe("scratch buffers after an error", function()
+  it("keep a key and its value apart in a deeper frame", function()
+    local d = shared.dict()
+    for _ = 1, 3 do
+      assert.is_false(pcall(d.get, d, {})) -- raises holding both buffers
+      pcall(function() pcall(function() pcall(function() d[5] = 7 end) end) end)
+      assert.equal(7, d[5])
+      assert.equal(1, #d)
+      assert.is_false(pcall(d.set, d, {}, 1))
+      local p = process.spawn(function(dd) for i = 1, 100 do dd[1000 + i] = i end return true end, d)
+      assert.is_true(p:join(10))
+      assert.equal(100, d[1100])
+      assert.equal(101, #d)
+      d:clear()
+    end
+  end)
+end)
+
 describe("concur.decode on untrusted bytes", function()
   it("refuses functions, C functions and module names unless trusted", function()
     local s = concur.encode(function() return 1 end)

@@ -227,7 +227,7 @@ describe("queue", function()
     if not io.open("build/concur") then pending("build/concur not built") return end
     local out = f:read("*a")
     f:close()
-    assert.matches("queue:put: shared memory exhausted %(%d+ MiB in use of 2; set CONCUR_SHM%)", out)
+    assert.matches("queue:put: shared memory exhausted %([%d.]+ MiB in use of 2.0 MiB; set CONCUR_SHM%)", out)
     assert.matches("true", out)
   end)
 end)
