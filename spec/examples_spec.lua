@@ -30,7 +30,7 @@ describe("tutorial examples", function()
     if skip() then return end
     local out = ex("01_busy_loop", "0.3")
     local one = tonumber(out:match("1 busy process%(es%):.-cores used ([%d.]+)"))
-    assert.is_true(one > 0.5 and one < 1.5, out)
+    assert.is_true(one > 0.25 and one < 1.5, out) -- ~1 on an idle machine; shared CI machines are loaded
     assert.matches("cores used", out)
   end)
 
