@@ -388,10 +388,18 @@ void cb_registry_mark(lua_State *L, const void *key, int idx, int on) {
  * leaks nothing for long. */
 #define NTEMP 16
 
+/* Each buffer knows its scratch and slot, so giving it back needs no
+ * registry lookup (cc_buf is the first member). */
+typedef struct sbuf {
+    cc_buf b;
+    struct scratch *s;
+    int slot;                        /* 0, 1: cached; 2 + i: temp[i] */
+} sbuf;
+
 typedef struct scratch {
-    cc_buf buf[2];
+    sbuf buf[2];
     const void *owner[2];            /* frame holding buf[i], NULL when free */
-    cc_buf temp[NTEMP];
+    sbuf temp[NTEMP];
     const void *temp_owner[NTEMP];   /* NULL: slot unused */
     int temp_which[NTEMP];
     int ntemp;
@@ -401,8 +409,8 @@ static const char SCRATCH_KEY = 's';
 
 static int scratch_gc(lua_State *L) {
     scratch *s = lua_touserdata(L, 1);
-    for (int i = 0; i < 2; i++) cc_buf_free(&s->buf[i]);
-    for (int i = 0; i < NTEMP; i++) cc_buf_free(&s->temp[i]);
+    for (int i = 0; i < 2; i++) cc_buf_free(&s->buf[i].b);
+    for (int i = 0; i < NTEMP; i++) cc_buf_free(&s->temp[i].b);
     return 0;
 }
 
@@ -413,6 +421,14 @@ static scratch *get_scratch(lua_State *L) {
     if (!s) {
         s = lua_newuserdata(L, sizeof *s);
         memset(s, 0, sizeof *s);
+        for (int i = 0; i < 2; i++) {
+            s->buf[i].s = s;
+            s->buf[i].slot = i;
+        }
+        for (int i = 0; i < NTEMP; i++) {
+            s->temp[i].s = s;
+            s->temp[i].slot = 2 + i;
+        }
         lua_createtable(L, 0, 1);
         lua_pushcfunction(L, scratch_gc);
         lua_setfield(L, -2, "__gc");
@@ -436,23 +452,23 @@ cc_buf *cb_buf_take_at(lua_State *L, int which, const void *frame) {
     if (s->ntemp) { /* free the temporaries of calls that raised */
         for (int i = 0; i < NTEMP; i++)
             if (s->temp_owner[i] && dead(s->temp_owner[i], s->temp_which[i], frame, which)) {
-                cc_buf_free(&s->temp[i]);
+                cc_buf_free(&s->temp[i].b);
                 s->temp_owner[i] = NULL;
                 s->ntemp--;
             }
     }
     if (!s->owner[which] || dead(s->owner[which], which, frame, which)) {
         s->owner[which] = frame;
-        s->buf[which].len = 0;
-        return &s->buf[which];
+        s->buf[which].b.len = 0;
+        return &s->buf[which].b;
     }
     for (int i = 0; i < NTEMP; i++)
         if (!s->temp_owner[i]) {
             s->temp_owner[i] = frame;
             s->temp_which[i] = which;
-            s->temp[i].len = 0;
+            s->temp[i].b.len = 0;
             s->ntemp++;
-            return &s->temp[i];
+            return &s->temp[i].b;
         }
     luaL_error(L, "concur: operations nested more than %d deep in finalizers", NTEMP);
     return NULL;
@@ -463,26 +479,23 @@ void cb_buf_forget_frames(lua_State *L) {
     s->owner[0] = s->owner[1] = NULL;
     for (int i = 0; i < NTEMP; i++)
         if (s->temp_owner[i]) {
-            cc_buf_free(&s->temp[i]);
+            cc_buf_free(&s->temp[i].b);
             s->temp_owner[i] = NULL;
         }
     s->ntemp = 0;
 }
 
 void cb_buf_give(lua_State *L, cc_buf *b) {
-    scratch *s = get_scratch(L);
-    for (int i = 0; i < 2; i++)
-        if (b == &s->buf[i]) {
-            s->owner[i] = NULL;
-            return;
-        }
-    for (int i = 0; i < NTEMP; i++)
-        if (b == &s->temp[i] && s->temp_owner[i]) {
-            cc_buf_free(&s->temp[i]);
-            s->temp_owner[i] = NULL;
-            s->ntemp--;
-            return;
-        }
+    (void)L;
+    sbuf *sb = (sbuf *)(void *)b;
+    scratch *s = sb->s;
+    if (sb->slot < 2) {
+        s->owner[sb->slot] = NULL;
+    } else if (s->temp_owner[sb->slot - 2]) {
+        cc_buf_free(&sb->b);
+        s->temp_owner[sb->slot - 2] = NULL;
+        s->ntemp--;
+    }
 }
 
 /* ---- batches ----
