@@ -69,7 +69,7 @@
 #include <unistd.h>
 
 #define RBUF (64u * 1024u)
-#define HDR 16u
+#define HDR 24u
 #define MAGIC 0x31504343u /* "CCP1" */
 #define WATCH 0.1         /* how often a receiver stalled mid-frame looks at the sender */
 #define MAX_ANCESTRY 64
@@ -80,12 +80,14 @@ enum { INTACT = 0, SENDER_DIED, SENDER_STOPPED, BAD_HEADER, OUT_OF_STEP, CUT_SHO
 typedef struct dir {
     cc_mutex send_lock;
     _Atomic uint64_t send_left; /* bytes of the frame being sent still to go; 0 between frames */
+    _Atomic uint64_t sent;      /* bytes ever put on the socket in this direction */
     cc_mutex recv_lock;
     /* the rest is guarded by recv_lock */
     _Atomic uint64_t win;       /* buffered bytes rbuf[start, end): start | end << 32 */
     _Atomic uint64_t len, left; /* frame being received: body length, body bytes not yet taken */
     char *_Atomic keep;         /* body bytes [0, len - left) of a receiver that stopped */
-    _Atomic int skip;           /* the frame's receiver died: discard the rest */
+    _Atomic uint64_t next;      /* stream offset where the next header starts */
+    _Atomic int scan;           /* lost our place: look for the next real header */
     char rbuf[RBUF];
 } dir;
 
@@ -318,7 +320,7 @@ const char *cc_pipe_broken(cc_pipe *p) {
     case SENDER_DIED: return "a sender died in the middle of a message";
     case SENDER_STOPPED: return "a sender was interrupted in the middle of a message";
     case BAD_HEADER: return "a message header did not check out: the stream is out of step";
-    case OUT_OF_STEP: return "a receiver died in the middle of a message: the stream is out of step";
+    case OUT_OF_STEP: return "a receiver died while taking a message: the stream is out of step";
     default: return "the connection ended in the middle of a message";
     }
 }
@@ -333,24 +335,31 @@ static int set_broken(cc_pipe *p, uint32_t why) {
 
 /* ---- frame headers ---- */
 
-static uint32_t check_word(uint64_t len) {
+/* magic, check word, length, and the frame's offset in the direction's
+ * byte stream: a receiver knows where the next header must start, and one
+ * that lost its place can recognise the next real header */
+static uint32_t check_word(uint64_t len, uint64_t off) {
     uint64_t h = (len ^ MAGIC) * 0x9E3779B97F4A7C15ull;
-    return (uint32_t)(h >> 32) ^ 0x5bd1e995u;
+    h ^= (off + 0x632BE59BD9B4E019ull) * 0xC2B2AE3D27D4EB4Full;
+    return (uint32_t)(h >> 32) ^ (uint32_t)h;
 }
 
-static void put_header(unsigned char *h, uint64_t len) {
-    uint32_t m = MAGIC, c = check_word(len);
+static void put_header(unsigned char *h, uint64_t len, uint64_t off) {
+    uint32_t m = MAGIC, c = check_word(len, off);
     memcpy(h, &m, 4);
     memcpy(h + 4, &c, 4);
     memcpy(h + 8, &len, 8);
+    memcpy(h + 16, &off, 8);
 }
 
-static int header_ok(const char *h, uint64_t *len) {
+static int header_ok(const char *h, uint64_t *len, uint64_t *off) {
     uint32_t m, c;
     memcpy(&m, h, 4);
+    if (m != MAGIC) return 0;
     memcpy(&c, h + 4, 4);
     memcpy(len, h + 8, 8);
-    return m == MAGIC && c == check_word(*len) && *len <= CC_PIPE_MAX_MSG;
+    memcpy(off, h + 16, 8);
+    return c == check_word(*len, *off) && *len <= CC_PIPE_MAX_MSG;
 }
 
 /* ---- send ---- */
@@ -371,7 +380,7 @@ static void advance(struct msghdr *mh, size_t n) {
 /* Write the frame; its progress is in d->send_left all along. */
 static int write_frame(cc_pipe *p, dir *d, const void *msg, size_t len, double deadline) {
     unsigned char hdr[HDR];
-    put_header(hdr, len);
+    put_header(hdr, len, d->sent);
     struct iovec iov[2] = {{hdr, HDR}, {(void *)msg, len}};
     struct msghdr mh = {0};
     mh.msg_iov = iov;
@@ -382,6 +391,7 @@ static int write_frame(cc_pipe *p, dir *d, const void *msg, size_t len, double d
         ssize_t n = sendmsg(p->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n > 0) {
             left -= (size_t)n;
+            d->sent = d->sent + (uint64_t)n;
             d->send_left = left;
             if (left == 0) return 0;
             advance(&mh, (size_t)n);
@@ -421,6 +431,9 @@ int cc_pipe_send(cc_pipe *p, const void *msg, size_t len, double deadline) {
 
 #define WIN(start, end) ((uint64_t)(start) | (uint64_t)(end) << 32)
 
+enum { W_PLAIN, W_MID, W_SCAN }; /* waiting for a header, mid-frame, resynchronising */
+#define RESYNCED 2
+
 static size_t buffered(dir *d) {
     uint64_t w = d->win;
     uint32_t start = (uint32_t)w, end = (uint32_t)(w >> 32);
@@ -429,32 +442,43 @@ static size_t buffered(dir *d) {
 
 static char *bufp(dir *d) { return d->rbuf + (uint32_t)d->win; }
 
-static void consume(dir *d, size_t n) { d->win += n; }
+static void consume(dir *d, size_t n) { d->win = d->win + n; }
 
 static int socket_empty(int fd) {
     struct pollfd pf = {fd, POLLIN, 0};
     return poll(&pf, 1, 0) == 0;
 }
 
-/* A receiver stalled mid-frame looks at the sender: 0 while someone is
- * (or may soon be) writing the frame, else why no one will finish it. With
- * the send lock held and no frame being sent, every byte ever sent is in
- * the socket: if it is empty, the frame we count on does not exist (a
- * receiver was killed between a recv() and the store of its progress). */
-static uint32_t sender_state(cc_pipe *p, dir *d) {
+/* A receiver stalled mid-frame, or resynchronising, looks at the sender
+ * (which cannot start a frame while we hold its lock): 0 while someone is
+ * (or may soon be) writing; RESYNCED when the stream is idle and all of it
+ * was taken (resynchronised at its end); else -EPROTO, broken. */
+static int look(cc_pipe *p, dir *d, int mode) {
     int r = cc_mutex_trylock(&d->send_lock);
-    if (r != 0 && r != -EOWNERDEAD) return INTACT;
+    if (r != 0 && r != -EOWNERDEAD) return 0;
     uint32_t why = INTACT;
-    if (d->send_left) why = r ? SENDER_DIED : SENDER_STOPPED;
-    else if (socket_empty(p->fd)) why = OUT_OF_STEP;
+    int res = 0;
+    if (d->send_left) {
+        why = r ? SENDER_DIED : SENDER_STOPPED;
+    } else if (socket_empty(p->fd)) {
+        if (mode == W_MID) {
+            why = OUT_OF_STEP; /* no byte of the rest of this frame exists */
+        } else { /* the rest was taken by the dead receiver: start afresh */
+            d->win = 0;
+            d->next = d->sent;
+            d->scan = 0;
+            res = RESYNCED;
+        }
+    }
     cc_mutex_unlock(&d->send_lock);
-    return why;
+    return why ? set_broken(p, why) : res;
 }
 
-/* Wait for input: 1 ready, 0 timeout, negative errno. Mid-frame, wait in
- * WATCH slices and look at the sender between them. */
-static int wait_in(cc_pipe *p, dir *d, double deadline, int midframe) {
-    if (!midframe) return cc_wait_fd(p->fd, POLLIN, deadline);
+/* Wait for input: 1 ready, 0 timeout, RESYNCED, negative errno. Mid-frame
+ * and while resynchronising, wait in WATCH slices and look at the sender
+ * between them. */
+static int wait_in(cc_pipe *p, dir *d, double deadline, int mode) {
+    if (mode == W_PLAIN) return cc_wait_fd(p->fd, POLLIN, deadline);
     for (;;) {
         double until = cc_now() + WATCH;
         if (deadline >= 0 && deadline < until) until = deadline;
@@ -462,8 +486,8 @@ static int wait_in(cc_pipe *p, dir *d, double deadline, int midframe) {
         if (w != 0) return w;
         if (deadline >= 0 && cc_now() >= deadline) return 0;
         if (p->ln->broken) return -EPROTO;
-        uint32_t why = sender_state(p, d);
-        if (why) return set_broken(p, why);
+        w = look(p, d, mode);
+        if (w) return w;
     }
 }
 
@@ -472,13 +496,18 @@ static int at_eof(cc_pipe *p, dir *d, int midframe) {
     if (p->closed) return -EBADF;
     if (p->ln->broken) return -EPROTO;
     if (!midframe) return -EPIPE;
-    uint32_t why = sender_state(p, d);
-    return set_broken(p, why ? why : CUT_SHORT);
+    int r = cc_mutex_trylock(&d->send_lock);
+    uint32_t why = CUT_SHORT;
+    if (r == 0 || r == -EOWNERDEAD) {
+        if (d->send_left) why = r ? SENDER_DIED : SENDER_STOPPED;
+        cc_mutex_unlock(&d->send_lock);
+    }
+    return set_broken(p, why);
 }
 
 /* Pull bytes into the buffer, which holds less than a header (or nothing):
- * 1 got some, 0 EOF, negative errno. */
-static int fill(cc_pipe *p, dir *d, double deadline, int midframe) {
+ * 1 got some, 0 EOF, RESYNCED, negative errno. */
+static int fill(cc_pipe *p, dir *d, double deadline, int mode) {
     uint64_t w = d->win;
     uint32_t start = (uint32_t)w, end = (uint32_t)(w >> 32);
     if (start >= end) {
@@ -502,9 +531,9 @@ static int fill(cc_pipe *p, dir *d, double deadline, int midframe) {
         if (errno == EINTR) continue;
         if (errno == ECONNRESET) return 0;
         if (errno != EAGAIN && errno != EWOULDBLOCK) return -errno;
-        int r = wait_in(p, d, deadline, midframe);
+        int r = wait_in(p, d, deadline, mode);
         if (r == 0) return -ETIMEDOUT;
-        if (r < 0) return r;
+        if (r < 0 || r == RESYNCED) return r;
     }
 }
 
@@ -516,46 +545,60 @@ static void drop_keep(dir *d) {
     }
 }
 
+/* Give up the frame in progress: find the next one. */
+static int drop_frame(dir *d, int r) {
+    d->scan = 1;
+    drop_keep(d);
+    return r;
+}
+
 /* Park the body bytes read so far in the arena for the next receiver. */
 static int keep_partial(dir *d, const char *data, size_t have, int r) {
     if (have == 0) return r;
     char *k = cc_alloc(have);
-    if (!k) { /* cannot keep them: the message is dropped */
-        d->skip = 1;
-        return -ENOMEM;
-    }
+    if (!k) return drop_frame(d, -ENOMEM); /* cannot keep them: the message is dropped */
     memcpy(k, data, have);
     d->keep = k;
     return r;
 }
 
-/* Discard the rest of a frame whose receiver died. */
-static int skip_rest(cc_pipe *p, dir *d, double deadline) {
-    while (d->left) {
+/* After a receiver died holding the lock, or a message was dropped: the
+ * next real header is the first one (magic, check word) whose offset is at
+ * or past the end of the frame given up and not past what was sent. Bytes
+ * before it were taken by the dead receiver or belong to dropped frames. */
+static int resync(cc_pipe *p, dir *d, double deadline) {
+    for (;;) {
         size_t n = buffered(d);
-        if (n > d->left) n = d->left;
-        if (n) {
-            consume(d, n);
-            d->left -= n;
-            continue;
+        const char *b = bufp(d);
+        for (size_t i = 0; i + HDR <= n; i++) {
+            uint64_t len, off;
+            if (header_ok(b + i, &len, &off) && off >= d->next && off <= d->sent) {
+                consume(d, i);
+                d->next = off;
+                d->left = 0;
+                d->scan = 0;
+                return 0;
+            }
         }
-        int f = fill(p, d, deadline, 1);
-        if (f <= 0) return f == 0 ? at_eof(p, d, 1) : f;
+        if (n >= HDR) consume(d, n - (HDR - 1)); /* keep what may start a header */
+        int f = fill(p, d, deadline, W_SCAN);
+        if (f == RESYNCED) return 0;
+        if (f == 0) return at_eof(p, d, 0);
+        if (f < 0) return f;
     }
-    d->skip = 0;
-    return 0;
 }
 
 /* Start a frame: read and check its header. */
 static int start_frame(cc_pipe *p, dir *d, double deadline) {
     while (buffered(d) < HDR) {
-        int f = fill(p, d, deadline, buffered(d) > 0);
+        int f = fill(p, d, deadline, buffered(d) > 0 ? W_MID : W_PLAIN);
         if (f <= 0) return f == 0 ? at_eof(p, d, buffered(d) > 0) : f;
     }
-    uint64_t len;
-    if (!header_ok(bufp(d), &len)) return set_broken(p, BAD_HEADER);
+    uint64_t len, off;
+    if (!header_ok(bufp(d), &len, &off) || off != d->next) return set_broken(p, BAD_HEADER);
     d->len = len;
     d->left = len;
+    d->next = off + HDR + len;
     consume(d, HDR);
     return 0;
 }
@@ -563,11 +606,7 @@ static int start_frame(cc_pipe *p, dir *d, double deadline) {
 /* Take the body: what was kept, what is buffered, then the socket. */
 static int take_body(cc_pipe *p, dir *d, cc_buf *out, double deadline) {
     size_t len = (size_t)d->len, have = len - (size_t)d->left;
-    if (cc_buf_reserve(out, len)) {
-        drop_keep(d); /* no memory for it here: drop this message, not the pipe */
-        d->skip = 1;
-        return -ENOBUFS;
-    }
+    if (cc_buf_reserve(out, len)) return drop_frame(d, -ENOBUFS); /* drop this message, not the pipe */
     if (have) {
         char *k = d->keep;
         memcpy(out->data, k, have);
@@ -578,12 +617,12 @@ static int take_body(cc_pipe *p, dir *d, cc_buf *out, double deadline) {
     if (n > d->left) n = (size_t)d->left;
     memcpy(out->data + have, bufp(d), n);
     consume(d, n);
-    d->left -= n;
+    d->left = d->left - n;
     have += n;
     while (d->left) {
         ssize_t got = recv(p->fd, out->data + have, (size_t)d->left, MSG_DONTWAIT);
         if (got > 0) {
-            d->left -= (uint64_t)got;
+            d->left = d->left - (uint64_t)got;
             have += (size_t)got;
             continue;
         }
@@ -591,7 +630,7 @@ static int take_body(cc_pipe *p, dir *d, cc_buf *out, double deadline) {
         if (errno == EINTR) continue;
         int r = -errno;
         if (r == -EAGAIN || r == -EWOULDBLOCK) {
-            int w = wait_in(p, d, deadline, 1);
+            int w = wait_in(p, d, deadline, W_MID);
             if (w > 0) continue;
             r = w == 0 ? -ETIMEDOUT : w;
         }
@@ -605,25 +644,14 @@ static int take_body(cc_pipe *p, dir *d, cc_buf *out, double deadline) {
 static int take(cc_pipe *p, dir *d, cc_buf *out, double deadline) {
     for (;;) {
         int r = 0;
-        if (d->skip) {
-            r = skip_rest(p, d, deadline);
-            if (r) return r;
-            continue;
-        }
-        if (d->left == 0) r = start_frame(p, d, deadline);
+        if (d->scan) r = resync(p, d, deadline);
+        else if (d->left == 0) {
+            r = start_frame(p, d, deadline);
+            if (!r) return take_body(p, d, out, deadline);
+        } else if (d->len != d->left && !d->keep) drop_frame(d, 0); /* bytes gone, no copy */
+        else return take_body(p, d, out, deadline);
         if (r) return r;
-        if (d->len - d->left > 0 && !d->keep) { /* bytes gone with no copy: drop the frame */
-            d->skip = 1;
-            continue;
-        }
-        return take_body(p, d, out, deadline);
     }
-}
-
-/* The previous receiver died holding the lock: drop its message. */
-static void recover(dir *d) {
-    drop_keep(d);
-    if (d->left) d->skip = 1;
 }
 
 int cc_pipe_recv(cc_pipe *p, cc_buf *out, double deadline) {
@@ -631,7 +659,7 @@ int cc_pipe_recv(cc_pipe *p, cc_buf *out, double deadline) {
     if (!p->can_read) return -EINVAL;
     dir *d = &p->ln->d[!p->side];
     int r = cc_mutex_lock(&d->recv_lock, deadline);
-    if (r == -EOWNERDEAD) recover(d);
+    if (r == -EOWNERDEAD) drop_frame(d, 0); /* the previous receiver died: its message with it */
     else if (r) return r;
     r = p->ln->broken ? -EPROTO : take(p, d, out, deadline);
     if (r) out->len = 0;
