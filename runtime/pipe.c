@@ -2,37 +2,43 @@
  * pipe.c -- framed messages over a socketpair, across threads and processes,
  * that stay in step when a sender or a receiver dies, stops or gives up.
  *
- * Framing: a 16-byte header -- a magic word, a check word over the length,
- * the u64 length -- then the message. A header is checked before a byte of
- * the body is trusted and before anything is allocated for it: a stream
- * that has slipped out of step is *detected* and the pipe becomes broken,
- * instead of payload bytes being decoded as a length. Lengths are bounded by
- * CC_PIPE_MAX_MSG.
+ * Framing: a 24-byte header -- a magic word, a check word, the u64 length,
+ * and the u64 offset of the frame in its direction's byte stream -- then
+ * the message. The check word covers length and offset. A header is checked
+ * before a byte of the body is trusted and before anything is allocated for
+ * it, and its offset must be exactly where the previous frame ended: a
+ * stream that has slipped out of step is *detected* and the pipe becomes
+ * broken, instead of payload bytes being decoded as a length. Lengths are
+ * bounded by CC_PIPE_MAX_MSG.
  *
  * The link. The two ends share a block in the arena, refcounted by them,
  * with one record per direction (frames sent by end i are d[i]): the send
- * lock and the progress of the frame being sent (send_left), the recv lock,
- * the 64 KiB receive buffer and the progress of the frame being received
- * (len, left, keep, skip), and the broken state. Progress is updated with
- * single stores as bytes move (like libuv's write_index), so whoever takes
- * the lock next -- another thread or another process -- finds the truth:
+ * lock, the progress of the frame being sent (send_left) and the bytes sent
+ * so far (sent); the recv lock, the 64 KiB receive buffer, the progress of
+ * the frame being received (len, left, keep, next, scan); and the broken
+ * state. Progress is updated with single stores as bytes move (like libuv's
+ * write_index), so whoever takes the lock next -- another thread or another
+ * process -- finds the truth:
  *
  *  - A receiver that times out or is interrupted mid-frame copies the body
  *    bytes it already has into the arena (keep); the next recv resumes.
- *  - A receiver killed mid-frame leaves the recv lock to the next receiver
- *    with EOWNERDEAD: it drops the dead one's message (as a queue drops an
- *    item taken by a killed process) by skipping the rest of that frame.
+ *  - A receiver killed holding the recv lock hands it on with EOWNERDEAD.
+ *    It may have taken any number of bytes off the socket without recording
+ *    them (SIGKILL lands when a recv() returns, and a big recv() takes
+ *    milliseconds), so the next receiver drops that frame and *scans* for
+ *    the next real header: magic and check word valid, offset at or past
+ *    the end of the dropped frame and not past what was sent. If the stream
+ *    goes idle first (no frame being sent, socket empty: checked holding the
+ *    send lock), everything was taken and it restarts at `sent`. The dead
+ *    receiver's message is lost, as a queue item taken by a killed process.
  *  - A sender dies holding its robust send lock with send_left > 0, or is
  *    interrupted mid-frame: the pipe is broken. A receiver stalled mid-frame
  *    looks at the sender every WATCH seconds (trylock on the send lock:
  *    EOWNERDEAD, or free, with send_left > 0 means no one will finish the
  *    frame), so it does not need a timeout to notice. Breaking records why
  *    and shuts the socket down, which wakes every waiter on both ends; from
- *    then on send and recv on either end return -EPROTO.
- *
- * A kill between a system call returning and the progress store loses or
- * repeats a few bytes of accounting; the next header check then fails and
- * the pipe reports broken. That window is a few instructions wide.
+ *    then on send and recv on either end return -EPROTO. A stopped sender
+ *    (SIGSTOP) still holds its lock: receivers time out and resume later.
  *
  * The receive buffer window (start, end) is one 64-bit word, so moving it
  * is one store. A frame larger than what is buffered is read straight into

@@ -1,8 +1,8 @@
 /*
  * pipe.h -- framed messages over a socketpair (pipe.c).
  *
- * A frame is a 16-byte header (a magic word, a check word over the length,
- * the u64 length) then the message bytes. A sender takes its direction's
+ * A frame is a 24-byte header (a magic word, a check word, the u64 length,
+ * the frame's u64 offset in its direction's stream) then the message bytes. A sender takes its direction's
  * send lock (a robust cc_mutex in the arena) around the whole frame, so two
  * senders on one end -- threads or processes -- never interleave. Sends use
  * MSG_NOSIGNAL: a gone reader is -EPIPE, never SIGPIPE. Receivers likewise
@@ -12,7 +12,7 @@
  * progress of the frame being sent and of the frame being received in each
  * direction. A receiver that times out mid-frame keeps what it read (the
  * next recv, in any thread or process, resumes); a receiver killed mid-frame
- * costs its one message (the next one skips the rest of it); a sender that
+ * costs its one message (the next one finds the next real header); a sender that
  * dies or is interrupted mid-frame, or a header that does not check out,
  * makes the pipe *broken*: every later send and recv on either end returns
  * -EPROTO and cc_pipe_broken() says why.
@@ -38,8 +38,8 @@ int cc_pipe_new(cc_pipe **a, cc_pipe **b, int duplex);   /* duplex 0: a reads, b
  * -EINTR (interrupted; mid-frame this breaks the pipe). */
 int cc_pipe_send(cc_pipe *p, const void *msg, size_t len, double deadline);
 /* 0; -EPIPE at EOF, -ETIMEDOUT, -EINTR (the partial frame is kept), -EBADF,
- * -EPROTO (broken), -ENOBUFS (no process memory for the message), -ENOMEM
- * (no arena memory to keep a partial frame: that message is dropped). */
+ * -EPROTO (broken), -ENOBUFS (no process memory for the message: it is
+ * dropped), -ENOMEM (no arena memory to keep a partial frame: it is dropped). */
 int cc_pipe_recv(cc_pipe *p, cc_buf *out, double deadline);
 int cc_pipe_poll(cc_pipe *p, double deadline);  /* 1 readable (data, EOF or broken), 0 timeout */
 int cc_pipe_close(cc_pipe *p);
