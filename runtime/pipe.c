@@ -339,6 +339,12 @@ static int set_broken(cc_pipe *p, uint32_t why) {
     return -EPROTO;
 }
 
+/* Progress stores: ordered (release) but without the full fence a plain
+ * assignment to an _Atomic would cost; x86 makes them plain moves. */
+static inline void put64(_Atomic uint64_t *p, uint64_t v) {
+    atomic_store_explicit(p, v, memory_order_release);
+}
+
 /* ---- frame headers ---- */
 
 /* magic, check word, length, and the frame's offset in the direction's
@@ -392,13 +398,13 @@ static int write_frame(cc_pipe *p, dir *d, const void *msg, size_t len, double d
     mh.msg_iov = iov;
     mh.msg_iovlen = 2;
     size_t total = HDR + len, left = total;
-    d->send_left = total;
+    put64(&d->send_left, total);
     for (;;) {
         ssize_t n = sendmsg(p->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n > 0) {
             left -= (size_t)n;
-            d->sent = d->sent + (uint64_t)n;
-            d->send_left = left;
+            put64(&d->sent, d->sent + (uint64_t)n);
+            put64(&d->send_left, left);
             if (left == 0) return 0;
             advance(&mh, (size_t)n);
             continue;
@@ -415,7 +421,7 @@ static int write_frame(cc_pipe *p, dir *d, const void *msg, size_t len, double d
         }
         if (p->ln->broken) return -EPROTO;
         if (left < total && r != -EPIPE) set_broken(p, SENDER_STOPPED);
-        d->send_left = 0;
+        put64(&d->send_left, 0);
         return r;
     }
 }
@@ -448,7 +454,7 @@ static size_t buffered(dir *d) {
 
 static char *bufp(dir *d) { return d->rbuf + (uint32_t)d->win; }
 
-static void consume(dir *d, size_t n) { d->win = d->win + n; }
+static void consume(dir *d, size_t n) { put64(&d->win, d->win + n); }
 
 static int socket_empty(int fd) {
     struct pollfd pf = {fd, POLLIN, 0};
@@ -470,8 +476,8 @@ static int look(cc_pipe *p, dir *d, int mode) {
         if (mode == W_MID) {
             why = OUT_OF_STEP; /* no byte of the rest of this frame exists */
         } else { /* the rest was taken by the dead receiver: start afresh */
-            d->win = 0;
-            d->next = d->sent;
+            put64(&d->win, 0);
+            put64(&d->next, d->sent);
             d->scan = 0;
             res = RESYNCED;
         }
@@ -518,19 +524,19 @@ static int fill(cc_pipe *p, dir *d, double deadline, int mode) {
     uint32_t start = (uint32_t)w, end = (uint32_t)(w >> 32);
     if (start >= end) {
         start = end = 0;
-        if (w) d->win = 0;
+        if (w) put64(&d->win, 0);
     } else if (end == RBUF) { /* a partial header at the very end */
         uint32_t n = end - start;
         if (n > start) abort(); /* n < HDR <= start: fill is only called short of a header */
         memcpy(d->rbuf, d->rbuf + start, n); /* the source stays intact until the store */
         start = 0;
         end = n;
-        d->win = WIN(start, end);
+        put64(&d->win, WIN(start, end));
     }
     for (;;) {
         ssize_t n = recv(p->fd, d->rbuf + end, RBUF - end, MSG_DONTWAIT);
         if (n > 0) {
-            d->win = WIN(start, end + (uint32_t)n); /* the commit */
+            put64(&d->win, WIN(start, end + (uint32_t)n)); /* the commit */
             return 1;
         }
         if (n == 0) return 0;
@@ -580,8 +586,8 @@ static int resync(cc_pipe *p, dir *d, double deadline) {
             uint64_t len, off;
             if (header_ok(b + i, &len, &off) && off >= d->next && off <= d->sent) {
                 consume(d, i);
-                d->next = off;
-                d->left = 0;
+                put64(&d->next, off);
+                put64(&d->left, 0);
                 d->scan = 0;
                 return 0;
             }
@@ -602,9 +608,9 @@ static int start_frame(cc_pipe *p, dir *d, double deadline) {
     }
     uint64_t len, off;
     if (!header_ok(bufp(d), &len, &off) || off != d->next) return set_broken(p, BAD_HEADER);
-    d->len = len;
-    d->left = len;
-    d->next = off + HDR + len;
+    put64(&d->len, len);
+    put64(&d->left, len);
+    put64(&d->next, off + HDR + len);
     consume(d, HDR);
     return 0;
 }
@@ -623,12 +629,12 @@ static int take_body(cc_pipe *p, dir *d, cc_buf *out, double deadline) {
     if (n > d->left) n = (size_t)d->left;
     memcpy(out->data + have, bufp(d), n);
     consume(d, n);
-    d->left = d->left - n;
+    put64(&d->left, d->left - n);
     have += n;
     while (d->left) {
         ssize_t got = recv(p->fd, out->data + have, (size_t)d->left, MSG_DONTWAIT);
         if (got > 0) {
-            d->left = d->left - (uint64_t)got;
+            put64(&d->left, d->left - (uint64_t)got);
             have += (size_t)got;
             continue;
         }
