@@ -94,7 +94,7 @@ typedef struct dir {
     char *_Atomic keep;         /* body bytes [0, len - left) of a receiver that stopped */
     _Atomic uint64_t next;      /* stream offset where the next header starts */
     _Atomic int scan;           /* lost our place: look for the next real header */
-    char rbuf[RBUF];
+    char *rbuf;                 /* RBUF bytes in the arena; NULL if no one receives */
 } dir;
 
 typedef struct plink {
@@ -224,29 +224,43 @@ static void untrack(cc_pipe *p) {
 
 /* ---- life cycle ---- */
 
-static plink *link_new(void) {
-    plink *ln = cc_alloc(sizeof *ln);
+static void link_free(plink *ln) {
+    for (int i = 0; i < 2; i++) {
+        dir *d = &ln->d[i];
+        if (d->keep) cc_free(d->keep);
+        if (d->rbuf) cc_free(d->rbuf);
+        cc_mutex_destroy(&d->send_lock);
+        cc_mutex_destroy(&d->recv_lock);
+    }
+    cc_free(ln);
+}
+
+/* The receive buffers are blocks of their own (the arena's 80 KiB class,
+ * shared with queue chunks), and only for directions that have a reader. */
+static plink *link_new(int duplex) {
+    plink *ln = cc_calloc(sizeof *ln);
     if (!ln) return NULL;
     atomic_store(&ln->refs, 2);
     atomic_store(&ln->broken, INTACT);
+    int ok = 1;
     for (int i = 0; i < 2; i++) {
         dir *d = &ln->d[i];
-        memset(d, 0, offsetof(dir, rbuf));
         cc_mutex_init(&d->send_lock);
         cc_mutex_init(&d->recv_lock);
+        if (duplex || i == 1) { /* a one-way pipe: b (side 1) sends to a */
+            d->rbuf = cc_alloc(RBUF);
+            if (!d->rbuf) ok = 0;
+        }
+    }
+    if (!ok) {
+        link_free(ln);
+        return NULL;
     }
     return ln;
 }
 
 static void link_release(plink *ln) {
-    if (atomic_fetch_sub(&ln->refs, 1) != 1) return;
-    for (int i = 0; i < 2; i++) {
-        dir *d = &ln->d[i];
-        if (d->keep) cc_free(d->keep);
-        cc_mutex_destroy(&d->send_lock);
-        cc_mutex_destroy(&d->recv_lock);
-    }
-    cc_free(ln);
+    if (atomic_fetch_sub(&ln->refs, 1) == 1) link_free(ln);
 }
 
 static cc_pipe *make_end(plink *ln, int side, int fd, int can_read, int can_write) {
@@ -275,17 +289,14 @@ int cc_pipe_new(cc_pipe **a, cc_pipe **b, int duplex) {
         setsockopt(sv[i], SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
         setsockopt(sv[i], SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
     }
-    plink *ln = link_new();
+    plink *ln = link_new(duplex);
     cc_pipe *ea = ln ? make_end(ln, 0, sv[0], 1, duplex) : NULL;
     cc_pipe *eb = ea ? make_end(ln, 1, sv[1], duplex, 1) : NULL;
     int r = eb ? track(ea, eb) : -ENOMEM;
     if (r) {
         if (eb) cc_free(eb);
         if (ea) cc_free(ea);
-        if (ln) {
-            link_release(ln);
-            link_release(ln);
-        }
+        if (ln) link_free(ln);
         close(sv[0]);
         close(sv[1]);
         return r;
@@ -326,7 +337,7 @@ const char *cc_pipe_broken(cc_pipe *p) {
     case SENDER_DIED: return "a sender died in the middle of a message";
     case SENDER_STOPPED: return "a sender was interrupted in the middle of a message";
     case BAD_HEADER: return "a message header did not check out: the stream is out of step";
-    case OUT_OF_STEP: return "a receiver died while taking a message: the stream is out of step";
+    case OUT_OF_STEP: return "the rest of a message never came: the stream is out of step";
     default: return "the connection ended in the middle of a message";
     }
 }
