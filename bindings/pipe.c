@@ -2,8 +2,11 @@
  * pipe.c -- pipe() / pipe.new(): two connected ends, duplex by default
  * (like multiprocessing.Pipe); pipe{duplex = false} gives (reader, writer).
  *
- *   e:send(v)            error on a closed end or when the peer is gone
- *   e:recv([timeout])    v | nil, "closed" (EOF) | nil, "timeout"
+ *   e:send(v)            error on a closed end, when the peer is gone, or
+ *                        when the pipe is broken
+ *   e:recv([timeout])    v | nil, "closed" (EOF) | nil, "timeout"; error
+ *                        "the pipe is broken (why)" once a sender died or
+ *                        was interrupted mid-message (both ends, for good)
  *   e:poll([timeout])    true when recv would not block (data or EOF)
  *   e:close(), e:closed(), e:fileno(), e.readable, e.writable
  *
@@ -17,6 +20,23 @@
 
 #include <errno.h>
 #include <string.h>
+
+/* Errors every method shares; other codes go to cb_fail. */
+static int fail(lua_State *L, cc_pipe *p, int r, const char *fname) {
+    switch (r) {
+    case -EBADF: return luaL_error(L, "%s: the pipe end is closed", fname);
+    case -EPROTO: {
+        const char *why = cc_pipe_broken(p);
+        return luaL_error(L, "%s: the pipe is broken (%s)", fname, why ? why : "unknown");
+    }
+    case -EMSGSIZE:
+        return luaL_error(L, "%s: message too large (at most %d GiB)", fname,
+                          (int)(CC_PIPE_MAX_MSG >> 30));
+    case -ENOBUFS:
+        return luaL_error(L, "%s: not enough memory for the message (it was dropped)", fname);
+    default: return cb_fail(L, r, fname);
+    }
+}
 
 static cc_pipe *check(lua_State *L, const char *fname) {
     cc_pipe *p = (cc_pipe *)cb_self(L, CC_T_PIPE, fname);
@@ -33,7 +53,7 @@ static int l_new(lua_State *L) {
         if (!lua_isnil(L, -1)) duplex = lua_toboolean(L, -1);
         lua_pop(L, 1);
     } else if (!lua_isnoneornil(L, idx)) {
-        return luaL_argerror(L, 1, "options table expected");
+        return cb_argerror(L, 1, "pipe.new", "options table expected");
     }
     cc_pipe *a, *b;
     int r;
@@ -64,8 +84,7 @@ static int e_send(lua_State *L) {
     cb_buf_give(L, b);
     if (r) {
         if (r == -EPIPE) return luaL_error(L, "pipe:send: the other end is closed");
-        if (r == -EBADF) return luaL_error(L, "pipe:send: the pipe end is closed");
-        return cb_fail(L, r, "pipe:send");
+        return fail(L, p, r, "pipe:send");
     }
     return 0;
 }
@@ -78,8 +97,7 @@ static int e_recv(lua_State *L) {
     cc_buf *b = cb_buf_take(L, 0);
     int r = cc_pipe_recv(p, b, deadline);
     if (r) cb_buf_give(L, b);
-    if (r == -EBADF) return luaL_error(L, "pipe:recv: the pipe end is closed");
-    if (r) return cb_fail(L, r, "pipe:recv");
+    if (r) return fail(L, p, r, "pipe:recv");
     lua_settop(L, 0);
     int n = cb_decode(L, b->data, b->len, "pipe:recv");
     cb_buf_give(L, b);
@@ -124,11 +142,11 @@ static int e_index(lua_State *L) {
 
 static int e_tostring(lua_State *L) {
     cc_pipe *p = (cc_pipe *)cb_check(L, 1, CC_T_PIPE, "pipe:__tostring");
-    lua_pushfstring(L, "pipe end: %p (%s%s)", (void *)p,
+    lua_pushfstring(L, "pipe end: %p (%s%s%s)", (void *)p,
                     cc_pipe_readable(p) && cc_pipe_writable(p) ? "duplex"
                     : cc_pipe_readable(p)                      ? "reader"
                                                                : "writer",
-                    cc_pipe_closed(p) ? ", closed" : "");
+                    cc_pipe_closed(p) ? ", closed" : "", cc_pipe_broken(p) ? ", broken" : "");
     return 1;
 }
 

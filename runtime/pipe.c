@@ -1,17 +1,49 @@
 /*
- * pipe.c -- framed messages over a socketpair, across threads and processes.
+ * pipe.c -- framed messages over a socketpair, across threads and processes,
+ * that stay in step when a sender or a receiver dies, stops or gives up.
  *
- * Framing: a u64 length, then the message. A sender holds the end's send
- * lock (a cc_mutex in the arena) for the whole frame and writes header and
- * body with one sendmsg (MSG_NOSIGNAL: a vanished reader is -EPIPE, never a
- * SIGPIPE), so two senders never interleave. A receiver holds the recv lock
- * for a whole frame.
+ * Framing: a 24-byte header -- a magic word, a check word, the u64 length,
+ * and the u64 offset of the frame in its direction's byte stream -- then
+ * the message. The check word covers length and offset. A header is checked
+ * before a byte of the body is trusted and before anything is allocated for
+ * it, and its offset must be exactly where the previous frame ended: a
+ * stream that has slipped out of step is *detected* and the pipe becomes
+ * broken, instead of payload bytes being decoded as a length. Lengths are
+ * bounded by CC_PIPE_MAX_MSG.
  *
- * Receive buffer: each end has a 64 KiB buffer in the arena, guarded by the
- * recv lock, so one read() can bring in many small frames and the next
- * recv() -- from any thread or process holding the end -- takes them from
- * memory. A frame larger than the buffer is read straight into the caller's
- * buffer.
+ * The link. The two ends share a block in the arena, refcounted by them,
+ * with one record per direction (frames sent by end i are d[i]): the send
+ * lock, the progress of the frame being sent (send_left) and the bytes sent
+ * so far (sent); the recv lock, the 64 KiB receive buffer, the progress of
+ * the frame being received (len, left, keep, next, scan); and the broken
+ * state. Progress is updated with single stores as bytes move (like libuv's
+ * write_index), so whoever takes the lock next -- another thread or another
+ * process -- finds the truth:
+ *
+ *  - A receiver that times out or is interrupted mid-frame copies the body
+ *    bytes it already has into the arena (keep); the next recv resumes.
+ *  - A receiver killed holding the recv lock hands it on with EOWNERDEAD.
+ *    It may have taken any number of bytes off the socket without recording
+ *    them (SIGKILL lands when a recv() returns, and a big recv() takes
+ *    milliseconds), so the next receiver drops that frame and *scans* for
+ *    the next real header: magic and check word valid, offset at or past
+ *    the end of the dropped frame and not past what was sent. If the stream
+ *    goes idle first (no frame being sent, socket empty: checked holding the
+ *    send lock), everything was taken and it restarts at `sent`. The dead
+ *    receiver's message is lost, as a queue item taken by a killed process.
+ *  - A sender dies holding its robust send lock with send_left > 0, or is
+ *    interrupted mid-frame: the pipe is broken. A receiver stalled mid-frame
+ *    looks at the sender every WATCH seconds (trylock on the send lock:
+ *    EOWNERDEAD, or free, with send_left > 0 means no one will finish the
+ *    frame), so it does not need a timeout to notice. Breaking records why
+ *    and shuts the socket down, which wakes every waiter on both ends; from
+ *    then on send and recv on either end return -EPROTO. A stopped sender
+ *    (SIGSTOP) still holds its lock: receivers time out and resume later.
+ *
+ * The receive buffer window (start, end) is one 64-bit word, so moving it
+ * is one store. A frame larger than what is buffered is read straight into
+ * the caller's buffer; a frame once started is never left half-sent by a
+ * timeout (the deadline applies before the first byte only).
  *
  * Which processes may use an end: its fd number is valid in the process
  * that made it and in processes forked from that one afterwards. Every fork
@@ -21,38 +53,69 @@
  * the ancestry. Elsewhere the end is refused instead of writing to whatever
  * file has that number there.
  *
- * close() shuts the socket down for every holder (the peer sees EOF at once,
- * even while forked children still hold the fd) and marks the end closed.
- * The fd itself is closed when the end is destroyed, by the process that
- * destroys it (if the fd is valid there); other processes drop it at exit.
+ * Descriptors: each process keeps a local table of the pipe fds it holds
+ * (inherited through fork), each with the end's unique serial. An end's
+ * fd is closed by the process that destroys it; every other holder closes
+ * its copy when it next makes or destroys a pipe and finds that serial gone.
+ * close() shuts the socket down for every holder (the peer sees EOF at
+ * once, even while forked children still hold the fd).
  */
 #include "pipe.h"
 
 #include <errno.h>
-#include <stddef.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #define RBUF (64u * 1024u)
+#define HDR 24u
+#define MAGIC 0x31504343u /* "CCP1" */
+#define WATCH 0.1         /* how often a receiver stalled mid-frame looks at the sender */
 #define MAX_ANCESTRY 64
+
+enum { INTACT = 0, SENDER_DIED, SENDER_STOPPED, BAD_HEADER, OUT_OF_STEP, CUT_SHORT };
+
+/* One direction: frames sent by one end, received by the other. */
+typedef struct dir {
+    cc_mutex send_lock;
+    _Atomic uint64_t send_left; /* bytes of the frame being sent still to go; 0 between frames */
+    _Atomic uint64_t sent;      /* bytes ever put on the socket in this direction */
+    cc_mutex recv_lock;
+    /* the rest is guarded by recv_lock */
+    _Atomic uint64_t win;       /* buffered bytes rbuf[start, end): start | end << 32 */
+    _Atomic uint64_t len, left; /* frame being received: body length, body bytes not yet taken */
+    char *_Atomic keep;         /* body bytes [0, len - left) of a receiver that stopped */
+    _Atomic uint64_t next;      /* stream offset where the next header starts */
+    _Atomic int scan;           /* lost our place: look for the next real header */
+    char *rbuf;                 /* RBUF bytes in the arena; NULL if no one receives */
+} dir;
+
+typedef struct plink {
+    _Atomic uint32_t refs;
+    _Atomic uint32_t broken; /* INTACT or why not */
+    dir d[2];
+} plink;
 
 struct cc_pipe {
     cc_obj hdr;
     int fd;
+    int side; /* sends into d[side], receives from d[!side] */
     int can_read, can_write;
     _Atomic int closed;
     pid_t creator;
-    uint64_t birth;        /* fork counter when made */
-    cc_mutex send_lock, recv_lock;
-    size_t rpos, rlen;     /* buffered bytes: rbuf[rpos, rlen) */
-    char rbuf[RBUF];
+    uint64_t birth;           /* fork counter when made */
+    _Atomic uint64_t serial;  /* unique; 0 once destroyed */
+    plink *ln;
 };
 
-/* ---- fork ancestry ---- */
+/* ---- fork ancestry and the table of fds held here ---- */
 
 static _Atomic uint64_t *fork_counter; /* in the arena */
 static struct { pid_t pid; uint64_t at; } ancestry[MAX_ANCESTRY];
@@ -60,11 +123,20 @@ static int nancestry;
 static uint64_t forking_at;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
+typedef struct held { int fd; cc_pipe *p; uint64_t serial; } held;
+static held *fds;
+static size_t nfds, capfds;
+static pthread_mutex_t fds_lock = PTHREAD_MUTEX_INITIALIZER;
+
 static void before_fork(void) {
+    pthread_mutex_lock(&fds_lock);
     if (fork_counter) forking_at = ++*fork_counter;
 }
 
+static void in_parent(void) { pthread_mutex_unlock(&fds_lock); }
+
 static void in_child(void) {
+    pthread_mutex_unlock(&fds_lock);
     if (nancestry < MAX_ANCESTRY) {
         ancestry[nancestry].pid = getppid();
         ancestry[nancestry].at = forking_at;
@@ -74,7 +146,7 @@ static void in_child(void) {
 
 static void setup(void) {
     fork_counter = cc_calloc(sizeof *fork_counter);
-    pthread_atfork(before_fork, NULL, in_child);
+    pthread_atfork(before_fork, in_parent, in_child);
 }
 
 int cc_pipe_usable(cc_pipe *p) {
@@ -84,56 +156,165 @@ int cc_pipe_usable(cc_pipe *p) {
     return 0;
 }
 
+/* Strictly increasing CLOCK_MONOTONIC nanoseconds: an end made at the
+ * address of a destroyed one was made later, so its serial differs. */
+static uint64_t new_serial(void) {
+    static _Atomic uint64_t last;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    uint64_t prev = atomic_load(&last), next;
+    do next = now > prev ? now : prev + 1;
+    while (!atomic_compare_exchange_weak(&last, &prev, next));
+    return next;
+}
+
+/* Close the fds of ends that were destroyed in another process. */
+static void sweep_locked(void) {
+    for (size_t i = 0; i < nfds;) {
+        if (atomic_load(&fds[i].p->serial) == fds[i].serial) {
+            i++;
+            continue;
+        }
+        close(fds[i].fd);
+        fds[i] = fds[--nfds];
+    }
+}
+
+static void sweep(void) {
+    pthread_mutex_lock(&fds_lock);
+    sweep_locked();
+    pthread_mutex_unlock(&fds_lock);
+}
+
+static int track(cc_pipe *a, cc_pipe *b) {
+    pthread_mutex_lock(&fds_lock);
+    int r = 0;
+    if (nfds + 2 > capfds) {
+        size_t cap = capfds ? capfds * 2 : 64;
+        held *n = realloc(fds, cap * sizeof *n);
+        if (n) {
+            fds = n;
+            capfds = cap;
+        } else {
+            r = -ENOMEM;
+        }
+    }
+    if (!r) {
+        fds[nfds++] = (held){a->fd, a, a->serial};
+        fds[nfds++] = (held){b->fd, b, b->serial};
+    }
+    pthread_mutex_unlock(&fds_lock);
+    return r;
+}
+
+/* Close p's fd if this process holds it. */
+static void untrack(cc_pipe *p) {
+    pthread_mutex_lock(&fds_lock);
+    for (size_t i = 0; i < nfds; i++) {
+        if (fds[i].p == p && fds[i].serial == p->serial) {
+            close(fds[i].fd);
+            fds[i] = fds[--nfds];
+            break;
+        }
+    }
+    sweep_locked();
+    pthread_mutex_unlock(&fds_lock);
+}
+
 /* ---- life cycle ---- */
 
-static int make_end(cc_pipe **out, int fd, int can_read, int can_write) {
-    cc_pipe *p = cc_alloc(sizeof *p);
-    if (!p) return -ENOMEM;
-    memset(p, 0, offsetof(cc_pipe, rbuf));
+static void link_free(plink *ln) {
+    for (int i = 0; i < 2; i++) {
+        dir *d = &ln->d[i];
+        if (d->keep) cc_free(d->keep);
+        if (d->rbuf) cc_free(d->rbuf);
+        cc_mutex_destroy(&d->send_lock);
+        cc_mutex_destroy(&d->recv_lock);
+    }
+    cc_free(ln);
+}
+
+/* The receive buffers are blocks of their own (the arena's 80 KiB class,
+ * shared with queue chunks), and only for directions that have a reader. */
+static plink *link_new(int duplex) {
+    plink *ln = cc_calloc(sizeof *ln);
+    if (!ln) return NULL;
+    atomic_store(&ln->refs, 2);
+    atomic_store(&ln->broken, INTACT);
+    int ok = 1;
+    for (int i = 0; i < 2; i++) {
+        dir *d = &ln->d[i];
+        cc_mutex_init(&d->send_lock);
+        cc_mutex_init(&d->recv_lock);
+        if (duplex || i == 1) { /* a one-way pipe: b (side 1) sends to a */
+            d->rbuf = cc_alloc(RBUF);
+            if (!d->rbuf) ok = 0;
+        }
+    }
+    if (!ok) {
+        link_free(ln);
+        return NULL;
+    }
+    return ln;
+}
+
+static void link_release(plink *ln) {
+    if (atomic_fetch_sub(&ln->refs, 1) == 1) link_free(ln);
+}
+
+static cc_pipe *make_end(plink *ln, int side, int fd, int can_read, int can_write) {
+    cc_pipe *p = cc_calloc(sizeof *p);
+    if (!p) return NULL;
     cc_obj_init(&p->hdr, CC_T_PIPE);
     p->fd = fd;
+    p->side = side;
     p->can_read = can_read;
     p->can_write = can_write;
     p->creator = cc_pid();
     p->birth = fork_counter ? *fork_counter : 0;
-    cc_mutex_init(&p->send_lock);
-    cc_mutex_init(&p->recv_lock);
-    *out = p;
-    return 0;
+    p->serial = new_serial();
+    p->ln = ln;
+    return p;
 }
 
 int cc_pipe_new(cc_pipe **a, cc_pipe **b, int duplex) {
     pthread_once(&once, setup);
-    int fds[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds)) return -errno;
+    sweep();
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv)) return -errno;
     /* room for bursts of small messages and fewer wake-ups for big ones */
     int size = 1 << 20;
     for (int i = 0; i < 2; i++) {
-        setsockopt(fds[i], SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
-        setsockopt(fds[i], SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+        setsockopt(sv[i], SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+        setsockopt(sv[i], SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
     }
-    int r = make_end(a, fds[0], 1, duplex);
-    if (!r) {
-        r = make_end(b, fds[1], duplex, 1);
-        if (r) cc_release(&(*a)->hdr);
-    }
+    plink *ln = link_new(duplex);
+    cc_pipe *ea = ln ? make_end(ln, 0, sv[0], 1, duplex) : NULL;
+    cc_pipe *eb = ea ? make_end(ln, 1, sv[1], duplex, 1) : NULL;
+    int r = eb ? track(ea, eb) : -ENOMEM;
     if (r) {
-        close(fds[0]);
-        close(fds[1]);
+        if (eb) cc_free(eb);
+        if (ea) cc_free(ea);
+        if (ln) link_free(ln);
+        close(sv[0]);
+        close(sv[1]);
         return r;
     }
     if (!duplex) { /* a reads, b writes */
-        shutdown(fds[0], SHUT_WR);
-        shutdown(fds[1], SHUT_RD);
+        shutdown(sv[0], SHUT_WR);
+        shutdown(sv[1], SHUT_RD);
     }
+    *a = ea;
+    *b = eb;
     return 0;
 }
 
 void cc_pipe_destroy(cc_obj *o) {
     cc_pipe *p = (cc_pipe *)o;
-    if (cc_pipe_usable(p)) close(p->fd);
-    cc_mutex_destroy(&p->send_lock);
-    cc_mutex_destroy(&p->recv_lock);
+    untrack(p);
+    atomic_store(&p->serial, 0); /* other holders close their copies */
+    link_release(p->ln);
     cc_free(p);
 }
 
@@ -150,129 +331,368 @@ int cc_pipe_readable(cc_pipe *p) { return p->can_read; }
 int cc_pipe_writable(cc_pipe *p) { return p->can_write; }
 int cc_pipe_fd(cc_pipe *p) { return p->fd; }
 
-/* ---- waiting ---- */
+const char *cc_pipe_broken(cc_pipe *p) {
+    switch (atomic_load(&p->ln->broken)) {
+    case INTACT: return NULL;
+    case SENDER_DIED: return "a sender died in the middle of a message";
+    case SENDER_STOPPED: return "a sender was interrupted in the middle of a message";
+    case BAD_HEADER: return "a message header did not check out: the stream is out of step";
+    case OUT_OF_STEP: return "the rest of a message never came: the stream is out of step";
+    default: return "the connection ended in the middle of a message";
+    }
+}
+
+/* Record why (the first reason wins) and wake everyone on both ends. */
+static int set_broken(cc_pipe *p, uint32_t why) {
+    uint32_t intact = INTACT;
+    atomic_compare_exchange_strong(&p->ln->broken, &intact, why);
+    shutdown(p->fd, SHUT_RDWR);
+    return -EPROTO;
+}
+
+/* Progress stores: ordered (release) but without the full fence a plain
+ * assignment to an _Atomic would cost; x86 makes them plain moves. */
+static inline void put64(_Atomic uint64_t *p, uint64_t v) {
+    atomic_store_explicit(p, v, memory_order_release);
+}
+
+/* ---- frame headers ---- */
+
+/* magic, check word, length, and the frame's offset in the direction's
+ * byte stream: a receiver knows where the next header must start, and one
+ * that lost its place can recognise the next real header */
+static uint32_t check_word(uint64_t len, uint64_t off) {
+    uint64_t h = (len ^ MAGIC) * 0x9E3779B97F4A7C15ull;
+    h ^= (off + 0x632BE59BD9B4E019ull) * 0xC2B2AE3D27D4EB4Full;
+    return (uint32_t)(h >> 32) ^ (uint32_t)h;
+}
+
+static void put_header(unsigned char *h, uint64_t len, uint64_t off) {
+    uint32_t m = MAGIC, c = check_word(len, off);
+    memcpy(h, &m, 4);
+    memcpy(h + 4, &c, 4);
+    memcpy(h + 8, &len, 8);
+    memcpy(h + 16, &off, 8);
+}
+
+static int header_ok(const char *h, uint64_t *len, uint64_t *off) {
+    uint32_t m, c;
+    memcpy(&m, h, 4);
+    if (m != MAGIC) return 0;
+    memcpy(&c, h + 4, 4);
+    memcpy(len, h + 8, 8);
+    memcpy(off, h + 16, 8);
+    return c == check_word(*len, *off) && *len <= CC_PIPE_MAX_MSG;
+}
 
 /* ---- send ---- */
+
+static void advance(struct msghdr *mh, size_t n) {
+    while (n > 0 && mh->msg_iovlen > 0) {
+        size_t take = n < mh->msg_iov[0].iov_len ? n : mh->msg_iov[0].iov_len;
+        mh->msg_iov[0].iov_base = (char *)mh->msg_iov[0].iov_base + take;
+        mh->msg_iov[0].iov_len -= take;
+        n -= take;
+        if (mh->msg_iov[0].iov_len == 0) {
+            mh->msg_iov++;
+            mh->msg_iovlen--;
+        }
+    }
+}
+
+/* Write the frame; its progress is in d->send_left all along. */
+static int write_frame(cc_pipe *p, dir *d, const void *msg, size_t len, double deadline) {
+    unsigned char hdr[HDR];
+    put_header(hdr, len, d->sent);
+    struct iovec iov[2] = {{hdr, HDR}, {(void *)msg, len}};
+    struct msghdr mh = {0};
+    mh.msg_iov = iov;
+    mh.msg_iovlen = 2;
+    size_t total = HDR + len, left = total;
+    put64(&d->send_left, total);
+    for (;;) {
+        ssize_t n = sendmsg(p->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            left -= (size_t)n;
+            put64(&d->sent, d->sent + (uint64_t)n);
+            put64(&d->send_left, left);
+            if (left == 0) return 0;
+            advance(&mh, (size_t)n);
+            continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        int r;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            /* a frame once started is finished: no deadline mid-frame */
+            int w = cc_wait_fd(p->fd, POLLOUT, left < total ? CC_FOREVER : deadline);
+            if (w > 0) continue;
+            r = w == 0 ? -ETIMEDOUT : w;
+        } else {
+            r = (errno == EPIPE || errno == ECONNRESET) ? -EPIPE : -errno;
+        }
+        if (p->ln->broken) return -EPROTO;
+        if (left < total && r != -EPIPE) set_broken(p, SENDER_STOPPED);
+        put64(&d->send_left, 0);
+        return r;
+    }
+}
 
 int cc_pipe_send(cc_pipe *p, const void *msg, size_t len, double deadline) {
     if (p->closed) return -EBADF;
     if (!p->can_write) return -EINVAL;
-    uint64_t hdr = len;
-    struct iovec iov[2] = {{&hdr, 8}, {(void *)msg, len}};
-    struct msghdr mh = {0};
-    mh.msg_iov = iov;
-    mh.msg_iovlen = 2;
-    int r = cc_mutex_lock(&p->send_lock, deadline);
-    if (r && r != -EOWNERDEAD) return r;
-    size_t left = 8 + len;
-    while (left > 0) {
-        ssize_t n = sendmsg(p->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (n > 0) {
-            left -= (size_t)n;
-            while (n > 0 && mh.msg_iovlen > 0) { /* advance the iovecs */
-                size_t take = (size_t)n < mh.msg_iov[0].iov_len ? (size_t)n : mh.msg_iov[0].iov_len;
-                mh.msg_iov[0].iov_base = (char *)mh.msg_iov[0].iov_base + take;
-                mh.msg_iov[0].iov_len -= take;
-                n -= (ssize_t)take;
-                if (mh.msg_iov[0].iov_len == 0) {
-                    mh.msg_iov++;
-                    mh.msg_iovlen--;
-                }
-            }
-            continue;
-        }
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            /* a frame once started is finished: no deadline mid-frame */
-            int w = cc_wait_fd(p->fd, POLLOUT, left < 8 + len ? CC_FOREVER : deadline);
-            if (w == 0) {
-                r = -ETIMEDOUT;
-                break;
-            }
-            if (w < 0) {
-                r = w;
-                break;
-            }
-            continue;
-        }
-        r = (errno == EPIPE || errno == ECONNRESET) ? -EPIPE : -errno;
-        break;
-    }
-    if (left == 0) r = 0;
-    cc_mutex_unlock(&p->send_lock);
+    if ((uint64_t)len > CC_PIPE_MAX_MSG) return -EMSGSIZE;
+    dir *d = &p->ln->d[p->side];
+    int r = cc_mutex_lock(&d->send_lock, deadline);
+    if (r == -EOWNERDEAD && d->send_left) set_broken(p, SENDER_DIED);
+    else if (r && r != -EOWNERDEAD) return r;
+    r = p->ln->broken ? -EPROTO : write_frame(p, d, msg, len, deadline);
+    cc_mutex_unlock(&d->send_lock);
     return r;
 }
 
 /* ---- recv ---- */
 
-/* Pull bytes into the end's buffer; 1 got some, 0 EOF, negative errno. */
-static int fill(cc_pipe *p, double deadline) {
-    if (p->rpos == p->rlen) p->rpos = p->rlen = 0;
-    else if (p->rpos > 0 && p->rlen == RBUF) { /* make room at the end */
-        memmove(p->rbuf, p->rbuf + p->rpos, p->rlen - p->rpos);
-        p->rlen -= p->rpos;
-        p->rpos = 0;
+#define WIN(start, end) ((uint64_t)(start) | (uint64_t)(end) << 32)
+
+enum { W_PLAIN, W_MID, W_SCAN }; /* waiting for a header, mid-frame, resynchronising */
+#define RESYNCED 2
+
+static size_t buffered(dir *d) {
+    uint64_t w = d->win;
+    uint32_t start = (uint32_t)w, end = (uint32_t)(w >> 32);
+    return start < end ? end - start : 0;
+}
+
+static char *bufp(dir *d) { return d->rbuf + (uint32_t)d->win; }
+
+static void consume(dir *d, size_t n) { put64(&d->win, d->win + n); }
+
+static int socket_empty(int fd) {
+    struct pollfd pf = {fd, POLLIN, 0};
+    return poll(&pf, 1, 0) == 0;
+}
+
+/* A receiver stalled mid-frame, or resynchronising, looks at the sender
+ * (which cannot start a frame while we hold its lock): 0 while someone is
+ * (or may soon be) writing; RESYNCED when the stream is idle and all of it
+ * was taken (resynchronised at its end); else -EPROTO, broken. */
+static int look(cc_pipe *p, dir *d, int mode) {
+    int r = cc_mutex_trylock(&d->send_lock);
+    if (r != 0 && r != -EOWNERDEAD) return 0;
+    uint32_t why = INTACT;
+    int res = 0;
+    if (d->send_left) {
+        why = r ? SENDER_DIED : SENDER_STOPPED;
+    } else if (socket_empty(p->fd)) {
+        if (mode == W_MID) {
+            why = OUT_OF_STEP; /* no byte of the rest of this frame exists */
+        } else { /* the rest was taken by the dead receiver: start afresh */
+            put64(&d->win, 0);
+            put64(&d->next, d->sent);
+            d->scan = 0;
+            res = RESYNCED;
+        }
+    }
+    cc_mutex_unlock(&d->send_lock);
+    return why ? set_broken(p, why) : res;
+}
+
+/* Wait for input: 1 ready, 0 timeout, RESYNCED, negative errno. Mid-frame
+ * and while resynchronising, wait in WATCH slices and look at the sender
+ * between them. */
+static int wait_in(cc_pipe *p, dir *d, double deadline, int mode) {
+    if (mode == W_PLAIN) return cc_wait_fd(p->fd, POLLIN, deadline);
+    for (;;) {
+        double until = cc_now() + WATCH;
+        if (deadline >= 0 && deadline < until) until = deadline;
+        int w = cc_wait_fd(p->fd, POLLIN, until);
+        if (w != 0) return w;
+        if (deadline >= 0 && cc_now() >= deadline) return 0;
+        if (p->ln->broken) return -EPROTO;
+        w = look(p, d, mode);
+        if (w) return w;
+    }
+}
+
+/* The socket said EOF (or reset). */
+static int at_eof(cc_pipe *p, dir *d, int midframe) {
+    if (p->closed) return -EBADF;
+    if (p->ln->broken) return -EPROTO;
+    if (!midframe) return -EPIPE;
+    int r = cc_mutex_trylock(&d->send_lock);
+    uint32_t why = CUT_SHORT;
+    if (r == 0 || r == -EOWNERDEAD) {
+        if (d->send_left) why = r ? SENDER_DIED : SENDER_STOPPED;
+        cc_mutex_unlock(&d->send_lock);
+    }
+    return set_broken(p, why);
+}
+
+/* Pull bytes into the buffer, which holds less than a header (or nothing):
+ * 1 got some, 0 EOF, RESYNCED, negative errno. */
+static int fill(cc_pipe *p, dir *d, double deadline, int mode) {
+    uint64_t w = d->win;
+    uint32_t start = (uint32_t)w, end = (uint32_t)(w >> 32);
+    if (start >= end) {
+        start = end = 0;
+        if (w) put64(&d->win, 0);
+    } else if (end == RBUF) { /* a partial header at the very end */
+        uint32_t n = end - start;
+        if (n > start) abort(); /* n < HDR <= start: fill is only called short of a header */
+        memcpy(d->rbuf, d->rbuf + start, n); /* the source stays intact until the store */
+        start = 0;
+        end = n;
+        put64(&d->win, WIN(start, end));
     }
     for (;;) {
-        ssize_t n = recv(p->fd, p->rbuf + p->rlen, RBUF - p->rlen, MSG_DONTWAIT);
+        ssize_t n = recv(p->fd, d->rbuf + end, RBUF - end, MSG_DONTWAIT);
         if (n > 0) {
-            p->rlen += (size_t)n; /* the commit */
+            put64(&d->win, WIN(start, end + (uint32_t)n)); /* the commit */
             return 1;
         }
         if (n == 0) return 0;
         if (errno == EINTR) continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK) return errno == ECONNRESET ? 0 : -errno;
-        int w = cc_wait_fd(p->fd, POLLIN, deadline);
-        if (w == 0) return -ETIMEDOUT;
-        if (w < 0) return w;
+        if (errno == ECONNRESET) return 0;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) return -errno;
+        int r = wait_in(p, d, deadline, mode);
+        if (r == 0) return -ETIMEDOUT;
+        if (r < 0 || r == RESYNCED) return r;
     }
 }
 
-static size_t buffered(cc_pipe *p) { return p->rlen - p->rpos; }
-
-/* Read exactly n bytes of a frame already started (no deadline). */
-static int read_exact(cc_pipe *p, char *dst, size_t n) {
-    size_t have = buffered(p) < n ? buffered(p) : n;
-    memcpy(dst, p->rbuf + p->rpos, have);
-    p->rpos += have;
-    while (have < n) {
-        ssize_t got = recv(p->fd, dst + have, n - have, 0);
-        if (got > 0) have += (size_t)got;
-        else if (got == 0) return -EPIPE; /* a frame cut short: the writer died */
-        else if (errno != EINTR && errno != EAGAIN) return -errno;
-        else if (errno == EAGAIN && cc_wait_fd(p->fd, POLLIN, CC_FOREVER) < 0) return -EINTR;
+static void drop_keep(dir *d) {
+    char *k = d->keep;
+    if (k) {
+        d->keep = NULL;
+        cc_free(k);
     }
+}
+
+/* Give up the frame in progress: find the next one. */
+static int drop_frame(dir *d, int r) {
+    d->scan = 1;
+    drop_keep(d);
+    return r;
+}
+
+/* Park the body bytes read so far in the arena for the next receiver. */
+static int keep_partial(dir *d, const char *data, size_t have, int r) {
+    if (have == 0) return r;
+    char *k = cc_alloc(have);
+    if (!k) return drop_frame(d, -ENOMEM); /* cannot keep them: the message is dropped */
+    memcpy(k, data, have);
+    d->keep = k;
+    return r;
+}
+
+/* After a receiver died holding the lock, or a message was dropped: the
+ * next real header is the first one (magic, check word) whose offset is at
+ * or past the end of the frame given up and not past what was sent. Bytes
+ * before it were taken by the dead receiver or belong to dropped frames. */
+static int resync(cc_pipe *p, dir *d, double deadline) {
+    for (;;) {
+        size_t n = buffered(d);
+        const char *b = bufp(d);
+        for (size_t i = 0; i + HDR <= n; i++) {
+            uint64_t len, off;
+            if (header_ok(b + i, &len, &off) && off >= d->next && off <= d->sent) {
+                consume(d, i);
+                put64(&d->next, off);
+                put64(&d->left, 0);
+                d->scan = 0;
+                return 0;
+            }
+        }
+        if (n >= HDR) consume(d, n - (HDR - 1)); /* keep what may start a header */
+        int f = fill(p, d, deadline, W_SCAN);
+        if (f == RESYNCED) return 0;
+        if (f == 0) return at_eof(p, d, 0);
+        if (f < 0) return f;
+    }
+}
+
+/* Start a frame: read and check its header. */
+static int start_frame(cc_pipe *p, dir *d, double deadline) {
+    while (buffered(d) < HDR) {
+        int f = fill(p, d, deadline, buffered(d) > 0 ? W_MID : W_PLAIN);
+        if (f <= 0) return f == 0 ? at_eof(p, d, buffered(d) > 0) : f;
+    }
+    uint64_t len, off;
+    if (!header_ok(bufp(d), &len, &off) || off != d->next) return set_broken(p, BAD_HEADER);
+    put64(&d->len, len);
+    put64(&d->left, len);
+    put64(&d->next, off + HDR + len);
+    consume(d, HDR);
     return 0;
+}
+
+/* Take the body: what was kept, what is buffered, then the socket. */
+static int take_body(cc_pipe *p, dir *d, cc_buf *out, double deadline) {
+    size_t len = (size_t)d->len, have = len - (size_t)d->left;
+    if (cc_buf_reserve(out, len)) return drop_frame(d, -ENOBUFS); /* drop this message, not the pipe */
+    if (have) {
+        char *k = d->keep;
+        memcpy(out->data, k, have);
+        d->keep = NULL;
+        cc_free(k);
+    }
+    size_t n = buffered(d);
+    if (n > d->left) n = (size_t)d->left;
+    memcpy(out->data + have, bufp(d), n);
+    consume(d, n);
+    put64(&d->left, d->left - n);
+    have += n;
+    while (d->left) {
+        ssize_t got = recv(p->fd, out->data + have, (size_t)d->left, MSG_DONTWAIT);
+        if (got > 0) {
+            put64(&d->left, d->left - (uint64_t)got);
+            have += (size_t)got;
+            continue;
+        }
+        if (got == 0 || errno == ECONNRESET) return at_eof(p, d, 1);
+        if (errno == EINTR) continue;
+        int r = -errno;
+        if (r == -EAGAIN || r == -EWOULDBLOCK) {
+            int w = wait_in(p, d, deadline, W_MID);
+            if (w > 0) continue;
+            r = w == 0 ? -ETIMEDOUT : w;
+        }
+        if (r == -EPROTO) return r;
+        return keep_partial(d, out->data, have, r);
+    }
+    out->len = len;
+    return 0;
+}
+
+static int take(cc_pipe *p, dir *d, cc_buf *out, double deadline) {
+    for (;;) {
+        int r = 0;
+        if (d->scan) r = resync(p, d, deadline);
+        else if (d->left == 0) {
+            r = start_frame(p, d, deadline);
+            if (!r) return take_body(p, d, out, deadline);
+        } else if (d->len != d->left && !d->keep) drop_frame(d, 0); /* bytes gone, no copy */
+        else return take_body(p, d, out, deadline);
+        if (r) return r;
+    }
 }
 
 int cc_pipe_recv(cc_pipe *p, cc_buf *out, double deadline) {
     if (p->closed) return -EBADF;
     if (!p->can_read) return -EINVAL;
-    int r = cc_mutex_lock(&p->recv_lock, deadline);
-    if (r && r != -EOWNERDEAD) return r;
-    r = 0;
-    while (buffered(p) < 8) {
-        int f = fill(p, deadline);
-        if (f <= 0) {
-            r = f == 0 ? -EPIPE : f;
-            break;
-        }
-    }
-    if (!r) {
-        uint64_t len;
-        memcpy(&len, p->rbuf + p->rpos, 8);
-        p->rpos += 8;
-        r = cc_buf_reserve(out, len);
-        if (!r) r = read_exact(p, out->data, len);
-        out->len = r ? 0 : len;
-    }
-    cc_mutex_unlock(&p->recv_lock);
+    dir *d = &p->ln->d[!p->side];
+    int r = cc_mutex_lock(&d->recv_lock, deadline);
+    if (r == -EOWNERDEAD) drop_frame(d, 0); /* the previous receiver died: its message with it */
+    else if (r) return r;
+    r = p->ln->broken ? -EPROTO : take(p, d, out, deadline);
+    if (r) out->len = 0;
+    cc_mutex_unlock(&d->recv_lock);
     return r;
 }
 
 int cc_pipe_poll(cc_pipe *p, double deadline) {
     if (p->closed || !p->can_read) return 0;
-    if (buffered(p)) return 1;
-    int w = cc_wait_fd(p->fd, POLLIN, deadline);
-    return w;
+    if (p->ln->broken) return 1;
+    if (buffered(&p->ln->d[!p->side])) return 1;
+    return cc_wait_fd(p->fd, POLLIN, deadline);
 }
