@@ -219,7 +219,20 @@ static void untrack(cc_pipe *p) {
         }
     }
     sweep_locked();
+    if (nfds == 0) { /* nothing held: no table left behind (a module can be unloaded) */
+        free(fds);
+        fds = NULL;
+        capfds = 0;
+    }
     pthread_mutex_unlock(&fds_lock);
+}
+
+/* The module is unloaded (dlclose at lua_close) or the program ends: the
+ * table goes; the fds it lists stay open, as the process's own. */
+__attribute__((destructor)) static void forget_table(void) {
+    free(fds);
+    fds = NULL;
+    nfds = capfds = 0;
 }
 
 /* ---- life cycle ---- */
