@@ -184,7 +184,9 @@ cc_obj *cb_check(lua_State *L, int idx, enum cc_type t, const char *fname) {
 
 cc_obj *cb_self(lua_State *L, enum cc_type t, const char *fname) {
     cb_handle *h = lua_touserdata(L, 1);
-    if (h && lua_type(L, 1) == LUA_TUSERDATA && lua_getmetatable(L, 1)) {
+    /* fast path: only a full userdata can carry our very metatable (short
+     * of debug.setmetatable on a light userdata, which is out of bounds) */
+    if (h && lua_getmetatable(L, 1)) {
         int same = lua_rawequal(L, -1, lua_upvalueindex(1));
         lua_pop(L, 1);
         if (same) {

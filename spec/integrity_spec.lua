@@ -52,6 +52,26 @@ describe("re-entrant use of concur from finalizers and require", function()
     assert.matches("bad%s+0", out)
   end)
 
+  it("survives the same under the generational collector (Lua 5.4)", function()
+    if S.luajit then pending("LuaJIT has one collector") return end
+    local out, status = S.run([[
+      collectgarbage("generational")
+      local S = dofile("spec/support.lua")
+      local q, side = concur.queue(), concur.queue()
+      local big = {}
+      for i = 1, 100000 do big[i] = "item" .. i end
+      for round = 1, 5 do
+        q:put(big)
+        for _ = 1, 200 do S.finalizer(function() side:put(string.rep("x", 1 << 20)); side:get() end) end
+        local got = q:get()
+        assert(#got == 100000 and got[77777] == "item77777")
+      end
+      print("ok")
+    ]], "", 60)
+    assert.equal(0, status, out)
+    assert.matches("ok", out)
+  end)
+
   it("decodes a message whose module's top level uses a queue", function()
     local dir = os.tmpname()
     os.remove(dir)
