@@ -60,9 +60,9 @@ describe("re-entrant use of concur from finalizers and require", function()
       local q, side = concur.queue(), concur.queue()
       local big = {}
       for i = 1, 100000 do big[i] = "item" .. i end
-      for round = 1, 5 do
+      for round = 1, 3 do
         q:put(big)
-        for _ = 1, 200 do S.finalizer(function() side:put(string.rep("x", 1 << 20)); side:get() end) end
+        for _ = 1, 100 do S.finalizer(function() side:put(string.rep("x", 1 << 20)); side:get() end) end
         local got = q:get()
         assert(#got == 100000 and got[77777] == "item77777")
       end
