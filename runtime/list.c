@@ -112,7 +112,7 @@ static void slot_free(slot *s, int drop) {
  * new array pointers, capacities and length, and optionally one slot of the
  * new array to overwrite. */
 typedef struct redo {
-    _Atomic uint32_t valid; /* set = committed, not yet fully applied */
+    uint32_t valid;         /* set = committed, not yet fully applied */
     int64_t len, cap, spare_cap;
     slot *slots, *spare;
     int64_t index;          /* -1, or the slot to overwrite with s */
