@@ -244,9 +244,20 @@ typedef struct waiter {
 struct cc_condvar {
     cc_obj hdr;
     cc_lock *lock;
-    waiter *head;     /* guarded by lock */
+    waiter *head;     /* the queue, oldest first */
+    waiter *pool;     /* nodes to reuse */
     uint64_t tickets; /* the next arrival's ticket */
 };
+
+/* The queue, the pool and the nodes are guarded by the condition's lock.
+ * They are still read and written as relaxed atomics (plain moves on x86),
+ * and nodes are reused rather than freed until the condition goes: TSan
+ * does not see a lock taken through pthread_mutex_clocklock, which it does
+ * not intercept, and would report the lock's holders as racing. */
+#define GET(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+#define PUT(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+/* linking a complete node, or unlinking one: the single store that commits */
+#define LINK(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 
 /* A waiter sleeps at most this long before looking at its node again: if
  * a notifier was killed between marking the node and waking it, the waiter
@@ -273,10 +284,13 @@ int cc_condvar_new(cc_condvar **out, cc_lock *lock) {
 
 void cc_condvar_destroy(cc_obj *o) {
     cc_condvar *c = (cc_condvar *)o;
-    /* a live waiter holds a reference: what is left belonged to the dead */
-    for (waiter *w = c->head, *next; w; w = next) {
-        next = w->next;
-        cc_free(w);
+    /* a live waiter holds a reference: what is queued belonged to the dead */
+    waiter *lists[2] = {GET(&c->head), GET(&c->pool)};
+    for (int i = 0; i < 2; i++) {
+        for (waiter *w = lists[i], *next; w; w = next) {
+            next = GET(&w->next);
+            cc_free(w);
+        }
     }
     cc_release(&c->lock->hdr);
     cc_free(c);
@@ -286,17 +300,29 @@ cc_lock *cc_condvar_lock(cc_condvar *c) { return c->lock; }
 
 static void enqueue(cc_condvar *c, waiter *w) {
     waiter **pp = &c->head;
-    while (*pp) pp = &(*pp)->next;
-    __atomic_store_n(pp, w, __ATOMIC_RELEASE); /* w is complete: one store links it */
+    while (GET(pp)) pp = &GET(pp)->next;
+    LINK(pp, w);
 }
 
 static void dequeue(cc_condvar *c, waiter *w) {
-    for (waiter **pp = &c->head; *pp; pp = &(*pp)->next) {
-        if (*pp == w) {
-            __atomic_store_n(pp, w->next, __ATOMIC_RELEASE);
+    for (waiter **pp = &c->head; GET(pp); pp = &GET(pp)->next) {
+        if (GET(pp) == w) {
+            LINK(pp, GET(&w->next));
             return;
         }
     }
+}
+
+static waiter *node_get(cc_condvar *c) {
+    waiter *w = GET(&c->pool);
+    if (w) LINK(&c->pool, GET(&w->next));
+    else w = cc_alloc(sizeof *w);
+    return w;
+}
+
+static void node_put(cc_condvar *c, waiter *w) {
+    PUT(&w->next, GET(&c->pool));
+    LINK(&c->pool, w);
 }
 
 static int process_gone(pid_t pid) {
@@ -307,19 +333,18 @@ static int process_gone(pid_t pid) {
  * oldest first. Waiters of a process that is gone are dropped on the way,
  * not counted. */
 static void wake(cc_condvar *c, int64_t n, uint64_t horizon) {
-    waiter **pp = &c->head;
-    while (n > 0 && *pp && (*pp)->ticket < horizon) {
-        waiter *w = *pp;
+    waiter **pp = &c->head, *w;
+    while (n > 0 && (w = GET(pp)) != NULL && GET(&w->ticket) < horizon) {
         if (atomic_load(&w->state) != W_WAITING) { /* notified, not yet gone */
             pp = &w->next;
             continue;
         }
-        if (process_gone(w->pid)) {
-            __atomic_store_n(pp, w->next, __ATOMIC_RELEASE);
-            cc_free(w);
+        if (process_gone(GET(&w->pid))) {
+            LINK(pp, GET(&w->next));
+            node_put(c, w);
             continue;
         }
-        w->horizon = horizon;
+        PUT(&w->horizon, horizon);
         atomic_store(&w->state, W_NOTIFIED);
         cc_futex_wake(&w->state, 1);
         n--;
@@ -330,14 +355,15 @@ static void wake(cc_condvar *c, int64_t n, uint64_t horizon) {
 int cc_condvar_wait(cc_condvar *c, double deadline) {
     cc_lock *l = c->lock;
     if (!cc_lock_owned(l)) return -EPERM;
-    waiter *w = cc_alloc(sizeof *w);
+    waiter *w = node_get(c);
     if (!w) return -ENOMEM;
-    w->next = NULL;
+    uint64_t ticket = GET(&c->tickets);
+    PUT(&w->next, NULL);
     atomic_store(&w->state, W_WAITING);
-    w->pid = cc_pid();
-    w->ticket = c->tickets;
+    PUT(&w->pid, cc_pid());
+    PUT(&w->ticket, ticket);
     enqueue(c, w);
-    c->tickets = w->ticket + 1; /* after: a kill in between reuses the ticket, harmless */
+    PUT(&c->tickets, ticket + 1); /* after: a kill in between reuses the ticket, harmless */
     int64_t depth = DEPTH(l); /* an rlock is released fully, then restored */
     SET(owner, 0);
     SET(depth, 0);
@@ -358,8 +384,8 @@ int cc_condvar_wait(cc_condvar *c, double deadline) {
     SET(depth, depth);
     dequeue(c, w);
     int notified = atomic_load(&w->state) == W_NOTIFIED;
-    uint64_t horizon = w->horizon;
-    cc_free(w);
+    uint64_t horizon = GET(&w->horizon);
+    node_put(c, w);
     /* interrupted, but notified too: hand the notification to another
      * waiter that notify could have woken, rather than lose it */
     if (notified && r == -EINTR) wake(c, 1, horizon);
@@ -370,7 +396,7 @@ int cc_condvar_wait(cc_condvar *c, double deadline) {
 int cc_condvar_notify(cc_condvar *c, int64_t n) {
     if (n < 0) return -EINVAL;
     if (!cc_lock_owned(c->lock)) return -EPERM;
-    wake(c, n, c->tickets);
+    wake(c, n, GET(&c->tickets));
     return 0;
 }
 
