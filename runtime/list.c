@@ -210,8 +210,8 @@ static void unlock(cc_list *l) { cc_mutex_unlock(&l->m); }
 /* Grow an array (the live one or the spare) to hold need slots, keeping its
  * first keep slots. The pointer is published before the capacity: a kill in
  * between leaves a capacity smaller than the array, which is safe. */
-static int grow(slot **arr, int64_t *cap, int64_t need, int64_t keep) {
-    if (need <= *cap) return 0;
+static __attribute__((noinline)) int grow_to(slot **arr, int64_t *cap, int64_t need,
+                                             int64_t keep) {
     int64_t c = *cap ? *cap * 2 : 16;
     while (c < need) c *= 2;
     slot *s = cc_alloc((size_t)c * sizeof *s);
@@ -225,6 +225,10 @@ static int grow(slot **arr, int64_t *cap, int64_t need, int64_t keep) {
     ORDER();
     cc_free(old);
     return 0;
+}
+
+static inline int grow(slot **arr, int64_t *cap, int64_t need, int64_t keep) {
+    return need <= *cap ? 0 : grow_to(arr, cap, need, keep);
 }
 
 static int reserve(cc_list *l, int64_t need) { return grow(&l->slots, &l->cap, need, l->len); }
@@ -259,7 +263,9 @@ int64_t cc_list_len(cc_list *l) {
     return __atomic_load_n(&l->len, __ATOMIC_ACQUIRE);
 }
 
-static int append_locked(cc_list *l, const void *msg, size_t len) {
+/* append and pop are the hot paths: inlined into their callers */
+static inline __attribute__((always_inline)) int append_locked(cc_list *l, const void *msg,
+                                                                size_t len) {
     slot s;
     int r = reserve(l, l->len + 1);
     if (!r) r = slot_make(&s, msg, len);
@@ -334,7 +340,8 @@ int cc_list_insert(cc_list *l, int64_t i, const void *msg, size_t len) {
     return r;
 }
 
-static int pop_locked(cc_list *l, cc_buf *out, slot *gone) {
+static inline __attribute__((always_inline)) int pop_locked(cc_list *l, cc_buf *out,
+                                                             slot *gone) {
     int r = slot_read(&l->slots[l->len - 1], out, 0);
     if (!r) {
         *gone = l->slots[l->len - 1];
