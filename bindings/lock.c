@@ -22,7 +22,9 @@
 #include "../runtime/locks.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #define CHECK(T, t, name) ((T *)cb_check(L, 1, t, name))
 #define SELF(T, t, name) ((T *)cb_self(L, t, name))
@@ -31,6 +33,14 @@ static int push_new(lua_State *L, int r, cc_obj *o, const char *fname) {
     if (r) return cb_fail(L, r, fname);
     cb_push(L, o);
     return 1;
+}
+
+/* An integer as text on the stack (LuaJIT's format has no %I). */
+static const char *fmt_int(lua_State *L, int64_t v) {
+    char b[32];
+    snprintf(b, sizeof b, "%" PRId64, v);
+    lua_pushstring(L, b);
+    return lua_tostring(L, -1);
 }
 
 /* acquire's results: true | false | true, "owner died" */
@@ -144,7 +154,9 @@ static int s_release(lua_State *L) {
     cc_sem *s = SELF(cc_sem, CC_T_SEM, "semaphore:release");
     lua_Integer n = cb_optinteger(L, 2, 1);
     if (n < 1) return luaL_argerror(L, 2, "n must be >= 1");
-    cc_sem_release(s, n);
+    if (cc_sem_release(s, n) == -EOVERFLOW)
+        return luaL_error(L, "semaphore:release: bad argument #1 (n = %s would overflow the value %s)",
+                          fmt_int(L, n), fmt_int(L, cc_sem_value(s)));
     return 0;
 }
 
@@ -208,7 +220,7 @@ static int c_wait(lua_State *L) {
     double deadline = cb_opt_deadline(L, 2, "condition:wait");
     int r = cc_condvar_wait(c, deadline);
     if (r == -EPERM) return luaL_error(L, "condition:wait: lock not held by this thread");
-    if (r == -EINTR) return cb_fail(L, r, "condition:wait");
+    if (r == -EINTR || r == -ENOMEM) return cb_fail(L, r, "condition:wait");
     lua_pushboolean(L, r == 0);
     return 1;
 }
@@ -224,7 +236,7 @@ static int c_wait_for(lua_State *L) {
         lua_pop(L, 1);
         int r = cc_condvar_wait(c, deadline);
         if (r == -EPERM) return luaL_error(L, "condition:wait_for: lock not held by this thread");
-        if (r == -EINTR) return cb_fail(L, r, "condition:wait_for");
+        if (r == -EINTR || r == -ENOMEM) return cb_fail(L, r, "condition:wait_for");
         if (r == -ETIMEDOUT) { /* one last look, as Python does */
             lua_pushvalue(L, 2);
             lua_call(L, 0, 1);
@@ -236,6 +248,7 @@ static int c_wait_for(lua_State *L) {
 static int c_notify(lua_State *L) {
     cc_condvar *c = CHECK(cc_condvar, CC_T_COND, "condition:notify");
     lua_Integer n = cb_optinteger(L, 2, 1);
+    if (n < 0) return luaL_error(L, "condition:notify: bad argument #1 (n must be >= 0)");
     if (cc_condvar_notify(c, n) == -EPERM)
         return luaL_error(L, "condition:notify: lock not held by this thread");
     return 0;

@@ -7,7 +7,9 @@
  * removing an item moves them to the reader without touching the counts.
  * Every operation takes the container's robust mutex once; a holder that
  * dies mid-operation leaves the container as it was before or after that
- * operation (each mutation commits with a single store).
+ * operation (a mutation commits with a single store, or for a list's set and
+ * middle insert/remove through a redo record that the next locker finishes;
+ * see list.c). A kill can leak a block, never free one twice.
  *
  * Indices are 0-based here; the bindings translate Lua's 1-based indices.
  */

@@ -11,15 +11,20 @@
  * `locked`, and the ownership check conditions need. The uncontended path
  * is one atomic to lock and one to unlock, plus a cached tid.
  *
- * The rest are a cc_mutex, a cc_cond (futex) and a counter or flag. A
- * condition waits on its own cc_cond with its lock's mutex, releasing an
- * rlock's whole recursion and restoring it after.
+ * semaphore, event, barrier: a cc_mutex, a cc_cond (futex) and a counter
+ * or flag; their waiters re-check the counter or flag, so a wake-up meant
+ * for another is harmless. Counters refuse to overflow (-EOVERFLOW, value
+ * unchanged). A condition has no predicate to re-check, so it keeps a queue
+ * of its waiters and notify(n) wakes exactly n of them (see below); it
+ * waits with its lock's mutex, releasing an rlock's whole recursion and
+ * restoring it after.
  */
 #include "locks.h"
 
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <unistd.h>
 
@@ -76,6 +81,7 @@ void cc_lock_destroy(cc_obj *o) {
 int cc_lock_acquire(cc_lock *l, double deadline) {
     pid_t me = tid();
     if (l->hdr.type == CC_T_RLOCK && OWNER(l) == me) {
+        if (DEPTH(l) == INT64_MAX) return -EOVERFLOW;
         SET(depth, DEPTH(l) + 1);
         return 0;
     }
@@ -147,7 +153,11 @@ int cc_sem_acquire(cc_sem *s, double deadline) {
 int cc_sem_release(cc_sem *s, int64_t n) {
     if (n < 1) return -EINVAL;
     cc_mutex_lock_hard(&s->m);
-    s->value += n;
+    if (n > INT64_MAX - s->value) { /* refused whole: the value stays */
+        cc_mutex_unlock(&s->m);
+        return -EOVERFLOW;
+    }
+    __atomic_store_n(&s->value, s->value + n, __ATOMIC_RELEASE);
     if (n == 1) cc_cond_signal(&s->c);
     else cc_cond_broadcast(&s->c);
     cc_mutex_unlock(&s->m);
@@ -212,11 +222,47 @@ int cc_event_wait(cc_event *e, double deadline) {
 
 /* ---- condition ---- */
 
+/* One wait on a condition: a node in the arena, queued on the condition
+ * (oldest first) while its thread sleeps on the node's own futex word.
+ * notify(n) marks the n oldest waiting nodes notified and wakes each; a
+ * waiter returns true only if its own node was marked. So no waiter takes
+ * another's notification, and one that starts waiting after a notify (or
+ * merely sees a slice end, or a futex word change) cannot take it. The
+ * queue is changed only by the holder of the condition's lock, each change
+ * a single store of a fully written node pointer, so a holder killed at any
+ * point leaves it whole (a node may leak). */
+enum { W_WAITING, W_NOTIFIED };
+
+typedef struct waiter {
+    struct waiter *next;
+    _Atomic uint32_t state; /* W_WAITING, then W_NOTIFIED by a notifier */
+    pid_t pid;              /* to skip waiters whose process died */
+    uint64_t ticket;        /* arrival order */
+    uint64_t horizon;       /* once notified: the tickets that notify could wake */
+} waiter;
+
 struct cc_condvar {
     cc_obj hdr;
     cc_lock *lock;
-    cc_cond c;
+    waiter *head;     /* the queue, oldest first */
+    waiter *pool;     /* nodes to reuse */
+    uint64_t tickets; /* the next arrival's ticket */
 };
+
+/* The queue, the pool and the nodes are guarded by the condition's lock.
+ * They are still read and written as relaxed atomics (plain moves on x86),
+ * and nodes are reused rather than freed until the condition goes: TSan
+ * does not see a lock taken through pthread_mutex_clocklock, which it does
+ * not intercept, and would report the lock's holders as racing. */
+#define GET(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+#define PUT(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+/* linking a complete node, or unlinking one: the single store that commits */
+#define LINK(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+
+/* A waiter sleeps at most this long before looking at its node again: if
+ * a notifier was killed between marking the node and waking it, the waiter
+ * still sees the mark. */
+#define RECHECK 1.0
 
 int cc_condvar_new(cc_condvar **out, cc_lock *lock) {
     cc_condvar *c = cc_calloc(sizeof *c);
@@ -232,47 +278,129 @@ int cc_condvar_new(cc_condvar **out, cc_lock *lock) {
     }
     cc_obj_init(&c->hdr, CC_T_COND);
     c->lock = lock;
-    cc_cond_init(&c->c);
     *out = c;
     return 0;
 }
 
 void cc_condvar_destroy(cc_obj *o) {
     cc_condvar *c = (cc_condvar *)o;
+    /* a live waiter holds a reference: what is queued belonged to the dead */
+    waiter *lists[2] = {GET(&c->head), GET(&c->pool)};
+    for (int i = 0; i < 2; i++) {
+        for (waiter *w = lists[i], *next; w; w = next) {
+            next = GET(&w->next);
+            cc_free(w);
+        }
+    }
     cc_release(&c->lock->hdr);
     cc_free(c);
 }
 
 cc_lock *cc_condvar_lock(cc_condvar *c) { return c->lock; }
 
+static void enqueue(cc_condvar *c, waiter *w) {
+    waiter **pp = &c->head;
+    while (GET(pp)) pp = &GET(pp)->next;
+    LINK(pp, w);
+}
+
+static void dequeue(cc_condvar *c, waiter *w) {
+    for (waiter **pp = &c->head; GET(pp); pp = &GET(pp)->next) {
+        if (GET(pp) == w) {
+            LINK(pp, GET(&w->next));
+            return;
+        }
+    }
+}
+
+static waiter *node_get(cc_condvar *c) {
+    waiter *w = GET(&c->pool);
+    if (w) LINK(&c->pool, GET(&w->next));
+    else w = cc_alloc(sizeof *w);
+    return w;
+}
+
+static void node_put(cc_condvar *c, waiter *w) {
+    PUT(&w->next, GET(&c->pool));
+    LINK(&c->pool, w);
+}
+
+static int process_gone(pid_t pid) {
+    return pid != cc_pid() && kill(pid, 0) == -1 && errno == ESRCH;
+}
+
+/* Mark and wake up to n of the waiters that arrived before ticket horizon,
+ * oldest first. Waiters of a process that is gone are dropped on the way,
+ * not counted. */
+static void wake(cc_condvar *c, int64_t n, uint64_t horizon) {
+    waiter **pp = &c->head, *w;
+    while (n > 0 && (w = GET(pp)) != NULL && GET(&w->ticket) < horizon) {
+        if (atomic_load(&w->state) != W_WAITING) { /* notified, not yet gone */
+            pp = &w->next;
+            continue;
+        }
+        if (process_gone(GET(&w->pid))) {
+            LINK(pp, GET(&w->next));
+            node_put(c, w);
+            continue;
+        }
+        PUT(&w->horizon, horizon);
+        atomic_store(&w->state, W_NOTIFIED);
+        cc_futex_wake(&w->state, 1);
+        n--;
+        pp = &w->next;
+    }
+}
+
 int cc_condvar_wait(cc_condvar *c, double deadline) {
     cc_lock *l = c->lock;
     if (!cc_lock_owned(l)) return -EPERM;
+    waiter *w = node_get(c);
+    if (!w) return -ENOMEM;
+    uint64_t ticket = GET(&c->tickets);
+    PUT(&w->next, NULL);
+    atomic_store(&w->state, W_WAITING);
+    PUT(&w->pid, cc_pid());
+    PUT(&w->ticket, ticket);
+    enqueue(c, w);
+    PUT(&c->tickets, ticket + 1); /* after: a kill in between reuses the ticket, harmless */
     int64_t depth = DEPTH(l); /* an rlock is released fully, then restored */
     SET(owner, 0);
     SET(depth, 0);
-    int r = cc_cond_wait(&c->c, &l->m, deadline);
+    cc_mutex_unlock(&l->m);
+    int r;
+    for (;;) {
+        double until = cc_now() + RECHECK;
+        if (deadline >= 0 && deadline < until) until = deadline;
+        r = cc_futex_wait(&w->state, W_WAITING, until);
+        if (atomic_load(&w->state) != W_WAITING || r == -EINTR) break;
+        if (r == -ETIMEDOUT && until == deadline) break;
+        if (r != 0 && r != -ETIMEDOUT) break;
+    }
+    /* Re-lock unconditionally (not interruptible): the caller must hold the
+     * lock when this returns. A previous holder that died is not news here. */
+    cc_mutex_lock_hard(&l->m);
     SET(owner, tid());
     SET(depth, depth);
-    return r == -EOWNERDEAD ? 0 : r;
+    dequeue(c, w);
+    int notified = atomic_load(&w->state) == W_NOTIFIED;
+    uint64_t horizon = GET(&w->horizon);
+    node_put(c, w);
+    /* interrupted, but notified too: hand the notification to another
+     * waiter that notify could have woken, rather than lose it */
+    if (notified && r == -EINTR) wake(c, 1, horizon);
+    else if (notified) r = 0;
+    return r;
 }
 
 int cc_condvar_notify(cc_condvar *c, int64_t n) {
+    if (n < 0) return -EINVAL;
     if (!cc_lock_owned(c->lock)) return -EPERM;
-    if (n >= INT_MAX) {
-        cc_cond_broadcast(&c->c);
-        return 0;
-    }
-    c->c.seq++;
-    if (c->c.waiters && n > 0) cc_futex_wake(&c->c.seq, (int)n);
+    wake(c, n, GET(&c->tickets));
     return 0;
 }
 
-int cc_condvar_notify_all(cc_condvar *c) {
-    if (!cc_lock_owned(c->lock)) return -EPERM;
-    cc_cond_broadcast(&c->c);
-    return 0;
-}
+int cc_condvar_notify_all(cc_condvar *c) { return cc_condvar_notify(c, INT64_MAX); }
 
 /* ---- barrier ---- */
 

@@ -15,7 +15,8 @@
 
 typedef struct cc_lock cc_lock;          /* CC_T_LOCK or CC_T_RLOCK */
 int cc_lock_new(cc_lock **out, int recursive);
-int cc_lock_acquire(cc_lock *l, double deadline);     /* 0, -ETIMEDOUT, -EOWNERDEAD, -EINTR */
+/* 0, -ETIMEDOUT, -EOWNERDEAD, -EINTR; -EOVERFLOW for an rlock held 2^63 - 1 deep */
+int cc_lock_acquire(cc_lock *l, double deadline);
 int cc_lock_release(cc_lock *l);                      /* 0, -EPERM */
 int cc_lock_locked(cc_lock *l);
 int cc_lock_owned(cc_lock *l);                        /* held by the calling thread */
@@ -23,7 +24,7 @@ int cc_lock_owned(cc_lock *l);                        /* held by the calling thr
 typedef struct cc_sem cc_sem;
 int cc_sem_new(cc_sem **out, int64_t value);
 int cc_sem_acquire(cc_sem *s, double deadline);
-int cc_sem_release(cc_sem *s, int64_t n);
+int cc_sem_release(cc_sem *s, int64_t n);             /* -EINVAL n < 1, -EOVERFLOW */
 int64_t cc_sem_value(cc_sem *s);
 
 typedef struct cc_event cc_event;
@@ -36,8 +37,11 @@ int cc_event_wait(cc_event *e, double deadline);      /* 0 once set, -ETIMEDOUT 
 typedef struct cc_condvar cc_condvar;   /* a condition bound to a cc_lock */
 int cc_condvar_new(cc_condvar **out, cc_lock *lock);  /* retains lock; lock NULL = new one */
 cc_lock *cc_condvar_lock(cc_condvar *c);
-int cc_condvar_wait(cc_condvar *c, double deadline);  /* caller must own the lock: -EPERM */
-int cc_condvar_notify(cc_condvar *c, int64_t n);      /* caller must own the lock */
+/* The caller must own the lock (-EPERM). wait returns 0 when notified,
+ * -ETIMEDOUT, -EINTR, -ENOMEM; notify(n) wakes at most n of the threads
+ * waiting now (none for 0; -EINVAL for n < 0), never a later one. */
+int cc_condvar_wait(cc_condvar *c, double deadline);
+int cc_condvar_notify(cc_condvar *c, int64_t n);
 int cc_condvar_notify_all(cc_condvar *c);
 
 typedef struct cc_barrier cc_barrier;

@@ -251,3 +251,188 @@ describe("lock.barrier", function()
     assert.has_error(function() lock.barrier(0) end)
   end)
 end)
+
+describe("lock.condition notify(n)", function()
+  -- Start 4 waiters (threads or processes). Each reports "ready" holding the
+  -- lock, so once the caller holds the lock after 4 readies, all 4 are
+  -- inside wait. A waiter reports {id, wait's result} when it wakes.
+  local function waiters(spawn)
+    local c, ready, woke = lock.condition(), queue(), queue()
+    local ws = {}
+    for i = 1, 4 do
+      ws[i] = spawn(function(cc, rq, wq, id)
+        cc:acquire()
+        rq:put(id)
+        local ok = cc:wait(30)
+        wq:put({id, ok})
+        cc:release()
+        return ok
+      end, c, ready, woke, i)
+    end
+    for _ = 1, 4 do assert.is_number(ready:get(10)) end
+    return c, woke, ws
+  end
+
+  -- how many wake within a second, then that no more wake for a while
+  local function woken(woke, n)
+    for k = 1, n do
+      local w = woke:get(1)
+      assert.is_table(w, "waiter " .. k .. " of " .. n .. " did not wake within 1 s")
+      assert.is_true(w[2])
+    end
+    assert.is_nil(woke:get(0.3), "more than " .. n .. " waiter(s) woke")
+  end
+
+  local function exact(spawn)
+    local c, woke, ws = waiters(spawn)
+    c:acquire() c:notify(1) c:release()
+    woken(woke, 1)
+    c:acquire() c:notify(0) c:release()
+    woken(woke, 0)
+    c:acquire() c:notify(2) c:release()
+    woken(woke, 2)
+    c:acquire() c:notify_all() c:release()
+    woken(woke, 1)
+    for _, w in ipairs(ws) do assert.is_true(w:join(10)) end
+  end
+
+  it("wakes exactly n of 4 waiting threads", function()
+    exact(function(f, ...) return thread.new(f, ...) end)
+  end)
+
+  it("wakes exactly n of 4 waiting processes", function()
+    exact(function(f, ...) return process.spawn(f, ...) end)
+  end)
+
+  it("wakes all current waiters with notify_all, and no later one", function()
+    local c, woke, ws = waiters(function(f, ...) return process.spawn(f, ...) end)
+    c:acquire()
+    c:notify_all()
+    c:release()
+    woken(woke, 4)
+    for _, w in ipairs(ws) do assert.is_true(w:join(10)) end
+    c:acquire()
+    assert.is_false(c:wait(0.05)) -- a notification is not kept for later waiters
+    c:release()
+  end)
+
+  it("does not let a waiter that arrives after a notify take it", function()
+    local c, woke, ws = waiters(function(f, ...) return thread.new(f, ...) end)
+    c:acquire()
+    c:notify(1)
+    -- this thread now waits too, before the notified waiter could run: it
+    -- arrived after the notify, so the notification is not for it
+    assert.is_false(c:wait(0.05))
+    c:release()
+    woken(woke, 1)
+    c:acquire()
+    c:notify_all()
+    c:release()
+    woken(woke, 3)
+    for _, w in ipairs(ws) do assert.is_true(w:join(10)) end
+  end)
+
+  it("still times out and is still interrupted while waiting", function()
+    local c = lock.condition()
+    c:acquire()
+    local t0 = concur.clock()
+    assert.is_false(c:wait(0.05))
+    assert.is_true(concur.clock() - t0 >= 0.04)
+    c:release()
+    local started = lock.event()
+    local t = thread.new(function(cc, ev)
+      cc:acquire()
+      ev:set()
+      return cc:wait(30)
+    end, c, started)
+    assert.is_true(started:wait(10))
+    c:acquire() -- the waiter is inside wait once the lock is free
+    c:release()
+    t:cancel()
+    assert.equal("cancelled", select(2, t:join(5)))
+  end)
+
+  it("is not wedged by a waiter killed mid-wait", function()
+    local c = lock.condition()
+    local ready = queue()
+    local dead = process.spawn(function()
+      c:acquire()
+      ready:put(1)
+      c:wait(30)
+    end)
+    assert.equal(1, ready:get(10))
+    c:acquire() -- the victim is inside wait
+    c:release()
+    dead:kill(9)
+    pcall(dead.join, dead, 10)
+    local alive = process.spawn(function()
+      c:acquire()
+      ready:put(2)
+      local ok = c:wait(10)
+      c:release()
+      return ok
+    end)
+    assert.equal(2, ready:get(10))
+    c:acquire()
+    c:notify(1)
+    c:release()
+    assert.is_true(alive:join(10))
+  end)
+
+  it("refuses a bad n", function()
+    local c = lock.condition()
+    c:acquire()
+    for _, n in ipairs({0 / 0, math.huge, -math.huge, 2^63, -1, 1.5, "x", {}}) do
+      assert.has_error(function() c:notify(n) end, nil, tostring(n))
+    end
+    c:release()
+  end)
+end)
+
+describe("lock counters at their limits", function()
+  local big = math.maxinteger or 2^62 -- LuaJIT: the largest exact power of two we can pass
+
+  it("refuses a semaphore release that would overflow, leaving the value unchanged", function()
+    local s = lock.semaphore(0)
+    s:release(big)
+    assert.equal(big, s:value())
+    local ok, err = pcall(s.release, s, big)
+    assert.is_false(ok)
+    assert.matches("semaphore:release: .*overflow", err)
+    assert.equal(big, s:value())
+    if math.maxinteger then
+      ok, err = pcall(s.release, s, 1)
+      assert.is_false(ok)
+      assert.matches("semaphore:release: .*overflow", err)
+      assert.equal(math.maxinteger, s:value())
+      local t = lock.semaphore(math.maxinteger)
+      assert.has_error(function() t:release() end)
+      assert.equal(math.maxinteger, t:value())
+    end
+    assert.is_true(s:acquire(0))
+    assert.equal(big - 1, s:value())
+    s:release(1)
+    assert.equal(big, s:value())
+  end)
+
+  it("refuses NaN, infinities, 2^63, negatives and fractions as counts", function()
+    local s = lock.semaphore(1)
+    for _, n in ipairs({0 / 0, math.huge, -math.huge, 2^63, -2^63 * 2, -1, 1.5}) do
+      assert.has_error(function() lock.semaphore(n) end, nil, "semaphore(" .. tostring(n) .. ")")
+      assert.has_error(function() s:release(n) end, nil, "release(" .. tostring(n) .. ")")
+      assert.has_error(function() lock.barrier(n) end, nil, "barrier(" .. tostring(n) .. ")")
+    end
+    assert.has_error(function() s:release(0) end)
+    assert.has_error(function() lock.barrier(0) end)
+    assert.equal(1, s:value())
+  end)
+
+  it("accepts the largest barrier and semaphore", function()
+    local b = lock.barrier(big)
+    assert.equal(big, b:parties())
+    local v, why = b:wait(0.01)
+    assert.is_nil(v)
+    assert.equal("timeout", why)
+    assert.equal(big, lock.semaphore(big):value())
+  end)
+end)
