@@ -73,6 +73,10 @@ const char *cb_typename(enum cc_type t);         /* "queue", "list", ... */
  * first argument after self for methods. */
 int cb_argerror(lua_State *L, int arg, const char *fname, const char *msg);
 void cb_checktable(lua_State *L, int idx, int arg, const char *fname);
+void cb_checkfunction(lua_State *L, int idx, int arg, const char *fname);
+/* An integer (integral floats too, on both VMs) at idx, else the error above. */
+lua_Integer cb_checkint(lua_State *L, int idx, int arg, const char *fname);
+lua_Integer cb_optint(lua_State *L, int idx, int arg, const char *fname, lua_Integer def);
 /* Optional timeout argument (nil/none = forever; negative = error) -> deadline */
 double cb_opt_deadline(lua_State *L, int idx, const char *fname);
 /* Map a negative errno from the runtime to Lua: -ETIMEDOUT -> nil,"timeout";

@@ -110,17 +110,4 @@ static inline const char *cb_tolstring(lua_State *L, int i) {
 #endif
 #endif
 
-/* luaL_checkinteger that accepts integral floats on both VMs and names the
- * argument when it is not a whole number. */
-static inline lua_Integer cb_checkinteger(lua_State *L, int i) {
-    int ok = 0;
-    lua_Integer v = cb_tointegerx(L, i, &ok);
-    if (!ok) luaL_argerror(L, i, lua_isnumber(L, i) ? "number has no integer representation"
-                                                    : lua_pushfstring(L, "integer expected, got %s", luaL_typename(L, i)));
-    return v;
-}
-static inline lua_Integer cb_optinteger(lua_State *L, int i, lua_Integer def) {
-    return lua_isnoneornil(L, i) ? def : cb_checkinteger(L, i);
-}
-
 #endif

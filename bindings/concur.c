@@ -255,6 +255,26 @@ int cb_argerror(lua_State *L, int arg, const char *fname, const char *msg) {
     return luaL_error(L, "%s: bad argument #%d (%s)", fname, arg, msg);
 }
 
+lua_Integer cb_checkint(lua_State *L, int idx, int arg, const char *fname) {
+    int ok = 0;
+    lua_Integer v = cb_tointegerx(L, idx, &ok);
+    if (!ok)
+        cb_argerror(L, arg, fname,
+                    lua_type(L, idx) == LUA_TNUMBER
+                        ? "number has no integer representation"
+                        : lua_pushfstring(L, "integer expected, got %s", luaL_typename(L, idx)));
+    return v;
+}
+
+lua_Integer cb_optint(lua_State *L, int idx, int arg, const char *fname, lua_Integer def) {
+    return lua_isnoneornil(L, idx) ? def : cb_checkint(L, idx, arg, fname);
+}
+
+void cb_checkfunction(lua_State *L, int idx, int arg, const char *fname) {
+    if (!lua_isfunction(L, idx))
+        cb_argerror(L, arg, fname, lua_pushfstring(L, "function expected, got %s", luaL_typename(L, idx)));
+}
+
 void cb_checktable(lua_State *L, int idx, int arg, const char *fname) {
     if (!lua_istable(L, idx))
         cb_argerror(L, arg, fname, lua_pushfstring(L, "table expected, got %s", luaL_typename(L, idx)));

@@ -96,8 +96,8 @@ static int l_close(lua_State *L) { /* __close: release if we hold it */
 
 /* with(fn, ...): run fn holding the thing at 1 (acquire/release given as
  * upvalue-free C functions by the caller), release on error too. */
-static int with(lua_State *L, lua_CFunction acquire, lua_CFunction release) {
-    luaL_checktype(L, 2, LUA_TFUNCTION);
+static int with(lua_State *L, lua_CFunction acquire, lua_CFunction release, const char *fname) {
+    cb_checkfunction(L, 2, 1, fname);
     int nargs = lua_gettop(L) - 2;
     lua_pushcfunction(L, acquire);
     lua_pushvalue(L, 1);
@@ -114,7 +114,7 @@ static int with(lua_State *L, lua_CFunction acquire, lua_CFunction release) {
 
 static int l_with(lua_State *L) {
     any_lock(L, "lock:with");
-    return with(L, l_acquire, l_release);
+    return with(L, l_acquire, l_release, "lock:with");
 }
 
 static int l_new(lua_State *L) {
@@ -137,8 +137,8 @@ static int l_call(lua_State *L) { /* lock(): the library is argument 1 */
 /* ---- semaphore ---- */
 
 static int s_new(lua_State *L) {
-    lua_Integer n = cb_optinteger(L, 1, 1);
-    if (n < 0) return luaL_argerror(L, 1, "value must be >= 0");
+    lua_Integer n = cb_optint(L, 1, 1, "lock.semaphore", 1);
+    if (n < 0) return cb_argerror(L, 1, "lock.semaphore", "value must be >= 0");
     cc_sem *s;
     int r = cc_sem_new(&s, n);
     return push_new(L, r, r ? NULL : (cc_obj *)s, "lock.semaphore");
@@ -152,8 +152,8 @@ static int s_acquire(lua_State *L) {
 
 static int s_release(lua_State *L) {
     cc_sem *s = SELF(cc_sem, CC_T_SEM, "semaphore:release");
-    lua_Integer n = cb_optinteger(L, 2, 1);
-    if (n < 1) return luaL_argerror(L, 2, "n must be >= 1");
+    lua_Integer n = cb_optint(L, 2, 1, "semaphore:release", 1);
+    if (n < 1) return cb_argerror(L, 1, "semaphore:release", "n must be >= 1");
     if (cc_sem_release(s, n) == -EOVERFLOW)
         return luaL_error(L, "semaphore:release: bad argument #1 (n = %s would overflow the value %s)",
                           fmt_int(L, n), fmt_int(L, cc_sem_value(s)));
@@ -167,7 +167,7 @@ static int s_value(lua_State *L) {
 
 static int s_with(lua_State *L) {
     CHECK(cc_sem, CC_T_SEM, "semaphore:with");
-    return with(L, s_acquire, s_release);
+    return with(L, s_acquire, s_release, "semaphore:with");
 }
 
 /* ---- event ---- */
@@ -227,7 +227,7 @@ static int c_wait(lua_State *L) {
 
 static int c_wait_for(lua_State *L) {
     cc_condvar *c = CHECK(cc_condvar, CC_T_COND, "condition:wait_for");
-    luaL_checktype(L, 2, LUA_TFUNCTION);
+    cb_checkfunction(L, 2, 1, "condition:wait_for");
     double deadline = cb_opt_deadline(L, 3, "condition:wait_for");
     for (;;) {
         lua_pushvalue(L, 2);
@@ -247,7 +247,7 @@ static int c_wait_for(lua_State *L) {
 
 static int c_notify(lua_State *L) {
     cc_condvar *c = CHECK(cc_condvar, CC_T_COND, "condition:notify");
-    lua_Integer n = cb_optinteger(L, 2, 1);
+    lua_Integer n = cb_optint(L, 2, 1, "condition:notify", 1);
     if (n < 0) return luaL_error(L, "condition:notify: bad argument #1 (n must be >= 0)");
     if (cc_condvar_notify(c, n) == -EPERM)
         return luaL_error(L, "condition:notify: lock not held by this thread");
@@ -264,8 +264,8 @@ static int c_notify_all(lua_State *L) {
 /* ---- barrier ---- */
 
 static int b_new(lua_State *L) {
-    lua_Integer n = cb_checkinteger(L, 1);
-    if (n < 1) return luaL_argerror(L, 1, "parties must be >= 1");
+    lua_Integer n = cb_checkint(L, 1, 1, "lock.barrier");
+    if (n < 1) return cb_argerror(L, 1, "lock.barrier", "parties must be >= 1");
     cc_barrier *b;
     int r = cc_barrier_new(&b, n);
     return push_new(L, r, r ? NULL : (cc_obj *)b, "lock.barrier");

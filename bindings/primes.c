@@ -8,12 +8,12 @@
 #include <errno.h>
 
 static int l_is_prime(lua_State *L) {
-    lua_pushboolean(L, cc_is_prime((int64_t)cb_checkinteger(L, 1)));
+    lua_pushboolean(L, cc_is_prime((int64_t)cb_checkint(L, 1, 1, "primes.is_prime")));
     return 1;
 }
 
 static int l_count(lua_State *L) {
-    int64_t from = (int64_t)cb_checkinteger(L, 1), to = (int64_t)cb_checkinteger(L, 2);
+    int64_t from = (int64_t)cb_checkint(L, 1, 1, "primes.count"), to = (int64_t)cb_checkint(L, 2, 2, "primes.count");
     int64_t n = cc_primes(from, to, NULL, NULL);
     if (n == -EINTR) return luaL_error(L, "primes.count: interrupted");
     cb_pushinteger(L, n);
@@ -30,7 +30,7 @@ static int add_prime(int64_t p, void *ud) {
 }
 
 static int l_list(lua_State *L) {
-    int64_t from = (int64_t)cb_checkinteger(L, 1), to = (int64_t)cb_checkinteger(L, 2);
+    int64_t from = (int64_t)cb_checkint(L, 1, 1, "primes.list"), to = (int64_t)cb_checkint(L, 2, 2, "primes.list");
     lua_newtable(L);
     lister ls = {L, 0};
     if (cc_primes(from, to, add_prime, &ls) == -EINTR)

@@ -343,6 +343,13 @@ describe("argument errors", function()
       {function() concur.wait(1) end, "concur.wait: bad argument #1 %(table expected, got number%)"},
       {function() concur.decode({}) end, "concur.decode: bad argument #1 %(string expected, got table%)"},
       {function() concur.sleep("x") end, "concur.sleep: bad argument #1"},
+      {function() lock.semaphore(1):release({}) end, "semaphore:release: bad argument #1 %(integer expected, got table%)"},
+      {function() lock.semaphore("x") end, "lock.semaphore: bad argument #1 %(integer expected, got string%)"},
+      {function() lock.barrier({}) end, "lock.barrier: bad argument #1 %(integer expected, got table%)"},
+      {function() lock():with(5) end, "lock:with: bad argument #1 %(function expected, got number%)"},
+      {function() concur.primes.count({}, 1) end, "primes.count: bad argument #1 %(integer expected, got table%)"},
+      {function() concur.primes.is_prime(1.5) end, "primes.is_prime: bad argument #1 %(number has no integer representation%)"},
+      {function() pipe.new(5) end, "pipe.new: bad argument #1"},
     }
     for _, c in ipairs(cases) do
       local ok, err = pcall(c[1])
