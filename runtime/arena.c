@@ -67,6 +67,8 @@
 #define RELEASE_MIN (64u * 1024u) /* free blocks this big give pages back */
 #define RELEASE_NOW (256u * 1024u) /* a freed block this big does so at once */
 #define TRIM_EVERY (4u << 20)      /* bytes of smaller frees between releases */
+#define TRIM_PERIOD 1.0            /* and seconds */
+#define KEEP (4u << 20)            /* what a release leaves at a block's tail */
 
 typedef struct blk {
     uint64_t prev; /* size of the block before; 0 for the first */
@@ -85,6 +87,7 @@ typedef struct arena {
     char *heap, *end; /* the first block; the sentinel's header */
     _Atomic size_t used;
     size_t pending;   /* bytes freed since the last release of pages */
+    double last_trim; /* when that was (CLOCK_MONOTONIC) */
     uint64_t recoveries;
     uint64_t fl_map;
     uint32_t sl_map[NFL];
@@ -155,6 +158,16 @@ static void bin_remove(arena *a, fblk *f, size_t size) {
 
 /* A free block of at least need bytes: the head of need's own bin if it
  * fits, else the first block of the first non-empty bin whose blocks all fit. */
+/* f's size changes from old to size: move it if that changes its bin. */
+static void rebin(arena *a, fblk *f, size_t old, size_t size) {
+    unsigned fl0, sl0, fl, sl;
+    mapping(old, &fl0, &sl0);
+    mapping(size, &fl, &sl);
+    if (fl0 == fl && sl0 == sl) return;
+    bin_remove(a, f, old);
+    bin_insert(a, f, size);
+}
+
 static fblk *find(arena *a, size_t need) {
     unsigned fl, sl;
     mapping(need, &fl, &sl);
@@ -219,6 +232,13 @@ static void recover(arena *a) {
     b->prev = prev;
     atomic_store_explicit(&a->used, used, memory_order_relaxed);
     a->recoveries++;
+}
+
+/* Only holders of the lock write the count, so no read-modify-write is
+ * needed; readers (cc_arena_used) see one value or the other. */
+static void add_used(arena *a, size_t delta) {
+    size_t u = atomic_load_explicit(&a->used, memory_order_relaxed);
+    atomic_store_explicit(&a->used, u + delta, memory_order_relaxed);
 }
 
 static void lock(arena *a) {
@@ -287,20 +307,23 @@ void *cc_alloc(size_t n) {
         return NULL;
     }
     blk *b = &f->h;
-    size_t fs = bsize(b);
-    bin_remove(a, f, fs);
-    if (fs - need >= MIN_BLOCK) {
-        blk *rest = at(b, need);
-        rest->prev = need;
-        rest->head = (fs - need) | TAG_FREE;
-        at(b, fs)->prev = fs - need;
-        commit(b, need, TAG_USED);
-        bin_insert(a, (fblk *)rest, fs - need);
+    size_t fs = bsize(b), rest = fs - need;
+    if (rest >= MIN_BLOCK) {
+        /* hand out the tail: the free block keeps its place, and mostly
+         * its bin, so a split costs no list surgery */
+        blk *u = at(b, rest);
+        u->prev = rest;
+        u->head = need | TAG_USED;
+        at(b, fs)->prev = need;
+        commit(b, rest, TAG_FREE);
+        rebin(a, f, fs, rest);
+        b = u;
         fs = need;
     } else {
+        bin_remove(a, f, fs);
         commit(b, fs, TAG_USED);
     }
-    atomic_fetch_add_explicit(&a->used, fs, memory_order_relaxed);
+    add_used(a, fs);
     unlock(a);
     return b + 1;
 }
@@ -326,21 +349,31 @@ static size_t live_size(arena *a, blk *b) {
 static char *page_up(char *p) { return (char *)(((uintptr_t)p + PAGE - 1) & ~(uintptr_t)(PAGE - 1)); }
 static char *page_down(char *p) { return (char *)((uintptr_t)p & ~(uintptr_t)(PAGE - 1)); }
 
-/* Give back the pages of the free block f (total bytes) that hold nothing
- * the allocator reads: all but the page of its header and links. A freed
- * block (b, s) over RELEASE_NOW releases its own pages at once; smaller
- * frees release the whole block every TRIM_EVERY bytes. The lock is held:
- * no one can be handed these pages meanwhile. */
+/* Give back pages of the free block f (total bytes) that hold nothing the
+ * allocator reads (not the page of its header and links). A freed block
+ * (b, s) over RELEASE_NOW releases its own pages at once. Smaller frees
+ * release the pages of f but its last KEEP bytes (allocation carves from
+ * the tail) once TRIM_EVERY bytes were freed and TRIM_PERIOD passed since
+ * the last time: memory that comes and goes in a loop stays mapped instead
+ * of faulting in again each round, and memory let go of returns to the
+ * system within about a second of the next frees. The lock is held: no one
+ * can be handed these pages meanwhile. */
 static void release(arena *a, blk *f, size_t total, blk *b, size_t s) {
     char *lo = page_up((char *)f + MIN_BLOCK), *hi = page_down((char *)f + total);
     if (s >= RELEASE_NOW) {
         char *blo = page_down((char *)b), *bhi = page_up((char *)b + s + MIN_BLOCK);
         if (blo > lo) lo = blo;
         if (bhi < hi) hi = bhi;
-    } else if ((a->pending += s) < TRIM_EVERY) {
-        return;
     } else {
+        if ((a->pending += s) < TRIM_EVERY || total <= KEEP) return;
+        double now = cc_now();
+        if (now - a->last_trim < TRIM_PERIOD) {
+            a->pending = TRIM_EVERY / 2; /* look at the clock again later */
+            return;
+        }
         a->pending = 0;
+        a->last_trim = now;
+        hi = page_down((char *)f + total - KEEP);
     }
     if (lo < hi) madvise(lo, (size_t)(hi - lo), MADV_REMOVE);
 }
@@ -351,28 +384,28 @@ void cc_free(void *p) {
     if (!a) abort();
     blk *b = (blk *)p - 1;
     lock(a);
-    size_t s = live_size(a, b), total = s;
-    atomic_fetch_sub_explicit(&a->used, s, memory_order_relaxed);
+    size_t s = live_size(a, b), total = s, inbin = 0; /* f's size in its bin, 0: none */
+    add_used(a, -s);
     commit(b, s, TAG_FREE); /* from here a second free of p aborts */
     blk *f = b, *n = at(b, s);
-    if (btag(n) == TAG_FREE) {
-        size_t ns = bsize(n);
-        bin_remove(a, (fblk *)n, ns);
-        total += ns;
-        commit(b, total, TAG_FREE);
-    }
     if ((char *)b != a->heap) {
         blk *pv = (blk *)((char *)b - b->prev);
-        if (btag(pv) == TAG_FREE) {
-            size_t ps = bsize(pv);
-            bin_remove(a, (fblk *)pv, ps);
-            total += ps;
+        if (btag(pv) == TAG_FREE) { /* grows in place */
+            inbin = bsize(pv);
+            total += inbin;
             f = pv;
             commit(pv, total, TAG_FREE);
         }
     }
+    if (btag(n) == TAG_FREE) {
+        size_t ns = bsize(n);
+        bin_remove(a, (fblk *)n, ns);
+        total += ns;
+        commit(f, total, TAG_FREE);
+    }
     at(f, total)->prev = total;
-    bin_insert(a, (fblk *)f, total);
+    if (inbin) rebin(a, (fblk *)f, inbin, total);
+    else bin_insert(a, (fblk *)f, total);
     if (total >= RELEASE_MIN) release(a, f, total, b, s);
     unlock(a);
 }
