@@ -13,13 +13,17 @@
  * (a multiple of 16, header included) with a tag in its top 16 bits (used or
  * free), prev is the size of the block before it. Allocation takes a free
  * block from the first non-empty bin that is large enough (two bitmaps, 16
- * bins per power of two, exact 16-byte bins below 256 B) and splits off the
- * rest; free merges the block with free neighbours on both sides. So after
- * everything is freed the heap is one free block again, and both paths are
- * O(1). Free blocks of 64 KiB or more give their interior pages back with
- * MADV_REMOVE: a freed block over 256 KiB at once, smaller frees every 4 MiB
- * (so small blocks coming and going at the edge of a large free block cost
- * no system call).
+ * bins per power of two, exact 16-byte bins below 256 B) and hands out its
+ * tail, the rest staying where it was; free merges the block with free
+ * neighbours on both sides. So after everything is freed the heap is one
+ * free block again, and both paths are O(1) (a free block changes lists only
+ * when its size crosses a bin boundary).
+ *
+ * Pages. A freed block over 256 KiB gives its pages back at once
+ * (MADV_REMOVE). Smaller frees into a free block of 64 KiB or more give
+ * back that block's pages, except 4 MiB at its tail, once 4 MiB were freed
+ * and a second passed since the last time: memory that comes and goes in a
+ * loop stays mapped instead of faulting in again at every round.
  *
  * Crash safety. One robust process-shared mutex guards the allocator; a
  * process SIGKILLed while holding it hands it to the next locker with
@@ -27,15 +31,19 @@
  *
  *     the chain of heads is consistent after every single store.
  *
- * Each alloc or free changes the chain with one release store to a head (the
- * commit): a split writes the remainder's header inside the free block first
- * and then shrinks the block's head; a free retags its head "free" and then
- * grows whichever head absorbs its neighbours. Everything else -- bins,
- * bitmaps, prev sizes, the used count -- is derived. So the next locker after
- * a death walks the chain (recover), merges neighbours left both free,
- * and rebuilds the derived state. A death costs at most the block that was
- * being handed out or given back (leaked, or freed); never a torn list, a
- * block handed out twice, or an abort later.
+ * Each alloc or free changes the chain with release stores to heads (the
+ * commits), each leaving a valid chain: a split writes the new block's
+ * header inside the free block's tail first and then shrinks the free
+ * block's head; a free retags its head "free", then grows the free
+ * neighbour before it over it, then grows the result over the free
+ * neighbour after it. Everything else -- bins, bitmaps, prev sizes, the
+ * used count -- is derived. So the next locker after a death walks the
+ * chain (recover), merges neighbours left both free, and rebuilds the
+ * derived state; a death inside a recovery is recovered the same way. A
+ * death costs at most the block that was being handed out or given back
+ * (leaked, or freed): never a torn list, a block handed out twice, or an
+ * abort later. The walk also checks every head: one that is not the
+ * allocator's (a stray write into the arena) is a broken invariant, abort().
  */
 #include "cc.h"
 
@@ -277,6 +285,7 @@ int cc_arena_init(size_t size) {
             sentinel->head = TAG_USED; /* size 0: never merged, never freed */
             bin_insert(a, (fblk *)first, whole);
             atomic_store(&a->used, 0);
+            a->last_trim = cc_now();
             a->magic = ARENA_MAGIC;
             refresh_pid();
             pthread_atfork(NULL, NULL, refresh_pid);
