@@ -176,6 +176,24 @@ static void rebin(arena *a, fblk *f, size_t old, size_t size) {
     bin_insert(a, f, size);
 }
 
+/* f (old bytes) grows backwards into g (size bytes): g takes f's place in
+ * its list when the bin stays the same. */
+static void bin_replace(arena *a, fblk *f, size_t old, fblk *g, size_t size) {
+    unsigned fl0, sl0, fl, sl;
+    mapping(old, &fl0, &sl0);
+    mapping(size, &fl, &sl);
+    if (fl0 != fl || sl0 != sl) {
+        bin_remove(a, f, old);
+        bin_insert(a, g, size);
+        return;
+    }
+    g->next = f->next;
+    g->back = f->back;
+    if (g->next) g->next->back = g;
+    if (g->back) g->back->next = g;
+    else a->bins[fl][sl] = g;
+}
+
 static fblk *find(arena *a, size_t need) {
     unsigned fl, sl;
     mapping(need, &fl, &sl);
@@ -408,13 +426,20 @@ void cc_free(void *p) {
     }
     if (btag(n) == TAG_FREE) {
         size_t ns = bsize(n);
-        bin_remove(a, (fblk *)n, ns);
         total += ns;
         commit(f, total, TAG_FREE);
+        at(f, total)->prev = total;
+        if (inbin) { /* f and n were both in bins */
+            bin_remove(a, (fblk *)n, ns);
+            rebin(a, (fblk *)f, inbin, total);
+        } else {
+            bin_replace(a, (fblk *)n, ns, (fblk *)f, total);
+        }
+    } else {
+        at(f, total)->prev = total;
+        if (inbin) rebin(a, (fblk *)f, inbin, total);
+        else bin_insert(a, (fblk *)f, total);
     }
-    at(f, total)->prev = total;
-    if (inbin) rebin(a, (fblk *)f, inbin, total);
-    else bin_insert(a, (fblk *)f, total);
     if (total >= RELEASE_MIN) release(a, f, total, b, s);
     unlock(a);
 }
