@@ -118,8 +118,8 @@ static inline size_t bsize(const blk *b) { return (size_t)(b->head & SIZE_MASK);
 static inline uint64_t btag(const blk *b) { return b->head & TAG_MASK; }
 static inline blk *at(void *p, size_t off) { return (blk *)((char *)p + off); }
 
-/* The one store that changes the chain: everything written before it is in
- * memory first, whatever the compiler or the CPU would have reordered. */
+/* A store that changes the chain (a commit): everything written before it
+ * is in memory first, whatever the compiler or the CPU would reorder. */
 static inline void commit(blk *b, size_t size, uint64_t tag) {
     __atomic_store_n(&b->head, (uint64_t)size | tag, __ATOMIC_RELEASE);
 }
@@ -368,7 +368,7 @@ static size_t live_size(arena *a, blk *b) {
     if (((uintptr_t)b & 15) || (char *)b < a->heap || (char *)b >= a->end) abort();
     size_t s = bsize(b);
     if (btag(b) != TAG_USED || s < MIN_BLOCK || (s & 15) || s > (size_t)(a->end - (char *)b) ||
-        at(b, s)->prev != s)
+        at(b, s)->prev != s || b->prev > (size_t)((char *)b - a->heap))
         abort();
     return s;
 }

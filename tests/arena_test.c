@@ -320,18 +320,14 @@ static int t_killed(int rounds) {
         for (int w = 0; w < 2; w++) waitpid(pid[w], NULL, 0);
         /* first lock after the deaths: recovers if needed, checks all */
         if (heap_ok("after a kill")) return -1;
-        size_t before = cc_arena_used(), theirs = 0;
         cc_arena_stats st;
         for (int w = 0; w < 2; w++)
             for (int k = 0; k < KSLOTS; k++) {
                 void *p = t->slot[w][k];
                 if (!p) continue;
                 t->slot[w][k] = NULL;
-                size_t u = cc_arena_used();
                 cc_free(p); /* aborts if the child's table named a dead block */
-                theirs += u - cc_arena_used();
             }
-        (void)before;
         size_t ours = 0;
         for (int i = 0; i < MINE; i++) {
             live *l = &mine[i];
