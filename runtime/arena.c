@@ -104,11 +104,20 @@ typedef struct arena {
 
 static arena *A;
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
-static pid_t self_pid;
+/* Atomic (relaxed) only so that TSan, which carries a parent thread's reads
+ * into the forked child, does not take the child's refresh for a race. */
+static _Atomic pid_t self_pid;
 
-static void refresh_pid(void) { self_pid = getpid(); }
+static void refresh_pid(void) { atomic_store_explicit(&self_pid, getpid(), memory_order_relaxed); }
 
-pid_t cc_pid(void) { return self_pid ? self_pid : (self_pid = getpid()); }
+pid_t cc_pid(void) {
+    pid_t p = atomic_load_explicit(&self_pid, memory_order_relaxed);
+    if (!p) {
+        p = getpid();
+        atomic_store_explicit(&self_pid, p, memory_order_relaxed);
+    }
+    return p;
+}
 
 size_t cc_arena_default_size(void) { return DEFAULT_SIZE; }
 
