@@ -377,7 +377,8 @@ static size_t live_size(arena *a, blk *b) {
     if (((uintptr_t)b & 15) || (char *)b < a->heap || (char *)b >= a->end) abort();
     size_t s = bsize(b);
     if (btag(b) != TAG_USED || s < MIN_BLOCK || (s & 15) || s > (size_t)(a->end - (char *)b) ||
-        at(b, s)->prev != s || b->prev > (size_t)((char *)b - a->heap))
+        at(b, s)->prev != s || b->prev > (size_t)((char *)b - a->heap) ||
+        ((char *)b != a->heap && b->prev < MIN_BLOCK))
         abort();
     return s;
 }
