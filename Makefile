@@ -78,13 +78,18 @@ $(B)/concur.pc: Makefile
 $(B)/embed: tests/embed.c $(B)/libconcur.a $(B)/include/concur.h
 	$(CC) $(BASEFLAGS) $(CFLAGS) $(LUA54_CFLAGS) -I$(B)/include -o $@ $< $(B)/libconcur.a $(LUA54_LIBS) -lm -ldl
 
+# the allocator on its own: runtime/ only, no Lua
+$(B)/arena_test: tests/arena_test.c $(RUNTIME_SRC) runtime/cc.h
+	@mkdir -p $(dir $@)
+	$(CC) $(BASEFLAGS) $(CFLAGS) -o $@ tests/arena_test.c $(RUNTIME_SRC) -lm
+
 deps:
 	@sh scripts/deps.sh
 
 # make test = every spec three ways, then once more under the ASan+UBSan host
 # (NOASAN=1 leaves that pass out)
 test: deps
-	@$(MAKE) --no-print-directory all $(B)/embed
+	@$(MAKE) --no-print-directory all $(B)/embed $(B)/arena_test
 	@$(if $(NOASAN),true,$(ASAN_MAKE) $(B)/asan/concur)
 	@sh scripts/test.sh $(if $(NOASAN),,--with-asan)
 

@@ -66,6 +66,19 @@ size_t cc_arena_size(void);
 size_t cc_arena_default_size(void);
 int cc_in_arena(const void *p);       /* p points into the arena */
 
+/* Diagnostics: walk the whole heap under the allocator lock and check every
+ * invariant (each block walkable, free neighbours merged, every free block in
+ * its bin, the used count exact). 0, or -EUCLEAN with st->why naming the
+ * first broken invariant. recoveries counts the times a holder of the lock
+ * died and the next locker rebuilt the allocator's state. */
+typedef struct cc_arena_stats {
+    size_t used, free;                /* bytes in used / free blocks, headers included */
+    size_t blocks, free_blocks, largest_free;
+    uint64_t recoveries;
+    const char *why;
+} cc_arena_stats;
+int cc_arena_check(cc_arena_stats *st);
+
 /* ---- shared objects ------------------------------------------------- */
 enum cc_type {
     CC_T_NONE = 0,

@@ -79,6 +79,14 @@ if [ "$mode" != "--sanitize" ] && [ -z "${SPEC:-}" ]; then
         echo "!! embedding test failed"
         failed=$((failed + 1))
     fi
+    # the allocator on its own, SIGKILLs included (tests/arena_test.c)
+    echo "== arena allocator (build/arena_test)"
+    if [ -x build/arena_test ] && timeout 120 build/arena_test; then
+        passed=$((passed + 1))
+    else
+        echo "!! arena allocator test failed"
+        failed=$((failed + 1))
+    fi
 fi
 
 if [ "$mode" = "--sanitize" ]; then
