@@ -72,8 +72,20 @@ int cc_lock_new(cc_lock **out, int recursive) {
     return 0;
 }
 
+/* The last reference can go while the lock is held (a holder dropped its
+ * handle). A held robust mutex is linked into its holder thread's robust
+ * list, which glibc and, at the holder's exit, the kernel walk: freeing it
+ * would let them write into whatever reuses the block. So a lock this thread
+ * holds is released first, and one held elsewhere is left allocated. */
 void cc_lock_destroy(cc_obj *o) {
     cc_lock *l = (cc_lock *)o;
+    pid_t owner = OWNER(l);
+    if (owner && owner != tid()) return; /* leaked on purpose, see above */
+    if (owner) {
+        SET(owner, 0);
+        SET(depth, 0);
+        cc_mutex_unlock(&l->m);
+    }
     cc_mutex_destroy(&l->m);
     cc_free(l);
 }

@@ -326,6 +326,28 @@ describe("reference cycles between shared objects", function()
   end)
 end)
 
+describe("locks dropped while held", function()
+  it("are released before they are freed (no freed mutex left on a robust list)", function()
+    collectgarbage()
+    collectgarbage()
+    local base = concur.memory()
+    for _ = 1, 10 do -- TSan tracks at most 64 locks held at once
+      local l, r = lock(), lock.rlock()
+      l:acquire()
+      r:acquire()
+      r:acquire()
+      local c = lock.condition()
+      c:acquire()
+    end
+    collectgarbage()
+    collectgarbage()
+    assert.equal(base, (concur.memory()))
+    local a = lock() -- the thread's robust list is still sound
+    assert.is_true(a:acquire(1))
+    a:release()
+  end)
+end)
+
 describe("argument errors", function()
   it("queue.new refuses a table", function()
     assert.has_error(function() queue.new({}) end)

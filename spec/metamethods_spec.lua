@@ -23,7 +23,14 @@ local function run_probe(source)
   local f = assert(io.open(name, "w"))
   f:write(source)
   f:close()
-  local r = process.run{interpreter, name, timeout = 60}
+  local flavour = os.getenv("CONCUR_TEST_FLAVOUR") or ""
+  local r
+  if flavour:match("^asan%-") then -- the ASan runtime must be preloaded into the stock interpreter
+    r = process.run{"env", "LD_PRELOAD=" .. os.getenv("PWD") .. "/build/asan/libasan-fork.so", interpreter, name,
+                    timeout = 60}
+  else
+    r = process.run{interpreter, name, timeout = 60}
+  end
   os.remove(name)
   return r, r.stdout .. r.stderr
 end

@@ -9,6 +9,9 @@ M.interp = ({
   concur = "build/concur", asan = "build/asan/concur", tsan = "build/tsan/concur",
   ["lua5.4"] = "lua5.4", luajit = "luajit",
 })[flavour] or "build/concur"
+if flavour:match("^asan%-") then -- stock interpreters with the ASan module need its runtime preloaded
+  M.interp = "LD_PRELOAD=" .. os.getenv("PWD") .. "/build/asan/libasan-fork.so " .. flavour:sub(6)
+end
 
 local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
