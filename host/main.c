@@ -9,14 +9,18 @@
  * structure follows lua.c's (argument scan first, then the libraries, then
  * LUA_INIT, then the actions in order) because that order is observable.
  *
- * Ctrl-C: as in lua.c, the SIGINT handler sets a hook that raises
- * "interrupted!" at the next Lua instruction; it also sets the main thread's
- * concur interruption flag, so a blocking wait (q:get(), p:join()) returns
- * too. A second Ctrl-C while the first is pending kills the process, as
- * the default action would.
+ * Ctrl-C and SIGTERM: as in lua.c, the handler sets a hook that raises
+ * "interrupted!" ("terminated!" for SIGTERM) at the next Lua instruction; it
+ * also sets the main thread's concur interruption flag, so a blocking wait
+ * (q:get(), p:join()) returns too. A second signal while the first is
+ * pending kills the process, as the default action would.
  *
  * The state is always closed, also after an error: that is when unjoined
- * threads and processes are joined.
+ * threads and processes are joined -- or, when the script failed or was
+ * signalled, stopped (concur_stop_on_close: threads cancelled, processes
+ * sent SIGTERM then SIGKILL), with one line on stderr naming them. While
+ * the state closes, Ctrl-C or SIGTERM stops what it still waits for. After
+ * a signal the host ends by that signal (status 130 or 143 in a shell).
  */
 #include <lauxlib.h>
 #include <lua.h>
@@ -29,24 +33,34 @@
 
 #include "../include/concur.h"
 #include "../runtime/cc.h"
+#include "../runtime/proc.h"
 #include "host.h"
 
 static const char *progname = "concur";
 static lua_State *globalL;
 static _Atomic int interrupt_flag;
 
-/* ---- Ctrl-C ---- */
+/* ---- Ctrl-C and SIGTERM ---- */
+
+enum { IDLE, RUNNING, CLOSING };
+static volatile sig_atomic_t phase, got_signal;
 
 static void stop_hook(lua_State *L, lua_Debug *ar) {
     (void)ar;
     lua_sethook(L, NULL, 0, 0);
-    luaL_error(L, "interrupted!");
+    luaL_error(L, got_signal == SIGTERM ? "terminated!" : "interrupted!");
 }
 
-static void on_sigint(int sig) {
-    signal(sig, SIG_DFL); /* a second Ctrl-C kills, as by default */
+static void on_signal(int sig) {
+    signal(sig, SIG_DFL); /* a second one kills, as by default */
+    if (phase == IDLE) { /* no Lua running, nothing to wait for: default */
+        raise(sig);
+        return;
+    }
+    got_signal = sig;
     interrupt_flag = 1;
-    lua_sethook(globalL, stop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+    if (phase == RUNNING)
+        lua_sethook(globalL, stop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
 }
 
 void host_interrupt_reset(void) { interrupt_flag = 0; }
@@ -158,9 +172,11 @@ int host_docall(lua_State *L, int narg, int nres) {
     lua_pushcfunction(L, msghandler);
     lua_insert(L, base);
     globalL = L;
-    signal(SIGINT, on_sigint);
+    phase = RUNNING;
+    signal(SIGINT, on_signal);
     int status = lua_pcall(L, narg, nres, base);
     signal(SIGINT, SIG_DFL);
+    phase = IDLE;
     lua_remove(L, base);
     return status;
 }
@@ -377,12 +393,29 @@ int main(int argc, char **argv) {
         return EXIT_FAILURE;
     }
     lua_gc(L, LUA_GCSTOP);
+    signal(SIGTERM, on_signal);
     lua_pushcfunction(L, pmain);
     lua_pushinteger(L, argc);
     lua_pushlightuserdata(L, argv);
     int status = lua_pcall(L, 2, 1, 0);
     int result = lua_toboolean(L, -1);
     host_report(L, status);
+    /* closing joins the workers left running, or stops them when the
+     * script failed; a signal meanwhile stops what is still waited for */
+    lua_sethook(L, NULL, 0, 0);
+    if (got_signal || !result || status != LUA_OK) concur_stop_on_close(1);
+    phase = CLOSING;
+    if (!got_signal) {
+        signal(SIGINT, on_signal);
+        signal(SIGTERM, on_signal);
+    }
     lua_close(L);
+    cc_exit_report();
+    if (got_signal) { /* end by the signal, as the default action would */
+        int sig = got_signal;
+        signal(sig, SIG_DFL);
+        raise(sig);
+        return 128 + sig;
+    }
     return (result && status == LUA_OK) ? EXIT_SUCCESS : EXIT_FAILURE;
 }

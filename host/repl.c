@@ -305,6 +305,7 @@ void host_repl(lua_State *L) {
         lua_settop(L, base);
     }
     lua_settop(L, 0);
+    host_interrupt_reset(); /* a Ctrl-C of the last line must not stop workers at exit */
     fputs("\n", stdout);
     fflush(stdout);
 }
