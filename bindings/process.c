@@ -49,6 +49,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,7 +76,7 @@ typedef struct cproc {
 
 static const char *const MT = "concur.process";
 static const char UNJOINED_KEY = 'u';
-static int counter;
+static _Atomic int counter; /* process-N names; spawned from any thread */
 
 #define GRACE 1.0        /* seconds between SIGTERM and SIGKILL when stopping */
 #define NOTICE_AFTER 1.0 /* a wait at close longer than this says so */
@@ -355,7 +356,7 @@ static int l_spawn(lua_State *L) {
     p->rfd = fds[0];
     fcntl(p->rfd, F_SETFL, fcntl(p->rfd, F_GETFL) | O_NONBLOCK);
     if (name) snprintf(p->name, sizeof p->name, "%s", name);
-    else snprintf(p->name, sizeof p->name, "process-%d", ++counter);
+    else snprintf(p->name, sizeof p->name, "process-%d", atomic_fetch_add(&counter, 1) + 1);
     cb_registry_mark(L, &UNJOINED_KEY, -1, 1);
     return 1;
 }
