@@ -63,7 +63,12 @@ static void on_signal(int sig) {
         lua_sethook(globalL, stop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
 }
 
-void host_interrupt_reset(void) { interrupt_flag = 0; }
+void host_interrupt_reset(void) {
+    interrupt_flag = 0;
+    if (got_signal != SIGTERM) got_signal = 0;
+}
+
+int host_terminated(void) { return got_signal == SIGTERM; }
 
 /* ---- messages ---- */
 
@@ -110,7 +115,8 @@ static void print_help(void) {
         "Globals (also require \"concur\" -> a table of them):\n"
         "  process  spawn(fn, ...) -> p; p:join([timeout]), p:alive(), p:kill([sig]),\n"
         "           p.pid, p.exitcode; process.run{argv..., stdin=, timeout=}\n"
-        "  thread   new(fn, ...) -> t; t:join([timeout]), t:alive(), t:cancel()\n"
+        "  thread   new(fn, ...) -> t; t:join([timeout]), t:alive(), t:cancel();\n"
+        "           thread.cancelled()\n"
         "  shared   list([tbl]), dict([tbl]): data in shared memory, seen by every\n"
         "           thread and process\n"
         "  pipe     pipe() -> a, b; a:send(v), b:recv([timeout]), close(), poll()\n"
@@ -122,6 +128,8 @@ static void print_help(void) {
         "REPL: expressions print their values (tables readably); input continues\n"
         "over lines until the chunk is complete; Tab completes globals and fields;\n"
         "Ctrl-C interrupts running code (blocking waits too); Ctrl-D exits.\n"
+        "At the end unjoined threads and processes are joined; after an error,\n"
+        "Ctrl-C or SIGTERM they are stopped (exit status 1, 130, 143).\n"
         "History: ~/.concur_history.\n"
         "\n"
         "Environment:\n"
@@ -403,7 +411,13 @@ int main(int argc, char **argv) {
     /* closing joins the workers left running, or stops them when the
      * script failed; a signal meanwhile stops what is still waited for */
     lua_sethook(L, NULL, 0, 0);
-    if (got_signal || !result || status != LUA_OK) concur_stop_on_close(1);
+    int failed = !result || status != LUA_OK || got_signal == SIGTERM;
+    if (failed) {
+        concur_stop_on_close(1);
+    } else { /* a script that caught the interrupt and ended normally */
+        got_signal = 0;
+        interrupt_flag = 0;
+    }
     phase = CLOSING;
     if (!got_signal) {
         signal(SIGINT, on_signal);

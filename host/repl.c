@@ -303,9 +303,10 @@ void host_repl(lua_State *L) {
         if (status == LUA_OK) print_results(L, base);
         else host_report(L, status);
         lua_settop(L, base);
+        if (host_terminated()) break; /* SIGTERM ends the session */
     }
     lua_settop(L, 0);
-    host_interrupt_reset(); /* a Ctrl-C of the last line must not stop workers at exit */
+    if (!host_terminated()) host_interrupt_reset(); /* an old Ctrl-C must not stop workers at exit */
     fputs("\n", stdout);
     fflush(stdout);
 }
