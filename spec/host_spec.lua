@@ -263,7 +263,9 @@ describe("concur REPL at exit (through tmux)", function()
     return screen()
   end
 
-  after_each(function() os.execute("tmux kill-session -t " .. session .. " 2>/dev/null") end)
+  after_each(function()
+    if session then os.execute("tmux kill-session -t " .. session .. " 2>/dev/null") end
+  end)
 
   it("says what it waits for at Ctrl-D and stops it at Ctrl-C", function()
     if skip() then return end
