@@ -41,6 +41,7 @@
 #include "../runtime/proc.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -491,14 +492,20 @@ static int close_all(lua_State *L) {
     return 0;
 }
 
-/* os.exit([code [, close]]): see the file-top comment. */
+/* os.exit([code [, close]]): see the file-top comment. A code that is not
+ * an integer (NaN, 2^63, "x") is refused before anything is stopped. */
 static int os_exit(lua_State *L) {
-    int failing = !(lua_isnoneornil(L, 1) || (lua_isboolean(L, 1) && lua_toboolean(L, 1)) ||
-                    (lua_type(L, 1) == LUA_TNUMBER && lua_tonumber(L, 1) == 0));
-    if (failing) cc_set_stopping(1);
+    int ok = 1;
+    lua_Integer code = 0;
+    if (lua_isboolean(L, 1)) code = !lua_toboolean(L, 1);
+    else if (!lua_isnoneornil(L, 1)) code = cb_tointegerx(L, 1, &ok);
+    if (!ok || code < INT_MIN || code > INT_MAX)
+        return luaL_error(L, "os.exit: bad argument #1 (an integer code or a boolean expected, got %s)",
+                          lua_type(L, 1) == LUA_TNUMBER ? lua_tostring(L, 1) : cb_typeof(L, 1));
+    if (code != 0) cc_set_stopping(1);
     if (self || !lua_toboolean(L, 2)) {
         lua_pushcfunction(L, close_all);
-        lua_pushboolean(L, failing);
+        lua_pushboolean(L, code != 0);
         if (lua_pcall(L, 1, 0, 0) != LUA_OK) lua_pop(L, 1);
     }
     int n = lua_gettop(L);

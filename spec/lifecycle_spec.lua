@@ -163,6 +163,22 @@ describe("lifecycle", function()
     assert.is_true(took < 10, "took " .. took)
   end)
 
+  it("refuses an os.exit code that is not an integer, before stopping anything", function()
+    local out, status, took, left = launch([[
+      local t = thread.new(function() concur.sleep(0.3) return "joined" end)
+      for _, bad in ipairs{0/0, 2^63, 2.5, "x", {}} do
+        local ok, err = pcall(os.exit, bad)
+        print(ok, err)
+      end
+      print(t:join(5))
+    ]])
+    assert.same({}, left)
+    assert.equal(0, status, out)
+    local _, n = out:gsub("os.exit: bad argument #1", "")
+    assert.equal(5, n, out)
+    assert.matches("joined", out)
+  end)
+
   it("reports a thread that failed and was never joined, once, with its traceback", function()
     local out, status, _, left = launch([[
       local t = thread.new(function() local function deep() error("lost failure") end deep() end)
