@@ -452,6 +452,8 @@ static void stop(cproc *p) {
             snprintf(note, sizeof note, "process %d (%s)", (int)p->pid, p->name);
             cc_exit_note(note);
         }
+    } else if (WIFSIGNALED(p->status)) {
+        p->stopped = 1; /* Ctrl-C reached it too: nothing to report */
     }
     /* it may have written its results before it was stopped (or ended) */
     if (p->rfd >= 0 && cc_read_all(p->rfd, &p->result, cc_deadline(0.5)) == 0)
