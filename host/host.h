@@ -7,6 +7,5 @@ int host_docall(lua_State *L, int narg, int nres);   /* traceback + Ctrl-C armed
 int host_report(lua_State *L, int status);           /* print the error, if any */
 void host_message(const char *msg);
 void host_interrupt_reset(void);
-int host_terminated(void);                           /* a SIGTERM arrived */
 void host_repl(lua_State *L);
 #endif

@@ -28,6 +28,9 @@
 
 #include "host.h"
 
+/* main.c: a SIGTERM arrived (belongs in host.h, which is not this change's) */
+int host_terminated(void);
+
 #define HISTORY_FILE ".concur_history"
 #define HISTORY_MAX 1000
 
