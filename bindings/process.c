@@ -507,7 +507,11 @@ static void report_unobserved(lua_State *L, cproc *p) {
     p->observed = 1;
     lua_pushcfunction(L, report_thunk);
     lua_pushlightuserdata(L, p);
-    if (lua_pcall(L, 1, 0, 0) != LUA_OK) lua_pop(L, 1);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+        fprintf(stderr, "concur: process %d (%s) failed and was never joined (its error: %s)\n",
+                (int)p->pid, p->name, lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
+        lua_pop(L, 1);
+    }
 }
 
 /* Join (or stop) the child and free the record; the handle is finalized. */

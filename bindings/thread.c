@@ -420,7 +420,11 @@ static void report_unobserved(lua_State *L, cthread *t) {
     }
     lua_pushcfunction(L, report_thunk);
     lua_pushlightuserdata(L, t);
-    if (lua_pcall(L, 1, 0, 0) != LUA_OK) lua_pop(L, 1);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+        fprintf(stderr, "concur: thread-%d failed and was never joined (its error: %s)\n", t->num,
+                lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
+        lua_pop(L, 1);
+    }
 }
 
 static void finalize(lua_State *L, cthread **box, int stopping) {
