@@ -151,6 +151,22 @@ describe("lifecycle", function()
     assert.is_true(took < 10, "took " .. took)
   end)
 
+  it("says what it waits for at close after an uncaught error (stock interpreter)", function()
+    if not module_flavour then
+      pending("the concur host stops the workers instead (the case above)")
+      return
+    end
+    local out, status, took, left = launch([[
+      thread.new(function() concur.sleep(2.5) end)
+      error("boom")
+    ]])
+    assert.same({}, left)
+    assert.equal(1, status, out)
+    assert.matches("boom", out)
+    assert.matches("waiting for thread%-%d+ to finish", out)
+    assert.is_true(took < 10, "took " .. took)
+  end)
+
   it("exits with os.exit(1, true) while threads are blocked", function()
     local out, status, took, left = launch([[
       local q = queue()
