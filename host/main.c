@@ -19,15 +19,18 @@
  * threads and processes are joined -- or, when the script failed or was
  * signalled, stopped (concur_stop_on_close: threads cancelled, processes
  * sent SIGTERM then SIGKILL), with one line on stderr naming them. While
- * the state closes, Ctrl-C or SIGTERM stops what it still waits for. After
+ * the state closes, Ctrl-C or SIGTERM stops what it still waits for (after
+ * the REPL, so does a second Ctrl-D). After
  * a signal the host ends by that signal (status 130 or 143 in a shell).
  */
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -61,6 +64,31 @@ static void on_signal(int sig) {
     interrupt_flag = 1;
     if (phase == RUNNING)
         lua_sethook(globalL, stop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
+/* After the REPL's Ctrl-D the state closes and may wait for workers: a
+ * second Ctrl-D (end of input on the terminal) stops them, like Ctrl-C. */
+static int repl_ran;
+
+static void *watch_eof(void *arg) {
+    (void)arg;
+    char buf[256];
+    for (;;) {
+        ssize_t n = read(0, buf, sizeof buf);
+        if (n == 0 || (n < 0 && errno != EINTR)) break;
+    }
+    interrupt_flag = 1;
+    return NULL;
+}
+
+static void watch_second_eof(void) {
+    if (!repl_ran || !isatty(0)) return;
+    pthread_t t;
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&t, &a, watch_eof, NULL) != 0) { /* Ctrl-C still works */ }
+    pthread_attr_destroy(&a);
 }
 
 void host_interrupt_reset(void) {
@@ -381,10 +409,12 @@ static int pmain(lua_State *L) {
     if (!runargs(L, argv, script)) return 0;
     if (script < argc && handle_script(L, argv + script) != LUA_OK) return 0;
     if (args & has_i) {
+        repl_ran = 1;
         host_repl(L);
     } else if (script == argc && !(args & (has_e | has_v))) {
         if (isatty(0)) {
             print_version();
+            repl_ran = 1;
             host_repl(L);
         } else {
             dofile(L, NULL);
@@ -422,6 +452,7 @@ int main(int argc, char **argv) {
     if (!got_signal) {
         signal(SIGINT, on_signal);
         signal(SIGTERM, on_signal);
+        if (!failed) watch_second_eof();
     }
     lua_close(L);
     cc_exit_report();

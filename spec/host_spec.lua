@@ -289,4 +289,27 @@ describe("concur REPL at exit (through tmux)", function()
     os.execute("rm -rf " .. home)
     assert.matches("<exit 130>", s)
   end)
+
+  it("stops what it waits for at a second Ctrl-D", function()
+    if skip() then return end
+    if not has_tmux() then pending("tmux not installed") return end
+    session = "concur_exit_" .. tostring(os.time()) .. tostring(math.random(1e6))
+    local home = os.tmpname()
+    os.remove(home)
+    os.execute("mkdir -p " .. home)
+    -- the shell ignores SIGINT (concur sets its own) and outlives concur to show its status
+    os.execute(string.format("tmux new-session -d -s %s -x 120 -y 40 'trap \"\" INT; cd %s && HOME=%s %s; echo \"<exit $?>\"; sleep 5'",
+      session, os.getenv("PWD") or ".", home, BIN))
+    wait_for("\n>")
+    os.execute("tmux send-keys -t " .. session .. " -l 't = thread.new(function() concur.sleep(30) end)'")
+    os.execute("tmux send-keys -t " .. session .. " Enter")
+    wait_for("end%)\n>") -- the next prompt (the pane drops its trailing space)
+    os.execute("tmux send-keys -t " .. session .. " C-d")
+    local s = wait_for("waiting for thread")
+    assert.matches("waiting for thread%-%d+ to finish", s)
+    os.execute("tmux send-keys -t " .. session .. " C-d")
+    s = wait_for("<exit %d+>")
+    os.execute("rm -rf " .. home)
+    assert.matches("<exit 0>", s)
+  end)
 end)
