@@ -86,6 +86,11 @@ static _Atomic int counter; /* process-N names; spawned from any thread */
 void cb_seed_random(lua_State *L);
 void cb_thread_close_all(lua_State *L, int stop);
 void cb_process_close_all(lua_State *L, int stop);
+int cb_thread_unjoined(lua_State *L);
+
+/* The status byte: OK or not, and FINISHING when the child still has its
+ * own unjoined workers to join after sending its results. */
+enum { ST_OK = 1, ST_FINISHING = 0x80 };
 
 /* ---- signals by name ---- */
 
@@ -154,6 +159,22 @@ static void write_all(int fd, const char *p, size_t n) {
     }
 }
 
+/* Does this process have workers of its own still to join? */
+static int unjoined(lua_State *L) {
+    int n = cb_thread_unjoined(L);
+    cb_rawgetp(L, LUA_REGISTRYINDEX, &UNJOINED_KEY);
+    if (lua_istable(L, -1)) {
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            cproc **box = luaL_testudata(L, -2, MT);
+            if (box && *box && (*box)->owner == cc_pid()) n++;
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    return n;
+}
+
 static int close_all(lua_State *L) {
     int stop = lua_toboolean(L, 1);
     cb_process_close_all(L, stop);
@@ -195,8 +216,8 @@ static void child(lua_State *L, int first, int nargs, int wfd) {
         lua_insert(L, -2);
         if (lua_pcall(L, 3, 0, 0) != LUA_OK) b.len = 0;
     }
-    char st = ok ? 1 : 0;
-    write_all(wfd, &st, 1);
+    unsigned char st = (ok ? ST_OK : 0) | (unjoined(L) ? ST_FINISHING : 0);
+    write_all(wfd, (char *)&st, 1);
     write_all(wfd, b.data, b.len);
     close(wfd);
     /* what fn started and left running ends with it, as at a script's end;
@@ -266,10 +287,10 @@ static int poll_reap(cproc *p) {
     return p->reaped;
 }
 
-/* Read the results to EOF and reap; 0 or a negative errno. A child that
- * has returned closes its result pipe and then joins its own children
- * before it exits: with returned = 1, a child whose results are complete
- * but which is still finishing counts as done (reaped later). */
+/* Read the results to EOF and reap; 0 or a negative errno. A child with
+ * workers of its own left sends its results (marked ST_FINISHING), then
+ * joins them, then exits: with returned = 1 such a child counts as done
+ * once its results are in (it is reaped later). */
 static int finish(cproc *p, double deadline, int returned) {
     if (p->rfd >= 0) {
         int r = cc_read_all(p->rfd, &p->result, deadline);
@@ -280,9 +301,9 @@ static int finish(cproc *p, double deadline, int returned) {
     }
     if (!p->reaped) {
         double until = deadline;
-        int complete = returned && p->result.len > 0;
-        if (complete) { /* it exits right after closing the pipe, or it is finishing */
-            double soon = cc_deadline(0.2);
+        int complete = returned && p->result.len > 0 && (p->result.data[0] & ST_FINISHING);
+        if (complete) { /* a short look: it may be done already */
+            double soon = cc_deadline(0.1);
             if (until < 0 || soon < until) until = soon;
         }
         int r = cc_wait_pid(p->pid, &p->status, until);
@@ -376,7 +397,7 @@ static int p_join(lua_State *L) {
     if (p->result.len == 0)
         return luaL_error(L, "process %d (%s) exited with status %d before returning", (int)p->pid,
                           p->name, WIFEXITED(p->status) ? WEXITSTATUS(p->status) : -1);
-    int ok = p->result.data[0] == 1;
+    int ok = (p->result.data[0] & ST_OK) != 0;
     if (!p->holds_refs) {
         if (ok) return 0;
         return luaL_error(L, "process %d (%s) failed", (int)p->pid, p->name);
@@ -483,7 +504,7 @@ static int report_thunk(lua_State *L) {
     cproc *p = lua_touserdata(L, 1);
     char what[128];
     snprintf(what, sizeof what, "process %d (%s)", (int)p->pid, p->name);
-    if (p->result.len > 1 && p->result.data[0] == 0 && p->holds_refs) {
+    if (p->result.len > 1 && !(p->result.data[0] & ST_OK) && p->holds_refs) {
         cc_msg_retain(p->result.data + 1, p->result.len - 1);
         lua_settop(L, 0);
         int n = cb_decode(L, p->result.data + 1, p->result.len - 1, "process");

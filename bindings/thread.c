@@ -443,6 +443,22 @@ static int t_gc(lua_State *L) {
     return 0;
 }
 
+/* How many unjoined threads this process started from L. */
+int cb_thread_unjoined(lua_State *L) {
+    int n = 0;
+    cb_rawgetp(L, LUA_REGISTRYINDEX, &UNJOINED_KEY);
+    if (lua_istable(L, -1)) {
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            cthread **box = luaL_testudata(L, -2, MT);
+            if (box && *box && (*box)->owner == cc_pid()) n++;
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    return n;
+}
+
 /* Finalize every unjoined thread started from L (end of a forked child,
  * os.exit). */
 void cb_thread_close_all(lua_State *L, int stop) {
