@@ -16,7 +16,18 @@
  *
  * Handles of unjoined children sit in a registry table; when the state
  * closes their finalizers join them (daemons are killed first), so no child
- * is left running or a zombie.
+ * is left running or a zombie. A wait of more than a second says on stderr
+ * what it waits for. When the program is ending abnormally (cc_stopping: an
+ * uncaught error, a signal, a failing os.exit) or the closing thread was
+ * cancelled, they stop the child instead: SIGTERM, a second of grace,
+ * SIGKILL, reaped, and noted for the one-line notice at exit. A child that
+ * failed (or was killed) and was never joined is reported on stderr with its
+ * error and traceback when its handle is finalized, once.
+ *
+ * A child returns like a script ends: before it _exits it joins the
+ * processes and threads it started and did not join (stops them if it
+ * failed), so none is orphaned. It starts with its own random seed from the
+ * OS, and dies with its parent (runtime/proc.c).
  *
  * Counts across the fork. The child can reach every shared object the
  * spawning state has a handle on (globals, the registry, any table), and its
@@ -32,10 +43,13 @@
  */
 #include "cb.h"
 #include "../runtime/proc.h"
+#include "../runtime/thread.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +61,8 @@ typedef struct cproc {
     int rfd;              /* result pipe, -1 once read to EOF */
     int reaped, status;   /* waitpid status once reaped */
     int daemon;
+    int observed;         /* joined: its failure is the script's business */
+    int stopped;          /* stopped at exit by us: nothing to report */
     int args_refs;        /* args holds counts to give back once reaped */
     int holds_refs;       /* result holds a whole message owning its references */
     cc_buf result;        /* status byte then the message */
@@ -60,7 +76,21 @@ typedef struct cproc {
 
 static const char *const MT = "concur.process";
 static const char UNJOINED_KEY = 'u';
-static int counter;
+static _Atomic int counter; /* process-N names; spawned from any thread */
+
+#define GRACE 1.0        /* seconds between SIGTERM and SIGKILL when stopping */
+#define NOTICE_AFTER 1.0 /* a wait at close longer than this says so */
+
+/* thread.c: reseed math.random from the OS; finalize this state's unjoined
+ * threads (join, or cancel when stop) */
+void cb_seed_random(lua_State *L);
+void cb_thread_close_all(lua_State *L, int stop);
+void cb_process_close_all(lua_State *L, int stop);
+int cb_thread_unjoined(lua_State *L);
+
+/* The status byte: OK or not, and FINISHING when the child still has its
+ * own unjoined workers to join after sending its results. */
+enum { ST_OK = 1, ST_FINISHING = 0x80 };
 
 /* ---- signals by name ---- */
 
@@ -129,9 +159,34 @@ static void write_all(int fd, const char *p, size_t n) {
     }
 }
 
+/* Does this process have workers of its own still to join? */
+static int unjoined(lua_State *L) {
+    int n = cb_thread_unjoined(L);
+    cb_rawgetp(L, LUA_REGISTRYINDEX, &UNJOINED_KEY);
+    if (lua_istable(L, -1)) {
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            cproc **box = luaL_testudata(L, -2, MT);
+            if (box && *box && (*box)->owner == cc_pid()) n++;
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    return n;
+}
+
+static int close_all(lua_State *L) {
+    int stop = lua_toboolean(L, 1);
+    cb_process_close_all(L, stop);
+    cb_thread_close_all(L, stop);
+    return 0;
+}
+
 /* Runs fn (at index first, args after it) in the child; never returns. */
 static void child(lua_State *L, int first, int nargs, int wfd) {
     signal(SIGPIPE, SIG_DFL);
+    cc_interrupt_set(NULL); /* a cancel of the spawning thread is not ours */
+    cb_seed_random(L);
     lua_settop(L, first + nargs);
     lua_pushcfunction(L, cb_msghandler);
     lua_insert(L, first);
@@ -161,11 +216,18 @@ static void child(lua_State *L, int first, int nargs, int wfd) {
         lua_insert(L, -2);
         if (lua_pcall(L, 3, 0, 0) != LUA_OK) b.len = 0;
     }
-    char st = ok ? 1 : 0;
-    write_all(wfd, &st, 1);
+    unsigned char st = (ok ? ST_OK : 0) | (unjoined(L) ? ST_FINISHING : 0);
+    write_all(wfd, (char *)&st, 1);
     write_all(wfd, b.data, b.len);
     close(wfd);
+    /* what fn started and left running ends with it, as at a script's end;
+     * the parent's join has the results already and does not wait for it */
+    lua_settop(L, 0);
+    lua_pushcfunction(L, close_all);
+    lua_pushboolean(L, !ok);
+    lua_pcall(L, 1, 0, 0);
     fflush(NULL);
+    cc_exit_report();
     _exit(ok ? 0 : 1);
 }
 
@@ -218,12 +280,18 @@ static void release_holds(cproc *p) {
 static int poll_reap(cproc *p) {
     if (p->reaped) return 1;
     if (p->owner != cc_pid()) return 0;
-    if (waitpid(p->pid, &p->status, WNOHANG) == p->pid) p->reaped = 1;
+    if (waitpid(p->pid, &p->status, WNOHANG) == p->pid) {
+        p->reaped = 1;
+        release_holds(p);
+    }
     return p->reaped;
 }
 
-/* Read the results to EOF and reap; 0 or a negative errno. */
-static int finish(cproc *p, double deadline) {
+/* Read the results to EOF and reap; 0 or a negative errno. A child with
+ * workers of its own left sends its results (marked ST_FINISHING), then
+ * joins them, then exits: with returned = 1 such a child counts as done
+ * once its results are in (it is reaped later). */
+static int finish(cproc *p, double deadline, int returned) {
     if (p->rfd >= 0) {
         int r = cc_read_all(p->rfd, &p->result, deadline);
         if (r) return r;
@@ -232,11 +300,18 @@ static int finish(cproc *p, double deadline) {
         p->holds_refs = p->result.len > 1;
     }
     if (!p->reaped) {
-        int r = cc_wait_pid(p->pid, &p->status, deadline);
+        double until = deadline;
+        int complete = returned && p->result.len > 0 && (p->result.data[0] & ST_FINISHING);
+        if (complete) { /* a short look: it may be done already */
+            double soon = cc_deadline(0.1);
+            if (until < 0 || soon < until) until = soon;
+        }
+        int r = cc_wait_pid(p->pid, &p->status, until);
+        if (r == -ETIMEDOUT && complete) return 0;
         if (r) return r;
         p->reaped = 1;
     }
-    release_holds(p);
+    if (p->reaped) release_holds(p);
     return 0;
 }
 
@@ -282,17 +357,19 @@ static int l_spawn(lua_State *L) {
      * arguments and upvalues: hold them all until it is reaped */
     if (cb_retain_reachable(L, &p->held)) return luaL_error(L, "process.spawn: out of memory");
     int fds[2];
-    if (pipe2(fds, O_CLOEXEC)) return luaL_error(L, "process.spawn: pipe: %s", strerror(errno));
-    cc_fork_track(fds[1], 1);
+    /* both ends tracked from birth: a fork by another thread must not
+     * inherit them (the write end would hold our EOF back) */
+    int r = cc_pipe_tracked(fds, 0);
+    if (r) return luaL_error(L, "process.spawn: pipe: %s", strerror(-r));
     pid_t pid = cc_fork(fds[1]);
     if (pid == 0) {
-        close(fds[0]);
         cb_buf_forget_frames(L);
         lua_pop(L, 1); /* the handle */
         child(L, first, nargs, fds[1]);
     }
-    cc_fork_track(fds[1], 0);
-    close(fds[1]);
+    cc_close_tracked(fds[1]);
+    /* the read end is ours alone; children forked later need not close it */
+    cc_fork_track(fds[0], 0);
     if (pid < 0) {
         close(fds[0]);
         return luaL_error(L, "process.spawn: fork: %s", strerror(-pid));
@@ -301,7 +378,7 @@ static int l_spawn(lua_State *L) {
     p->rfd = fds[0];
     fcntl(p->rfd, F_SETFL, fcntl(p->rfd, F_GETFL) | O_NONBLOCK);
     if (name) snprintf(p->name, sizeof p->name, "%s", name);
-    else snprintf(p->name, sizeof p->name, "process-%d", ++counter);
+    else snprintf(p->name, sizeof p->name, "process-%d", atomic_fetch_add(&counter, 1) + 1);
     cb_registry_mark(L, &UNJOINED_KEY, -1, 1);
     return 1;
 }
@@ -311,8 +388,9 @@ static int p_join(lua_State *L) {
     double deadline = cb_opt_deadline(L, 2, "process:join");
     if (p->owner != cc_pid())
         return luaL_error(L, "process:join: process %d is not a child of this process", (int)p->pid);
-    int r = finish(p, deadline);
+    int r = finish(p, deadline, 1);
     if (r) return cb_fail(L, r, "process:join");
+    p->observed = 1;
     cb_registry_mark(L, &UNJOINED_KEY, 1, 0);
     if (WIFSIGNALED(p->status) && p->result.len == 0)
         return luaL_error(L, "process %d (%s) killed by %s", (int)p->pid, p->name,
@@ -320,7 +398,7 @@ static int p_join(lua_State *L) {
     if (p->result.len == 0)
         return luaL_error(L, "process %d (%s) exited with status %d before returning", (int)p->pid,
                           p->name, WIFEXITED(p->status) ? WEXITSTATUS(p->status) : -1);
-    int ok = p->result.data[0] == 1;
+    int ok = (p->result.data[0] & ST_OK) != 0;
     if (!p->holds_refs) {
         if (ok) return 0;
         return luaL_error(L, "process %d (%s) failed", (int)p->pid, p->name);
@@ -376,22 +454,138 @@ static int p_index(lua_State *L) {
     return 1;
 }
 
-static int p_gc(lua_State *L) {
-    cproc **box = meta_arg(L, "__gc");
+/* SIGTERM, a short grace, SIGKILL; reap and note it. Our waits here must
+ * not be cut short by the closing thread's own interruption. */
+static void stop(cproc *p) {
+    _Atomic int *flag = cc_interrupt_get();
+    cc_interrupt_set(NULL);
+    if (!poll_reap(p)) {
+        kill(p->pid, p->daemon ? SIGKILL : SIGTERM);
+        int r = cc_wait_pid(p->pid, &p->status, cc_deadline(GRACE));
+        if (r == -ETIMEDOUT) {
+            kill(p->pid, SIGKILL);
+            r = cc_wait_pid(p->pid, &p->status, CC_FOREVER);
+        }
+        p->reaped = 1;
+        if (r) p->status = 0;
+        p->stopped = 1;
+        if (!p->daemon && cc_stopping()) {
+            char note[96];
+            snprintf(note, sizeof note, "process %d (%s)", (int)p->pid, p->name);
+            cc_exit_note(note);
+        }
+    } else if (WIFSIGNALED(p->status)) {
+        p->stopped = 1; /* Ctrl-C reached it too: nothing to report */
+    }
+    /* it may have written its results before it was stopped (or ended) */
+    if (p->rfd >= 0 && cc_read_all(p->rfd, &p->result, cc_deadline(0.5)) == 0)
+        p->holds_refs = p->result.len > 1;
+    close_result(p);
+    cc_interrupt_set(flag);
+}
+
+/* The finalizer's wait: join, telling stderr when it takes long; a wait
+ * interrupted (Ctrl-C at exit, a cancel) stops the child instead. */
+static void wait_or_stop(cproc *p, int stopping) {
+    if (p->daemon || stopping) {
+        stop(p);
+        return;
+    }
+    int r = finish(p, cc_deadline(NOTICE_AFTER), 0);
+    if (r == -ETIMEDOUT) {
+        fprintf(stderr, "concur: waiting for process %d (%s) to finish (Ctrl-C stops it)\n",
+                (int)p->pid, p->name);
+        fflush(stderr);
+        r = finish(p, CC_FOREVER, 0);
+    }
+    if (r) stop(p);
+}
+
+static int report_thunk(lua_State *L) {
+    cproc *p = lua_touserdata(L, 1);
+    char what[128];
+    snprintf(what, sizeof what, "process %d (%s)", (int)p->pid, p->name);
+    if (p->result.len > 1 && !(p->result.data[0] & ST_OK) && p->holds_refs) {
+        cc_msg_retain(p->result.data + 1, p->result.len - 1);
+        lua_settop(L, 0);
+        int n = cb_decode(L, p->result.data + 1, p->result.len - 1, "process");
+        const char *msg = n > 0 ? lua_tostring(L, 1) : NULL;
+        fprintf(stderr, "concur: %s failed and was never joined: %s\n", what,
+                msg ? msg : "(error object is not a string)");
+    } else if (p->result.len == 0 && WIFSIGNALED(p->status)) {
+        fprintf(stderr, "concur: %s was killed by %s and never joined\n", what,
+                signame(WTERMSIG(p->status)));
+    } else if (p->result.len == 0 && WIFEXITED(p->status) && WEXITSTATUS(p->status) != 0) {
+        fprintf(stderr, "concur: %s exited with status %d and was never joined\n", what,
+                WEXITSTATUS(p->status));
+    }
+    fflush(stderr);
+    return 0;
+}
+
+/* A failure nobody joined is not silent: say it once, with the traceback. */
+static void report_unobserved(lua_State *L, cproc *p) {
+    if (p->observed || p->stopped || p->daemon || !p->reaped) return;
+    p->observed = 1;
+    lua_pushcfunction(L, report_thunk);
+    lua_pushlightuserdata(L, p);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+        fprintf(stderr, "concur: process %d (%s) failed and was never joined (its error: %s)\n",
+                (int)p->pid, p->name, lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
+        lua_pop(L, 1);
+    }
+}
+
+/* Join (or stop) the child and free the record; the handle is finalized. */
+static void finalize(lua_State *L, cproc **box, int stopping) {
     cproc *p = *box;
-    if (!p) return 0;
+    if (!p) return;
     *box = NULL;
-    if (p->pid > 0 && p->owner == cc_pid()) {
-        if (p->daemon && !poll_reap(p)) kill(p->pid, SIGKILL);
-        finish(p, CC_FOREVER);
+    int mine = p->owner == cc_pid(); /* in a forked child this is a copy */
+    if (p->pid > 0 && mine) {
+        wait_or_stop(p, stopping || cc_stopping() || cc_interrupted());
+        report_unobserved(L, p);
     }
     close_result(p);
-    int mine = p->owner == cc_pid(); /* in a forked child this is a copy */
     if (p->holds_refs && mine) cc_msg_release(p->result.data + 1, p->result.len - 1);
     release_holds(p);
     cc_buf_free(&p->result);
     free(p);
+}
+
+static int p_gc(lua_State *L) {
+    finalize(L, meta_arg(L, "__gc"), 0);
     return 0;
+}
+
+/* Finalize every unjoined child this process started from L: at the end of
+ * a forked child, and at os.exit. */
+void cb_process_close_all(lua_State *L, int stop) {
+    cb_rawgetp(L, LUA_REGISTRYINDEX, &UNJOINED_KEY);
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    lua_newtable(L); /* collect first: finalizing changes nothing, but be safe */
+    int n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, -3)) {
+        lua_pop(L, 1);
+        lua_pushvalue(L, -1);
+        lua_rawseti(L, -3, ++n);
+    }
+    for (int i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        cproc **box = luaL_testudata(L, -1, MT);
+        if (box && *box && (*box)->owner == cc_pid()) {
+            finalize(L, box, stop);
+            lua_pushnil(L);
+            lua_rawset(L, -4);
+        } else {
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 2);
 }
 
 static int p_tostring(lua_State *L) {

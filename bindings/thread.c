@@ -12,20 +12,41 @@
  * two); whichever lets go last frees it. Handles of threads not yet joined
  * are kept in a registry table, so they cannot be collected while the script
  * runs; when the state closes their finalizers join them: no thread outlives
- * the state that started it.
+ * the state that started it. A wait of more than a second says so on
+ * stderr. When the program is ending abnormally (cc_stopping) or the
+ * closing thread was itself cancelled, they cancel the thread instead and
+ * give it two seconds; one that does not stop (a C call, a LuaJIT loop) is
+ * left to the process's exit, detached. A thread that failed and was never
+ * joined is reported on stderr, with its traceback, once.
  *
  * cancel sets a flag that the thread's blocking waits poll (they fail with
  * "interrupted") and, under Lua 5.4, a count hook checks between Lua
- * instructions. join of a cancelled thread returns nil, "cancelled".
+ * instructions. thread.cancelled() reads it, so a loop that catches errors
+ * can still stop. join of a cancelled thread returns nil, "cancelled".
+ *
+ * Every new state seeds math.random from the OS (getrandom): without it
+ * states made in the same instant draw the same numbers.
+ *
+ * os.exit is wrapped: a failing code marks the program as ending abnormally
+ * (workers are stopped, not joined); when the state is not going to be
+ * closed (os.exit without close, or called in a thread) the wrapper first
+ * finalizes this state's unjoined processes and threads itself. Called in a
+ * thread, os.exit still ends the whole process: the other states' children
+ * die with it (PR_SET_PDEATHSIG), their threads with the process.
  */
 #include "cb.h"
 #include "../include/concur.h"
 #include "../runtime/thread.h"
 
+#include "../runtime/proc.h"
+
 #include <errno.h>
+#include <limits.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 enum { RUNNING = -1, FAILED = 0, RETURNED = 1, CANCELLED = 2 };
@@ -36,7 +57,9 @@ typedef struct cthread {
     pid_t owner;          /* the process whose thread this is */
     cc_done done;
     _Atomic int cancel;
-    int started, joined;  /* pthread_create / pthread_join done */
+    int started, joined;  /* pthread_create / pthread_join (or detach) done */
+    int observed;         /* joined by the script: its failure is reported there */
+    int num;              /* thread-N in notices */
     int outcome;          /* RUNNING until done */
     int globals;          /* open concur as globals, as the parent has */
     int holds_refs;       /* msg is a whole message owning its references */
@@ -45,10 +68,21 @@ typedef struct cthread {
 } cthread;
 
 static const char UNJOINED_KEY = 'u';
+static const char OSEXIT_KEY = 'x';
 static const char *const MT = "concur.thread";
+static _Atomic int counter;
+
+#define GRACE 2.0        /* seconds a cancelled thread gets to stop at exit */
+#define NOTICE_AFTER 1.0 /* a wait at close longer than this says so */
+
+void cb_process_close_all(lua_State *L, int stop); /* process.c */
+void cb_thread_close_all(lua_State *L, int stop);
+void cb_seed_random(lua_State *L);
 static __thread cthread *self;
 static concur_state_init init_fn;
 static void *init_ud;
+
+void concur_stop_on_close(int on) { cc_set_stopping(on); }
 
 void concur_set_thread_init(concur_state_init fn, void *ud) {
     init_fn = fn;
@@ -64,6 +98,30 @@ static void unref(cthread *t) {
     free(t->path);
     free(t->cpath);
     free(t);
+}
+
+/* math.randomseed(a, b) with 53 and 63 random bits: Lua 5.4 takes both
+ * integers, LuaJIT takes the first number (exact as a double). */
+void cb_seed_random(lua_State *L) {
+    unsigned long long r[2] = {0, 0};
+    if (getrandom(r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r) {
+        r[0] ^= (unsigned long long)(cc_now() * 1e9) + (unsigned long long)gettid() * 0x9e3779b97f4a7c15ull;
+        r[1] ^= (unsigned long long)(size_t)L ^ (unsigned long long)getpid() << 32;
+    }
+    lua_getglobal(L, "math");
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    lua_getfield(L, -1, "randomseed");
+    lua_remove(L, -2);
+    if (!lua_isfunction(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    cb_pushinteger(L, (long long)(r[0] >> 11));
+    cb_pushinteger(L, (long long)(r[1] >> 1));
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) lua_pop(L, 1);
 }
 
 /* ---- in the new thread ---- */
@@ -119,6 +177,7 @@ static void save_error(lua_State *L, cthread *t, int idx) {
 static int setup_and_run(lua_State *L) {
     cthread *t = lua_touserdata(L, 1);
     luaL_openlibs(L);
+    cb_seed_random(L);
     lua_getglobal(L, "package");
     if (lua_istable(L, -1)) {
         if (t->path) {
@@ -224,6 +283,7 @@ static int l_new(lua_State *L) {
     atomic_store(&t->refs, 1);
     t->owner = cc_pid();
     t->outcome = RUNNING;
+    t->num = atomic_fetch_add(&counter, 1) + 1;
     cc_done_init(&t->done);
     cthread **box = lua_newuserdata(L, sizeof *box);
     *box = t; /* from here the handle's __gc frees t, whatever happens */
@@ -268,6 +328,7 @@ static int t_join(lua_State *L) {
     double deadline = cb_opt_deadline(L, 2, "thread:join");
     int r = finish(L, t, 1, deadline, "thread:join");
     if (r) return cb_fail(L, r, "thread:join");
+    t->observed = 1;
     if (t->outcome == CANCELLED) {
         lua_pushnil(L);
         lua_pushliteral(L, "cancelled");
@@ -295,18 +356,137 @@ static int t_cancel(lua_State *L) {
     return 0;
 }
 
-static int t_gc(lua_State *L) {
-    cthread **box = meta_arg(L, "__gc");
-    cthread *t = *box;
-    if (!t) return 0;
-    *box = NULL;
-    if (t->started && !t->joined && t->owner == cc_pid()) {
-        cc_done_wait(&t->done, CC_FOREVER);
+/* Cancel t and give it GRACE seconds (our own waits not interruptible);
+ * one that does not stop is detached and left to the process's exit. */
+static void stop(cthread *t) {
+    int running = !cc_done_get(&t->done);
+    atomic_store(&t->cancel, 1);
+    _Atomic int *flag = cc_interrupt_get();
+    cc_interrupt_set(NULL);
+    int r = cc_done_wait(&t->done, cc_deadline(GRACE));
+    cc_interrupt_set(flag);
+    char note[64];
+    if (r == 0) {
         pthread_join(t->tid, NULL);
-        t->joined = 1;
+        snprintf(note, sizeof note, "thread-%d", t->num);
+    } else {
+        pthread_detach(t->tid);
+        snprintf(note, sizeof note, "thread-%d (did not stop, left running)", t->num);
+    }
+    t->joined = 1;
+    if (running && cc_stopping()) cc_exit_note(note);
+}
+
+/* The finalizer's wait: join, telling stderr when it takes long; a wait
+ * interrupted (Ctrl-C at exit, a cancel) cancels the thread instead. */
+static void wait_or_stop(cthread *t, int stopping) {
+    if (stopping) {
+        stop(t);
+        return;
+    }
+    int r = cc_done_wait(&t->done, cc_deadline(NOTICE_AFTER));
+    if (r == -ETIMEDOUT) {
+        fprintf(stderr, "concur: waiting for thread-%d to finish (Ctrl-C stops it)\n", t->num);
+        fflush(stderr);
+        r = cc_done_wait(&t->done, CC_FOREVER);
+    }
+    if (r) {
+        stop(t);
+        return;
+    }
+    pthread_join(t->tid, NULL);
+    t->joined = 1;
+}
+
+static int report_thunk(lua_State *L) {
+    cthread *t = lua_touserdata(L, 1);
+    cc_msg_retain(t->msg.data, t->msg.len);
+    lua_settop(L, 0);
+    int n = cb_decode(L, t->msg.data, t->msg.len, "thread");
+    const char *msg = n > 0 ? lua_tostring(L, 1) : NULL;
+    fprintf(stderr, "concur: thread-%d failed and was never joined: %s\n", t->num,
+            msg ? msg : "(error object is not a string)");
+    fflush(stderr);
+    return 0;
+}
+
+/* A failure nobody joined is not silent: say it once, with the traceback. */
+static void report_unobserved(lua_State *L, cthread *t) {
+    if (t->observed || !t->joined || t->outcome != FAILED) return;
+    t->observed = 1;
+    if (!t->holds_refs) {
+        fprintf(stderr, "concur: thread-%d failed and was never joined: out of memory\n", t->num);
+        return;
+    }
+    lua_pushcfunction(L, report_thunk);
+    lua_pushlightuserdata(L, t);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+        fprintf(stderr, "concur: thread-%d failed and was never joined (its error: %s)\n", t->num,
+                lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
+        lua_pop(L, 1);
+    }
+}
+
+static void finalize(lua_State *L, cthread **box, int stopping) {
+    cthread *t = *box;
+    if (!t) return;
+    *box = NULL;
+    if (t->started && t->owner == cc_pid()) {
+        if (!t->joined) wait_or_stop(t, stopping || cc_stopping() || cc_interrupted());
+        if (cc_done_get(&t->done)) report_unobserved(L, t);
     }
     unref(t);
+}
+
+static int t_gc(lua_State *L) {
+    finalize(L, meta_arg(L, "__gc"), 0);
     return 0;
+}
+
+/* How many unjoined threads this process started from L. */
+int cb_thread_unjoined(lua_State *L) {
+    int n = 0;
+    cb_rawgetp(L, LUA_REGISTRYINDEX, &UNJOINED_KEY);
+    if (lua_istable(L, -1)) {
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            cthread **box = luaL_testudata(L, -2, MT);
+            if (box && *box && (*box)->owner == cc_pid()) n++;
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    return n;
+}
+
+/* Finalize every unjoined thread started from L (end of a forked child,
+ * os.exit). */
+void cb_thread_close_all(lua_State *L, int stop) {
+    cb_rawgetp(L, LUA_REGISTRYINDEX, &UNJOINED_KEY);
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    lua_newtable(L);
+    int n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, -3)) {
+        lua_pop(L, 1);
+        lua_pushvalue(L, -1);
+        lua_rawseti(L, -3, ++n);
+    }
+    for (int i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        cthread **box = luaL_testudata(L, -1, MT);
+        if (box && *box && (*box)->owner == cc_pid()) {
+            finalize(L, box, stop);
+            lua_pushnil(L);
+            lua_rawset(L, -4);
+        } else {
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 2);
 }
 
 static int t_tostring(lua_State *L) {
@@ -320,6 +500,62 @@ static int t_tostring(lua_State *L) {
     return 1;
 }
 
+static int l_cancelled(lua_State *L) {
+    lua_pushboolean(L, cc_interrupted());
+    return 1;
+}
+
+static int close_all(lua_State *L) {
+    int stop = lua_toboolean(L, 1);
+    cb_process_close_all(L, stop);
+    cb_thread_close_all(L, stop);
+    return 0;
+}
+
+/* os.exit([code [, close]]): see the file-top comment. A code that is not
+ * an integer (NaN, 2^63, "x") is refused before anything is stopped. */
+static int os_exit(lua_State *L) {
+    int ok = 1;
+    lua_Integer code = 0;
+    if (lua_isboolean(L, 1)) code = !lua_toboolean(L, 1);
+    else if (!lua_isnoneornil(L, 1)) code = cb_tointegerx(L, 1, &ok);
+    if (!ok || code < INT_MIN || code > INT_MAX)
+        return luaL_error(L, "os.exit: bad argument #1 (an integer code or a boolean expected, got %s)",
+                          lua_type(L, 1) == LUA_TNUMBER ? lua_tostring(L, 1) : cb_typeof(L, 1));
+    if (code != 0) cc_set_stopping(1);
+    if (self || !lua_toboolean(L, 2)) {
+        lua_pushcfunction(L, close_all);
+        lua_pushboolean(L, code != 0);
+        if (lua_pcall(L, 1, 0, 0) != LUA_OK) lua_pop(L, 1);
+    }
+    int n = lua_gettop(L);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, n, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+/* Replace os.exit in this state once (the original is the upvalue). */
+static void wrap_os_exit(lua_State *L) {
+    cb_rawgetp(L, LUA_REGISTRYINDEX, &OSEXIT_KEY);
+    int done = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (done) return;
+    lua_getglobal(L, "os");
+    if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "exit");
+        if (lua_iscfunction(L, -1)) {
+            lua_pushcclosure(L, os_exit, 1);
+            lua_setfield(L, -2, "exit");
+            lua_pushboolean(L, 1);
+            cb_rawsetp(L, LUA_REGISTRYINDEX, &OSEXIT_KEY);
+        } else {
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+}
+
 static int l_id(lua_State *L) {
     cb_pushinteger(L, gettid());
     return 1;
@@ -330,10 +566,11 @@ static const luaL_Reg methods[] = {
 };
 
 static const luaL_Reg funcs[] = {
-    {"new", l_new}, {"id", l_id}, {NULL, NULL},
+    {"new", l_new}, {"id", l_id}, {"cancelled", l_cancelled}, {NULL, NULL},
 };
 
 int cb_open_thread(lua_State *L) {
+    wrap_os_exit(L);
     lua_newtable(L);
     cb_rawsetp(L, LUA_REGISTRYINDEX, &UNJOINED_KEY);
     if (luaL_newmetatable(L, MT)) {

@@ -9,47 +9,94 @@
  * structure follows lua.c's (argument scan first, then the libraries, then
  * LUA_INIT, then the actions in order) because that order is observable.
  *
- * Ctrl-C: as in lua.c, the SIGINT handler sets a hook that raises
- * "interrupted!" at the next Lua instruction; it also sets the main thread's
- * concur interruption flag, so a blocking wait (q:get(), p:join()) returns
- * too. A second Ctrl-C while the first is pending kills the process, as
- * the default action would.
+ * Ctrl-C and SIGTERM: as in lua.c, the handler sets a hook that raises
+ * "interrupted!" ("terminated!" for SIGTERM) at the next Lua instruction; it
+ * also sets the main thread's concur interruption flag, so a blocking wait
+ * (q:get(), p:join()) returns too. A second signal while the first is
+ * pending kills the process, as the default action would.
  *
  * The state is always closed, also after an error: that is when unjoined
- * threads and processes are joined.
+ * threads and processes are joined -- or, when the script failed or was
+ * signalled, stopped (concur_stop_on_close: threads cancelled, processes
+ * sent SIGTERM then SIGKILL), with one line on stderr naming them. While
+ * the state closes, Ctrl-C or SIGTERM stops what it still waits for (after
+ * the REPL, so does a second Ctrl-D). After
+ * a signal the host ends by that signal (status 130 or 143 in a shell).
  */
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "../include/concur.h"
 #include "../runtime/cc.h"
+#include "../runtime/proc.h"
 #include "host.h"
 
 static const char *progname = "concur";
 static lua_State *globalL;
 static _Atomic int interrupt_flag;
 
-/* ---- Ctrl-C ---- */
+/* ---- Ctrl-C and SIGTERM ---- */
+
+enum { IDLE, RUNNING, CLOSING };
+static volatile sig_atomic_t phase, got_signal;
 
 static void stop_hook(lua_State *L, lua_Debug *ar) {
     (void)ar;
     lua_sethook(L, NULL, 0, 0);
-    luaL_error(L, "interrupted!");
+    luaL_error(L, got_signal == SIGTERM ? "terminated!" : "interrupted!");
 }
 
-static void on_sigint(int sig) {
-    signal(sig, SIG_DFL); /* a second Ctrl-C kills, as by default */
+static void on_signal(int sig) {
+    signal(sig, SIG_DFL); /* a second one kills, as by default */
+    if (phase == IDLE) { /* no Lua running, nothing to wait for: default */
+        raise(sig);
+        return;
+    }
+    got_signal = sig;
     interrupt_flag = 1;
-    lua_sethook(globalL, stop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+    if (phase == RUNNING)
+        lua_sethook(globalL, stop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
 }
 
-void host_interrupt_reset(void) { interrupt_flag = 0; }
+/* After the REPL's Ctrl-D the state closes and may wait for workers: a
+ * second Ctrl-D (end of input on the terminal) stops them, like Ctrl-C. */
+static int repl_ran;
+
+static void *watch_eof(void *arg) {
+    (void)arg;
+    char buf[256];
+    for (;;) {
+        ssize_t n = read(0, buf, sizeof buf);
+        if (n == 0 || (n < 0 && errno != EINTR)) break;
+    }
+    interrupt_flag = 1;
+    return NULL;
+}
+
+static void watch_second_eof(void) {
+    if (!repl_ran || !isatty(0)) return;
+    pthread_t t;
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&t, &a, watch_eof, NULL) != 0) { /* Ctrl-C still works */ }
+    pthread_attr_destroy(&a);
+}
+
+void host_interrupt_reset(void) {
+    interrupt_flag = 0;
+    if (got_signal != SIGTERM) got_signal = 0;
+}
+
+int host_terminated(void) { return got_signal == SIGTERM; }
 
 /* ---- messages ---- */
 
@@ -96,7 +143,8 @@ static void print_help(void) {
         "Globals (also require \"concur\" -> a table of them):\n"
         "  process  spawn(fn, ...) -> p; p:join([timeout]), p:alive(), p:kill([sig]),\n"
         "           p.pid, p.exitcode; process.run{argv..., stdin=, timeout=}\n"
-        "  thread   new(fn, ...) -> t; t:join([timeout]), t:alive(), t:cancel()\n"
+        "  thread   new(fn, ...) -> t; t:join([timeout]), t:alive(), t:cancel();\n"
+        "           thread.cancelled()\n"
         "  shared   list([tbl]), dict([tbl]): data in shared memory, seen by every\n"
         "           thread and process\n"
         "  pipe     pipe() -> a, b; a:send(v), b:recv([timeout]), close(), poll()\n"
@@ -108,6 +156,8 @@ static void print_help(void) {
         "REPL: expressions print their values (tables readably); input continues\n"
         "over lines until the chunk is complete; Tab completes globals and fields;\n"
         "Ctrl-C interrupts running code (blocking waits too); Ctrl-D exits.\n"
+        "At the end unjoined threads and processes are joined; after an error,\n"
+        "Ctrl-C or SIGTERM they are stopped (exit status 1, 130, 143).\n"
         "History: ~/.concur_history.\n"
         "\n"
         "Environment:\n"
@@ -158,9 +208,11 @@ int host_docall(lua_State *L, int narg, int nres) {
     lua_pushcfunction(L, msghandler);
     lua_insert(L, base);
     globalL = L;
-    signal(SIGINT, on_sigint);
+    phase = RUNNING;
+    signal(SIGINT, on_signal);
     int status = lua_pcall(L, narg, nres, base);
     signal(SIGINT, SIG_DFL);
+    phase = IDLE;
     lua_remove(L, base);
     return status;
 }
@@ -357,10 +409,12 @@ static int pmain(lua_State *L) {
     if (!runargs(L, argv, script)) return 0;
     if (script < argc && handle_script(L, argv + script) != LUA_OK) return 0;
     if (args & has_i) {
+        repl_ran = 1;
         host_repl(L);
     } else if (script == argc && !(args & (has_e | has_v))) {
         if (isatty(0)) {
             print_version();
+            repl_ran = 1;
             host_repl(L);
         } else {
             dofile(L, NULL);
@@ -377,12 +431,36 @@ int main(int argc, char **argv) {
         return EXIT_FAILURE;
     }
     lua_gc(L, LUA_GCSTOP);
+    signal(SIGTERM, on_signal);
     lua_pushcfunction(L, pmain);
     lua_pushinteger(L, argc);
     lua_pushlightuserdata(L, argv);
     int status = lua_pcall(L, 2, 1, 0);
     int result = lua_toboolean(L, -1);
     host_report(L, status);
+    /* closing joins the workers left running, or stops them when the
+     * script failed; a signal meanwhile stops what is still waited for */
+    lua_sethook(L, NULL, 0, 0);
+    int failed = !result || status != LUA_OK || got_signal == SIGTERM;
+    if (failed) {
+        concur_stop_on_close(1);
+    } else { /* a script that caught the interrupt and ended normally */
+        got_signal = 0;
+        interrupt_flag = 0;
+    }
+    phase = CLOSING;
+    if (!got_signal) {
+        signal(SIGINT, on_signal);
+        signal(SIGTERM, on_signal);
+        if (!failed) watch_second_eof();
+    }
     lua_close(L);
+    cc_exit_report();
+    if (got_signal) { /* end by the signal, as the default action would */
+        int sig = got_signal;
+        signal(sig, SIG_DFL);
+        raise(sig);
+        return 128 + sig;
+    }
     return (result && status == LUA_OK) ? EXIT_SUCCESS : EXIT_FAILURE;
 }

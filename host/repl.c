@@ -28,6 +28,9 @@
 
 #include "host.h"
 
+/* main.c: a SIGTERM arrived (belongs in host.h, which is not this change's) */
+int host_terminated(void);
+
 #define HISTORY_FILE ".concur_history"
 #define HISTORY_MAX 1000
 
@@ -303,8 +306,10 @@ void host_repl(lua_State *L) {
         if (status == LUA_OK) print_results(L, base);
         else host_report(L, status);
         lua_settop(L, base);
+        if (host_terminated()) break; /* SIGTERM ends the session */
     }
     lua_settop(L, 0);
+    if (!host_terminated()) host_interrupt_reset(); /* an old Ctrl-C must not stop workers at exit */
     fputs("\n", stdout);
     fflush(stdout);
 }

@@ -9,6 +9,11 @@
  *     ... run scripts ...
  *     lua_close(L);             // joins unjoined threads and processes
  *
+ * A host whose script failed (an uncaught error, a signal) calls
+ * concur_stop_on_close(1) before lua_close: the unjoined workers are then
+ * stopped (threads cancelled, processes sent SIGTERM, then SIGKILL after a
+ * second), not joined, and one line on stderr names them.
+ *
  * Link with `pkg-config --libs concur` (libconcur.a or .so) and lua5.4.
  *
  * Threads started with thread.new run in fresh lua_States. Those states get
@@ -41,6 +46,11 @@ int luaopen_concur(lua_State *L);
  * before starting threads. Pass NULL to remove it. */
 typedef void (*concur_state_init)(lua_State *L, void *ud);
 void concur_set_thread_init(concur_state_init fn, void *ud);
+
+/* on = 1: the program is ending abnormally; finalizers of unjoined
+ * threads and processes stop them instead of joining them. Process-wide
+ * (a forked child starts with it off). A failing os.exit sets it too. */
+void concur_stop_on_close(int on);
 
 #ifdef __cplusplus
 }

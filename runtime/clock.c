@@ -28,6 +28,10 @@ double cc_deadline(double timeout) {
 
 void cc_interrupt_set(_Atomic int *flag) { interrupt_flag = flag; }
 
+/* The registered flag, so a wait that must not be cut short (reaping
+ * what a cancelled thread started) can lift it and put it back. */
+_Atomic int *cc_interrupt_get(void) { return interrupt_flag; }
+
 int cc_interrupted(void) { return interrupt_flag && *interrupt_flag; }
 
 /* How long a wait may sleep before it looks at the interruption flag. */

@@ -6,10 +6,23 @@
  * when it exits) and then waitpid; for process.run, through poll on its
  * output pipes. Where no fd exists, waitpid(WNOHANG) with a short backoff.
  *
- * Result pipes: every write end that a parent holds open is tracked, and a
- * new child closes all of them but its own. Otherwise a child forked by
- * another thread a moment later would inherit a sibling's write end and
- * that sibling's EOF would wait for it.
+ * Internal pipes: every end that a parent holds open (result pipes, and
+ * all of process.run's) is created close-on-exec and tracked under one lock
+ * from the moment it exists, and a new child closes all of them but its
+ * own. Otherwise a child forked by another thread a moment later would
+ * inherit a sibling's write end and that sibling's EOF would wait for it.
+ *
+ * Children die with their parent: right after fork a child asks for
+ * SIGKILL when its parent goes (PR_SET_PDEATHSIG), then compares getppid()
+ * with the pid recorded before the fork, in case the parent died before
+ * the request. A grandchild does the same with its own parent, so killing
+ * the root takes the whole tree down. SIGINT and SIGTERM go back to their
+ * default action in the child: the host's handlers are for the script.
+ *
+ * Ending abnormally (cc_set_stopping): an uncaught error, a signal or a
+ * failing os.exit make the bindings stop unjoined workers instead of
+ * joining them; what they stopped is noted (cc_exit_note) and printed as
+ * one line on stderr at exit.
  */
 #include "proc.h"
 
@@ -21,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -35,17 +49,52 @@ static int ntracked;
 static void (*hooks[MAX_HOOKS])(void);
 static int nhooks;
 
+static void track_locked(int fd) {
+    if (ntracked < MAX_TRACKED) tracked[ntracked++] = fd;
+}
+
+static void untrack_locked(int fd) {
+    for (int i = 0; i < ntracked; i++)
+        if (tracked[i] == fd) {
+            tracked[i] = tracked[--ntracked];
+            return;
+        }
+}
+
 void cc_fork_track(int fd, int on) {
     pthread_mutex_lock(&track_lock);
-    if (on) {
-        if (ntracked < MAX_TRACKED) tracked[ntracked++] = fd;
-    } else {
-        for (int i = 0; i < ntracked; i++)
-            if (tracked[i] == fd) {
-                tracked[i] = tracked[--ntracked];
-                break;
-            }
+    if (on) track_locked(fd);
+    else untrack_locked(fd);
+    pthread_mutex_unlock(&track_lock);
+}
+
+int cc_pipe_tracked(int fds[2], int flags) {
+    pthread_mutex_lock(&track_lock);
+    int r = pipe2(fds, O_CLOEXEC | flags) ? -errno : 0;
+    if (!r) {
+        track_locked(fds[0]);
+        track_locked(fds[1]);
     }
+    pthread_mutex_unlock(&track_lock);
+    return r;
+}
+
+static int socketpair_tracked(int fds[2]) {
+    pthread_mutex_lock(&track_lock);
+    int r = socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) ? -errno : 0;
+    if (!r) {
+        track_locked(fds[0]);
+        track_locked(fds[1]);
+    }
+    pthread_mutex_unlock(&track_lock);
+    return r;
+}
+
+void cc_close_tracked(int fd) {
+    if (fd < 0) return;
+    pthread_mutex_lock(&track_lock);
+    untrack_locked(fd);
+    close(fd);
     pthread_mutex_unlock(&track_lock);
 }
 
@@ -55,24 +104,80 @@ void cc_fork_hook(void (*fn)(void)) {
     if (nhooks < MAX_HOOKS) hooks[nhooks++] = fn;
 }
 
-pid_t cc_fork(int keep_fd) {
+/* ---- ending abnormally ---- */
+
+static _Atomic int stopping;
+static pthread_mutex_t note_lock = PTHREAD_MUTEX_INITIALIZER;
+static char notes[512];
+static int nnotes, notes_cut, note_atexit;
+
+void cc_set_stopping(int on) { stopping = on; }
+int cc_stopping(void) { return stopping; }
+
+static void report_atexit(void) { cc_exit_report(); }
+
+void cc_exit_note(const char *what) {
+    pthread_mutex_lock(&note_lock);
+    size_t len = strlen(notes);
+    if (len + strlen(what) + 3 < sizeof notes)
+        snprintf(notes + len, sizeof notes - len, "%s%s", nnotes ? ", " : "", what);
+    else notes_cut = 1;
+    nnotes++;
+    if (!note_atexit) note_atexit = atexit(report_atexit) == 0;
+    pthread_mutex_unlock(&note_lock);
+}
+
+void cc_exit_report(void) {
+    pthread_mutex_lock(&note_lock);
+    if (nnotes)
+        fprintf(stderr, "concur: stopped at exit: %s%s\n", notes, notes_cut ? ", ..." : "");
+    fflush(stderr);
+    nnotes = 0;
+    notes_cut = 0;
+    notes[0] = '\0';
+    pthread_mutex_unlock(&note_lock);
+}
+
+/* In a new child: die with the parent, whatever killed it. */
+static void die_with_parent(pid_t parent) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(128 + SIGKILL); /* it died before we asked */
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+}
+
+static pid_t fork_keeping(const int *keep, int nkeep) {
     fflush(NULL);
+    pid_t parent = getpid();
     pthread_mutex_lock(&track_lock);
     pid_t pid = fork();
     if (pid == 0) {
-        for (int i = 0; i < ntracked; i++)
-            if (tracked[i] != keep_fd) close(tracked[i]);
+        die_with_parent(parent);
+        int n = 0;
+        for (int i = 0; i < ntracked; i++) {
+            int kept = 0;
+            for (int k = 0; k < nkeep; k++) kept |= tracked[i] == keep[k];
+            if (kept) tracked[n++] = tracked[i];
+            else close(tracked[i]);
+        }
         /* our own result pipe stays tracked: a grandchild must not hold it
          * open, or our parent's join would wait for the grandchild too */
-        ntracked = 0;
-        if (keep_fd >= 0) tracked[ntracked++] = keep_fd;
+        ntracked = n;
         pthread_mutex_unlock(&track_lock);
+        /* what the parent was stopping or noting is not ours */
+        stopping = 0;
+        nnotes = 0;
+        notes_cut = 0;
+        notes[0] = '\0';
+        pthread_mutex_init(&note_lock, NULL);
         for (int i = 0; i < nhooks; i++) hooks[i]();
         return 0;
     }
     pthread_mutex_unlock(&track_lock);
     return pid < 0 ? -errno : pid;
 }
+
+pid_t cc_fork(int keep_fd) { return fork_keeping(&keep_fd, keep_fd >= 0 ? 1 : 0); }
 
 int cc_read_all(int fd, cc_buf *out, double deadline) {
     for (;;) {
@@ -157,29 +262,42 @@ int cc_run(char *const argv[], const char *in, size_t inlen, double deadline,
     int pin[2], pout[2], perr[2], prep[2];
     /* stdin is a socketpair so feeding it uses MSG_NOSIGNAL: a program that
      * exits without reading its input must not SIGPIPE us */
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pin)) return -errno;
-    if (pipe2(pout, O_CLOEXEC)) { close(pin[0]); close(pin[1]); return -errno; }
-    if (pipe2(perr, O_CLOEXEC)) { close(pin[0]); close(pin[1]); close(pout[0]); close(pout[1]); return -errno; }
-    if (pipe2(prep, O_CLOEXEC)) {
-        close(pin[0]); close(pin[1]); close(pout[0]); close(pout[1]); close(perr[0]); close(perr[1]);
-        return -errno;
+    int r = socketpair_tracked(pin);
+    if (r) return r;
+    if ((r = cc_pipe_tracked(pout, 0))) {
+        cc_close_tracked(pin[0]); cc_close_tracked(pin[1]);
+        return r;
     }
-    pid_t pid = cc_fork(-1);
+    if ((r = cc_pipe_tracked(perr, 0))) {
+        cc_close_tracked(pin[0]); cc_close_tracked(pin[1]);
+        cc_close_tracked(pout[0]); cc_close_tracked(pout[1]);
+        return r;
+    }
+    if ((r = cc_pipe_tracked(prep, 0))) {
+        cc_close_tracked(pin[0]); cc_close_tracked(pin[1]);
+        cc_close_tracked(pout[0]); cc_close_tracked(pout[1]);
+        cc_close_tracked(perr[0]); cc_close_tracked(perr[1]);
+        return r;
+    }
+    int keep[4] = {pin[0], pout[1], perr[1], prep[1]};
+    pid_t pid = fork_keeping(keep, 4);
     if (pid == 0) exec_child(argv, pin[0], pout[1], perr[1], prep[1]);
-    close(pin[0]); close(pout[1]); close(perr[1]); close(prep[1]);
+    cc_close_tracked(pin[0]); cc_close_tracked(pout[1]); cc_close_tracked(perr[1]);
+    cc_close_tracked(prep[1]);
     if (pid < 0) {
-        close(pin[1]); close(pout[0]); close(perr[0]); close(prep[0]);
+        cc_close_tracked(pin[1]); cc_close_tracked(pout[0]); cc_close_tracked(perr[0]);
+        cc_close_tracked(prep[0]);
         return (int)pid;
     }
     int e = 0;
     if (read(prep[0], &e, sizeof e) != (ssize_t)sizeof e) e = 0; /* EOF: exec worked */
-    close(prep[0]);
+    cc_close_tracked(prep[0]);
     set_nonblock(pin[1]);
     set_nonblock(pout[0]);
     set_nonblock(perr[0]);
     size_t sent = 0;
-    if (inlen == 0) { close(pin[1]); pin[1] = -1; }
-    int open_out = 1, open_err = 1, r = 0;
+    if (inlen == 0) { cc_close_tracked(pin[1]); pin[1] = -1; }
+    int open_out = 1, open_err = 1;
     while (open_out || open_err) {
         struct pollfd p[3] = {{pout[0], POLLIN, 0}, {perr[0], POLLIN, 0}, {pin[1], POLLOUT, 0}};
         if (!open_out) p[0].fd = -1;
@@ -201,12 +319,12 @@ int cc_run(char *const argv[], const char *in, size_t inlen, double deadline,
             ssize_t w = (p[2].revents & POLLOUT) ? send(pin[1], in + sent, inlen - sent, MSG_NOSIGNAL) : -1;
             if (w > 0) sent += (size_t)w;
             if (w < 0 && errno != EAGAIN) sent = inlen; /* reader gone: stop feeding */
-            if (sent >= inlen) { close(pin[1]); pin[1] = -1; }
+            if (sent >= inlen) { cc_close_tracked(pin[1]); pin[1] = -1; }
         }
     }
-    if (pin[1] >= 0) close(pin[1]);
-    close(pout[0]);
-    close(perr[0]);
+    cc_close_tracked(pin[1]);
+    cc_close_tracked(pout[0]);
+    cc_close_tracked(perr[0]);
     if (r) kill(pid, SIGKILL);
     int w = cc_wait_pid(pid, status, CC_FOREVER);
     if (e) return -e;

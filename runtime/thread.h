@@ -14,6 +14,11 @@ void cc_done_set(cc_done *d);
 int cc_done_get(cc_done *d);
 int cc_done_wait(cc_done *d, double deadline);   /* 0, -ETIMEDOUT, -EINTR */
 
+/* The calling thread's interruption flag (clock.c; cc_interrupt_set sets
+ * it): lifted while stopping what a cancelled thread started, whose waits
+ * must not themselves be interrupted. */
+_Atomic int *cc_interrupt_get(void);
+
 /* Start fn(arg) on a new joinable thread; 0 or -errno. */
 int cc_thread_start(pthread_t *t, void *(*fn)(void *), void *arg);
 #endif

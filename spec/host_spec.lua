@@ -238,3 +238,78 @@ describe("concur REPL (through tmux)", function()
     assert.matches("x_marker = 41 %+ 1", hist)
   end)
 end)
+
+describe("concur REPL at exit (through tmux)", function()
+  local session
+
+  local function has_tmux() return os.execute("command -v tmux >/dev/null 2>&1") end
+
+  local function screen()
+    local f = io.popen("tmux capture-pane -p -t " .. session .. " 2>/dev/null")
+    local s = f:read("*a")
+    f:close()
+    return s
+  end
+
+  local function alive() return os.execute("tmux has-session -t " .. session .. " 2>/dev/null") end
+
+  -- wait (bounded: 5 s) until the screen matches pattern, or the session ended
+  local function wait_for(pattern)
+    for _ = 1, 100 do
+      local s = screen()
+      if s:find(pattern) or not alive() then return s end
+      os.execute("sleep 0.05")
+    end
+    return screen()
+  end
+
+  after_each(function()
+    if session then os.execute("tmux kill-session -t " .. session .. " 2>/dev/null") end
+  end)
+
+  it("says what it waits for at Ctrl-D and stops it at Ctrl-C", function()
+    if skip() then return end
+    if not has_tmux() then pending("tmux not installed") return end
+    session = "concur_exit_" .. tostring(os.time()) .. tostring(math.random(1e6))
+    local home = os.tmpname()
+    os.remove(home)
+    os.execute("mkdir -p " .. home)
+    -- the shell ignores SIGINT (concur sets its own) and outlives concur to show its status
+    os.execute(string.format("tmux new-session -d -s %s -x 120 -y 40 'trap \"\" INT; cd %s && HOME=%s %s; echo \"<exit $?>\"; sleep 5'",
+      session, os.getenv("PWD") or ".", home, BIN))
+    wait_for("\n>")
+    os.execute("tmux send-keys -t " .. session .. " -l 't = thread.new(function() concur.sleep(30) end)'")
+    os.execute("tmux send-keys -t " .. session .. " Enter")
+    wait_for("end%)\n>") -- the next prompt (the pane drops its trailing space)
+    os.execute("tmux send-keys -t " .. session .. " C-d")
+    local s = wait_for("waiting for thread")
+    assert.matches("waiting for thread%-%d+ to finish", s)
+    os.execute("tmux send-keys -t " .. session .. " C-c")
+    s = wait_for("<exit %d+>")
+    os.execute("rm -rf " .. home)
+    assert.matches("<exit 130>", s)
+  end)
+
+  it("stops what it waits for at a second Ctrl-D", function()
+    if skip() then return end
+    if not has_tmux() then pending("tmux not installed") return end
+    session = "concur_exit_" .. tostring(os.time()) .. tostring(math.random(1e6))
+    local home = os.tmpname()
+    os.remove(home)
+    os.execute("mkdir -p " .. home)
+    -- the shell ignores SIGINT (concur sets its own) and outlives concur to show its status
+    os.execute(string.format("tmux new-session -d -s %s -x 120 -y 40 'trap \"\" INT; cd %s && HOME=%s %s; echo \"<exit $?>\"; sleep 5'",
+      session, os.getenv("PWD") or ".", home, BIN))
+    wait_for("\n>")
+    os.execute("tmux send-keys -t " .. session .. " -l 't = thread.new(function() concur.sleep(30) end)'")
+    os.execute("tmux send-keys -t " .. session .. " Enter")
+    wait_for("end%)\n>") -- the next prompt (the pane drops its trailing space)
+    os.execute("tmux send-keys -t " .. session .. " C-d")
+    local s = wait_for("waiting for thread")
+    assert.matches("waiting for thread%-%d+ to finish", s)
+    os.execute("tmux send-keys -t " .. session .. " C-d")
+    s = wait_for("<exit %d+>")
+    os.execute("rm -rf " .. home)
+    assert.matches("<exit 0>", s)
+  end)
+end)

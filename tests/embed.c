@@ -8,6 +8,7 @@
 #include <lua.h>
 #include <lualib.h>
 #include <stdio.h>
+#include <time.h>
 
 #include "concur.h"
 
@@ -34,6 +35,39 @@ static const char *const script =
     "-- one left running: lua_close must join it\n"
     "LEFT = thread.new(function() concur.sleep(0.05) return 1 end)\n";
 
+static const char *const failing =
+    "Q = queue()\n"
+    "BLOCKED = thread.new(function(q) return q:get() end, Q)\n"
+    "CHILD = process.spawn(function() concur.sleep(60) end)\n";
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* A host whose script failed: concur_stop_on_close makes lua_close stop
+ * the blocked workers instead of joining them forever. */
+static int stop_on_close(void) {
+    lua_State *L = luaL_newstate();
+    luaL_openlibs(L);
+    concur_openlibs(L);
+    if (luaL_dostring(L, failing) != LUA_OK) {
+        fprintf(stderr, "embed: %s\n", lua_tostring(L, -1));
+        lua_close(L);
+        return 1;
+    }
+    double t0 = now();
+    concur_stop_on_close(1);
+    lua_close(L);
+    concur_stop_on_close(0);
+    if (now() - t0 > 10) {
+        fprintf(stderr, "embed: lua_close after concur_stop_on_close took %.1f s\n", now() - t0);
+        return 1;
+    }
+    return 0;
+}
+
 int main(void) {
     lua_State *L = luaL_newstate();
     luaL_openlibs(L);
@@ -45,6 +79,7 @@ int main(void) {
         return 1;
     }
     lua_close(L);
+    if (stop_on_close()) return 1;
     puts("embed: ok");
     return 0;
 }
