@@ -403,13 +403,13 @@ static int p_join(lua_State *L) {
         if (ok) return 0;
         return luaL_error(L, "process %d (%s) failed", (int)p->pid, p->name);
     }
-    lua_settop(L, 0);
+    lua_settop(L, 1); /* the handle stays anchored while its result is decoded */
     cc_msg_retain(p->result.data + 1, p->result.len - 1); /* join can be called again */
     int n = cb_decode(L, p->result.data + 1, p->result.len - 1, "process:join");
     if (ok) return n;
-    if (lua_type(L, 1) == LUA_TSTRING)
-        lua_pushfstring(L, "process %d (%s) failed: %s", (int)p->pid, p->name, lua_tostring(L, 1));
-    else lua_settop(L, 1);
+    if (lua_type(L, 2) == LUA_TSTRING)
+        lua_pushfstring(L, "process %d (%s) failed: %s", (int)p->pid, p->name, lua_tostring(L, 2));
+    else lua_settop(L, 2);
     return lua_error(L);
 }
 

@@ -335,12 +335,15 @@ static int t_join(lua_State *L) {
         return 2;
     }
     if (!t->holds_refs) return luaL_error(L, "thread:join: the thread failed: out of memory");
-    lua_settop(L, 0);
+    /* the handle stays on the stack: `thread.new(f):join()` holds it
+     * nowhere else, and a collection during the decode would free the
+     * record being decoded */
+    lua_settop(L, 1);
     cc_msg_retain(t->msg.data, t->msg.len); /* join can be called again */
     int n = cb_decode(L, t->msg.data, t->msg.len, "thread:join");
     if (t->outcome == RETURNED) return n;
-    if (lua_type(L, 1) == LUA_TSTRING) lua_pushfstring(L, "thread failed: %s", lua_tostring(L, 1));
-    else lua_settop(L, 1);
+    if (lua_type(L, 2) == LUA_TSTRING) lua_pushfstring(L, "thread failed: %s", lua_tostring(L, 2));
+    else lua_settop(L, 2);
     return lua_error(L);
 }
 

@@ -326,6 +326,26 @@ describe("reference cycles between shared objects", function()
   end)
 end)
 
+describe("join of a handle held nowhere else", function()
+  it("keeps the record alive while its results are decoded", function()
+    if not S.luajit then collectgarbage("incremental", 10, 400) end -- collect often
+    for _ = 1, 100 do
+      local t = thread.new(function(n)
+        local r = {}
+        for j = 1, n do r[j] = {j, tostring(j)} end
+        return r
+      end, 50):join(10)
+      assert.equal(50, #t)
+      assert.equal("50", t[50][2])
+    end
+    for _ = 1, 20 do
+      local r = process.spawn(function() local r = {} for j = 1, 50 do r[j] = {j} end return r end):join(10)
+      assert.equal(50, r[50][1])
+    end
+    if not S.luajit then collectgarbage("incremental", 200, 100) end
+  end)
+end)
+
 describe("locks dropped while held", function()
   it("are released before they are freed (no freed mutex left on a robust list)", function()
     collectgarbage()
