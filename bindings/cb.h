@@ -138,6 +138,8 @@ int cb_open_lock(lua_State *L);
 int cb_open_queue(lua_State *L);
 int cb_open_primes(lua_State *L);
 int cb_open_wait(lua_State *L);    /* pushes the concur.wait function */
+/* Adds array and value to the shared table on top of the stack (array.c). */
+void cb_open_array(lua_State *L);
 
 /* Called by process.c in a freshly forked child before it runs anything. */
 void cb_after_fork_child(void);
