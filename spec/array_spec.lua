@@ -37,6 +37,9 @@ describe("shared.array", function()
       assert.matches("index", err)
     end
     assert.matches("index 5 out of range %(array has 4 items%)", select(2, pcall(function() return a[5] end)))
+    assert.matches("bad index %(number expected, got boolean%)", select(2, pcall(function() return a[true] end)))
+    assert.matches("bad index %(number expected, got string%)", select(2, pcall(function() a.x = 1 end)))
+    assert.is_nil(a.nosuchmethod)
   end)
 
   it("refuses values that do not fit the type, naming the index and the value", function()
