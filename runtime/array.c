@@ -148,8 +148,25 @@ static uint64_t bits_of_float(enum cc_elem e, double v) {
     return b;
 }
 
+/* The common case, an i64 counter: no sign extension, no range but int64's. */
+static int addi64(int64_t *p, int64_t d, int64_t lim, int64_t *out) {
+    int64_t old = __atomic_load_n(p, __ATOMIC_RELAXED), sum;
+    for (;;) {
+        if (__builtin_add_overflow(old, d, &sum) ||
+            (lim < INT64_MAX && (sum > lim || sum < -lim))) {
+            *out = old;
+            return -ERANGE;
+        }
+        if (__atomic_compare_exchange_n(p, &old, sum, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {
+            *out = sum;
+            return 0;
+        }
+    }
+}
+
 int cc_array_addi(cc_array *a, int64_t i, int64_t d, int64_t lim, int64_t *out) {
     enum cc_elem e = a->elem;
+    if (e == CC_I64) return addi64((int64_t *)a->data + i, d, lim, out);
     uint64_t seen = load_bits(a, i);
     for (;;) {
         int64_t old = int_of(e, seen), sum;
@@ -167,6 +184,18 @@ int cc_array_addi(cc_array *a, int64_t i, int64_t d, int64_t lim, int64_t *out) 
 
 int cc_array_addf(cc_array *a, int64_t i, double d, double *out) {
     enum cc_elem e = a->elem;
+    if (e == CC_F64) { /* no range to check: the common case, kept short */
+        uint64_t *p = (uint64_t *)a->data + i, seen = __atomic_load_n(p, __ATOMIC_RELAXED), want;
+        double v;
+        do {
+            memcpy(&v, &seen, sizeof v);
+            v += d;
+            memcpy(&want, &v, sizeof want);
+        } while (
+            !__atomic_compare_exchange_n(p, &seen, want, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED));
+        *out = v;
+        return 0;
+    }
     uint64_t seen = load_bits(a, i);
     for (;;) {
         double old = float_of(e, seen), sum = old + d;
