@@ -55,6 +55,7 @@ local rows = {
   -- shared.array (issue 13): Python holds Array.get_lock() per add, as its docs say to
   {"array_add", "shared.array a:add, uncontended", "/s", true, {"array_add", 5000000, 500000}, {"array_add", 500000, 100000}, {"array_add", 20000000, 2000000},
     {">=", 15e6, "abs"}},
+  {"array_add_local", "shared.array add(a, i, 1), method in a local", "/s", true, {"array_add_local", 5000000, 500000}, {"array_add", 500000, 100000}, {"array_add", 20000000, 2000000}},
   {"array_hist4p", "shared.array histogram, 4 processes", "/s", true, {"array_hist4p", 1000000, 200000}, {"array_hist4p", 1000000, 100000}, {"array_hist4p", 1000000, 200000},
     {">=", 30, "vs_py"}},
   {"array_ptr", "shared.array writes via a:ptr(), LuaJIT", "/s", true, {"array_ptr", 100000000, 10000000, "luajit"}, {"array_ptr", 2000000, 1000000}, {"array_ptr", 100000000, 10000000},
