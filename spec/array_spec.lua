@@ -278,6 +278,14 @@ describe("shared.array", function()
     assert.is_true((p:join(10)))
     assert.same({1, 2, 3, 4, 5}, a:totable())
     assert.equal(a, l[1])
+    -- a thread's upvalue and a dict value
+    local d = shared.dict()
+    d.arr = a
+    t = thread.new(function(dd) dd.arr[1] = 10 a[2] = 20 return true end, d)
+    assert.is_true((t:join(10)))
+    p = process.spawn(function() d.arr[3] = 30 return true end)
+    assert.is_true((p:join(10)))
+    assert.same({10, 20, 30, 4, 5}, a:totable())
   end)
 
   it("has ptr() exactly when the FFI exists, typed as the elements", function()
