@@ -455,7 +455,7 @@ static const char PTR_CHUNK[] =
     "  i32 = 'int32_t *', u32 = 'uint32_t *', i64 = 'int64_t *', f32 = 'float "
     "*', f64 = 'double *'}\n"
     "for k, v in pairs(ct) do ct[k] = ffi.typeof(v) end\n"
-    "return function(a) return ffi.cast(ct[a.type], raw(a)) end\n";
+    "return function(a) local p = raw(a) return ffi.cast(ct[a.type], p) end\n";
 
 /* methods.ptr = the wrapper, when require "ffi" works in this state. */
 static void add_ptr(lua_State *L, int methods) {
