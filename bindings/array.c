@@ -223,8 +223,16 @@ static int l_value(lua_State *L) {
         init = 1; /* shared.value(5): an f64 */
     else
         e = elem_arg(L, 1, "shared.value");
+    /* check the initial value before allocating: a refusal makes nothing */
+    cc_array probe = {.elem = e, .n = 1};
+    double f = 0;
+    int64_t v = 0;
+    int has = !lua_isnoneornil(L, init);
+    if (has && cc_elem_isfloat(e)) f = check_float(L, &probe, init, 0, "shared.value");
+    else if (has) v = check_int(L, &probe, init, 0, "shared.value");
     cc_array *a = make(L, CC_T_VALUE, 1, e, "shared.value");
-    if (!lua_isnoneornil(L, init)) store(L, a, 0, init, "shared.value");
+    if (cc_elem_isfloat(e)) cc_array_setf(a, 0, f);
+    else cc_array_seti(a, 0, v);
     return 1;
 }
 
@@ -336,8 +344,7 @@ static int a_fill(lua_State *L) {
     cc_array *a = self(L, "array:fill");
     int64_t lo, hi;
     range_args(L, a, 3, &lo, &hi, "array:fill");
-    if (lo >= hi) return 0;
-    if (cc_elem_isfloat(a->elem)) {
+    if (cc_elem_isfloat(a->elem)) { /* the value is checked even for an empty range */
         double v = check_float(L, a, 2, lo, "array:fill");
         for (int64_t i = lo; i < hi; i++) cc_array_setf(a, i, v);
     } else {
