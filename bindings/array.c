@@ -27,9 +27,9 @@
 #include <stdio.h>
 #include <string.h>
 
-/* The largest magnitude a Lua number holds exactly as an integer: int64's
- * under Lua 5.4, 2^53 under LuaJIT (set when the library opens). */
-static _Atomic int64_t exact_max = INT64_MAX;
+/* Numbers are doubles (LuaJIT): an int64 must fit one exactly to be
+ * pushed (set when the library opens; the same in every state). */
+static _Atomic int doubles = 0;
 
 /* luaL_error with printf's formats (lua_pushfstring has no %lld or %g). */
 static int fail(lua_State *L, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -98,7 +98,7 @@ static double check_float(lua_State *L, cc_array *a, int idx, int64_t i, const c
 }
 
 static void push_int(lua_State *L, int64_t v, int64_t i, const char *fname) {
-    if (exact_max != INT64_MAX && (v > exact_max || v < -exact_max))
+    if (doubles && !cc_fits_double(v))
         fail(L, "%s: %lld at index %lld is not exact as a LuaJIT number", fname, (long long)v,
              (long long)i + 1);
     cb_pushinteger(L, v);
@@ -228,11 +228,15 @@ static int l_value(lua_State *L) {
     double f = 0;
     int64_t v = 0;
     int has = !lua_isnoneornil(L, init);
-    if (has && cc_elem_isfloat(e)) f = check_float(L, &probe, init, 0, "shared.value");
-    else if (has) v = check_int(L, &probe, init, 0, "shared.value");
+    if (has && cc_elem_isfloat(e))
+        f = check_float(L, &probe, init, 0, "shared.value");
+    else if (has)
+        v = check_int(L, &probe, init, 0, "shared.value");
     cc_array *a = make(L, CC_T_VALUE, 1, e, "shared.value");
-    if (cc_elem_isfloat(e)) cc_array_setf(a, 0, f);
-    else cc_array_seti(a, 0, v);
+    if (cc_elem_isfloat(e))
+        cc_array_setf(a, 0, f);
+    else
+        cc_array_seti(a, 0, v);
     return 1;
 }
 
@@ -285,7 +289,7 @@ static int do_add(lua_State *L, cc_array *a, int64_t i, int didx, const char *fn
                     fmtnum(L, didx, num, sizeof num), (long long)i + 1, cc_elem_name(a->elem));
     }
     int64_t out, sum;
-    int r = cc_array_addi(a, i, d, exact_max, &out);
+    int r = cc_array_addi(a, i, d, doubles, &out);
     if (r) {
         char range[64];
         range_text(a->elem, range, sizeof range);
@@ -415,7 +419,7 @@ static int a_sum(lua_State *L) {
     for (int64_t i = lo; i < hi; i++)
         if (__builtin_add_overflow(s, cc_array_geti(a, i), &s))
             return fail(L, "array:sum: the sum overflows i64");
-    if (exact_max != INT64_MAX && (s > exact_max || s < -exact_max))
+    if (doubles && !cc_fits_double(s))
         return fail(L, "array:sum: the sum %lld is not exact as a LuaJIT number", (long long)s);
     cb_pushinteger(L, s);
     return 1;
@@ -551,7 +555,7 @@ static void set_index(lua_State *L, const char *tname, lua_CFunction index, int 
 void cb_open_array(lua_State *L) {
     int lib = lua_gettop(L);
     lua_pushinteger(L, (lua_Integer)(((int64_t)1 << 53) + 1));
-    if (!cb_isinteger(L, -1)) exact_max = (int64_t)1 << 53; /* numbers are doubles here */
+    if (!cb_isinteger(L, -1)) doubles = 1;
     lua_pop(L, 1);
     const luaL_Reg array_meta[] = {
         {"__newindex", a_newindex},

@@ -149,11 +149,10 @@ static uint64_t bits_of_float(enum cc_elem e, double v) {
 }
 
 /* The common case, an i64 counter: no sign extension, no range but int64's. */
-static int addi64(int64_t *p, int64_t d, int64_t lim, int64_t *out) {
+static int addi64(int64_t *p, int64_t d, int doubles, int64_t *out) {
     int64_t old = __atomic_load_n(p, __ATOMIC_RELAXED), sum;
     for (;;) {
-        if (__builtin_add_overflow(old, d, &sum) ||
-            (lim < INT64_MAX && (sum > lim || sum < -lim))) {
+        if (__builtin_add_overflow(old, d, &sum) || (doubles && !cc_fits_double(sum))) {
             *out = old;
             return -ERANGE;
         }
@@ -164,14 +163,14 @@ static int addi64(int64_t *p, int64_t d, int64_t lim, int64_t *out) {
     }
 }
 
-int cc_array_addi(cc_array *a, int64_t i, int64_t d, int64_t lim, int64_t *out) {
+int cc_array_addi(cc_array *a, int64_t i, int64_t d, int doubles, int64_t *out) {
     enum cc_elem e = a->elem;
-    if (e == CC_I64) return addi64((int64_t *)a->data + i, d, lim, out);
+    if (e == CC_I64) return addi64((int64_t *)a->data + i, d, doubles, out);
     uint64_t seen = load_bits(a, i);
     for (;;) {
         int64_t old = int_of(e, seen), sum;
         if (__builtin_add_overflow(old, d, &sum) || !cc_elem_fits(e, sum) ||
-            (lim < INT64_MAX && (sum > lim || sum < -lim))) {
+            (doubles && !cc_fits_double(sum))) {
             *out = old;
             return -ERANGE;
         }

@@ -99,13 +99,19 @@ static inline void cc_array_setf(cc_array *a, int64_t i, double v) {
     __atomic_store_n((uint64_t *)a->data + i, bits, __ATOMIC_RELAXED);
 }
 
+/* Does a double hold v exactly? (always below 2^53; above, only some) */
+static inline int cc_fits_double(int64_t v) {
+    double d = (double)v;
+    return d < 9223372036854775808.0 && (int64_t)d == v;
+}
+
 /* Atomic read-modify-write. add stores old+d and gives it in *out, or
- * returns -ERANGE when the sum does not fit the type or its magnitude
- * passes lim (nothing stored; *out = the old value): a caller whose numbers
- * are doubles passes 2^53 and never gets a sum it cannot hold exactly. cas
- * stores desired when the element equals expected: 1 swapped, 0 not; *old = the
+ * returns -ERANGE when the sum does not fit the type -- or, with doubles
+ * set, when a double cannot hold it exactly (for a caller whose numbers are
+ * doubles) -- storing nothing; *out = the old value then. cas stores
+ * desired when the element equals expected: 1 swapped, 0 not; *old = the
  * value seen. */
-int cc_array_addi(cc_array *a, int64_t i, int64_t d, int64_t lim, int64_t *out);
+int cc_array_addi(cc_array *a, int64_t i, int64_t d, int doubles, int64_t *out);
 int cc_array_addf(cc_array *a, int64_t i, double d, double *out);
 int cc_array_casi(cc_array *a, int64_t i, int64_t expected, int64_t desired, int64_t *old);
 int cc_array_casf(cc_array *a, int64_t i, double expected, double desired, double *old);

@@ -100,6 +100,9 @@ describe("shared.array", function()
       assert.is_false(ok)
       assert.matches("exact", err)
       assert.equal(2^53, a[1])
+      a[2] = 2^60 -- past 2^53 but a double holds it exactly
+      assert.equal(2^60 + 1024, a:add(2, 1024))
+      assert.has_error(function() a:add(2, 1) end)
     end
   end)
 
