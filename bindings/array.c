@@ -16,11 +16,11 @@
  * NaN into an integer type, 2^63 into i64 are errors naming the index and
  * the value); bulk writes check every value first, so a refusal leaves the
  * array as it was. Under LuaJIT numbers are doubles: an i64 read or sum that
- * a double cannot hold exactly is an error, and add refuses results past
- * 2^53 before storing them.
+ * a double cannot hold exactly is an error, and add refuses such a result
+ * before storing it.
  */
-#include "../runtime/array.h"
 #include "cb.h"
+#include "../runtime/array.h"
 
 #include <errno.h>
 #include <stdarg.h>
