@@ -145,6 +145,16 @@ int cb_open_lock(lua_State *L);
 int cb_open_queue(lua_State *L);
 int cb_open_primes(lua_State *L);
 int cb_open_wait(lua_State *L);    /* pushes the concur.wait function */
+/* Adds array and value to the shared table on top of the stack (array.c). */
+void cb_open_array(lua_State *L);
+
+/* For concur.wait: is the value at idx a process (process.c) or thread
+ * (thread.c) handle? 0 if not; else 1 with *state one of the CB_PROBE_*
+ * below and, for a process, *pid its child (not reaped while RUNNING, so
+ * the pid cannot have been reused). */
+enum { CB_PROBE_RUNNING, CB_PROBE_ENDED, CB_PROBE_FINALIZED, CB_PROBE_FOREIGN };
+int cb_process_probe(lua_State *L, int idx, pid_t *pid, int *state);
+int cb_thread_probe(lua_State *L, int idx, int *state);
 
 /* Called by process.c in a freshly forked child before it runs anything. */
 void cb_after_fork_child(void);

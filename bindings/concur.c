@@ -22,7 +22,7 @@ static const char HANDLE_KEY = 'h';   /* marks a concur metatable */
 
 static const char *const TYPE_NAMES[CC_T_MAX] = {
     "none", "list", "dict", "queue", "lock", "rlock", "semaphore", "event",
-    "condition", "barrier", "pipe",
+    "condition", "barrier", "pipe", "array", "value",
 };
 
 const char *cb_typename(enum cc_type t) {

@@ -709,3 +709,16 @@ int cb_open_process(lua_State *L) {
     cb_newlib(L, funcs);
     return 1;
 }
+
+/* ---- for concur.wait (bindings/wait.c) ---- */
+
+int cb_process_probe(lua_State *L, int idx, pid_t *pid, int *state) {
+    cproc **box = luaL_testudata(L, idx, MT);
+    if (!box) return 0;
+    cproc *p = *box;
+    if (!p) *state = CB_PROBE_FINALIZED;
+    else if (p->owner != cc_pid()) *state = CB_PROBE_FOREIGN;
+    else *state = (p->reaped || p->pid <= 0) ? CB_PROBE_ENDED : CB_PROBE_RUNNING;
+    *pid = p ? p->pid : -1;
+    return 1;
+}

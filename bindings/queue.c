@@ -8,6 +8,9 @@
  *   q:get_many(max, [timeout]) an array of up to max values (waits for the first)
  *   #q, q:len(), q:empty(), q:full(), q:maxsize(), q:close(), q:closed()
  *   for v in q:iter() do ... end     until closed and drained
+ *   q:task_done()              one item taken earlier is finished
+ *   q:join([timeout])          true once every item put was marked done |
+ *                              nil, "timeout" (Python's JoinableQueue)
  *
  * nil can be queued (get returns nil, nil for it; use the second value or
  * avoid queuing nil). Values are copied through the codec; shared objects
@@ -166,6 +169,21 @@ static int q_closed(lua_State *L) {
     return 1;
 }
 
+static int q_task_done(lua_State *L) {
+    if (cc_queue_task_done(check(L, "queue:task_done")) == -EINVAL)
+        return luaL_error(L, "queue:task_done: called more times than items were put");
+    return 0;
+}
+
+static int q_join(lua_State *L) {
+    cc_queue *q = check(L, "queue:join");
+    double deadline = cb_opt_deadline(L, 2, "queue:join");
+    int r = cc_queue_join(q, deadline);
+    if (r) return cb_fail(L, r, "queue:join");
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 static int iter_next(lua_State *L) {
     cc_queue *q = (cc_queue *)cb_check(L, lua_upvalueindex(1), CC_T_QUEUE, "queue:iter");
     cc_buf *b = cb_buf_take(L, 0);
@@ -199,7 +217,8 @@ static int q_tostring(lua_State *L) {
 static const luaL_Reg methods[] = {
     {"put", q_put},         {"get", q_get},       {"put_many", q_put_many}, {"get_many", q_get_many},
     {"len", q_len},         {"empty", q_empty},   {"full", q_full},         {"maxsize", q_maxsize},
-    {"close", q_close},     {"closed", q_closed}, {"iter", q_iter},         {NULL, NULL},
+    {"close", q_close},     {"closed", q_closed}, {"iter", q_iter},         {"task_done", q_task_done},
+    {"join", q_join},       {NULL, NULL},
 };
 
 static const luaL_Reg meta[] = {

@@ -554,5 +554,6 @@ int cb_open_shared(lua_State *L) {
     lua_setfield(L, -2, "list");
     lua_pushcfunction(L, d_new);
     lua_setfield(L, -2, "dict");
+    cb_open_array(L);
     return 1;
 }

@@ -590,3 +590,15 @@ int cb_open_thread(lua_State *L) {
     cb_newlib(L, funcs);
     return 1;
 }
+
+/* ---- for concur.wait (bindings/wait.c) ---- */
+
+int cb_thread_probe(lua_State *L, int idx, int *state) {
+    cthread **box = luaL_testudata(L, idx, MT);
+    if (!box) return 0;
+    cthread *t = *box;
+    if (!t) *state = CB_PROBE_FINALIZED;
+    else if (t->owner != cc_pid()) *state = CB_PROBE_FOREIGN;
+    else *state = (!t->started || cc_done_get(&t->done)) ? CB_PROBE_ENDED : CB_PROBE_RUNNING;
+    return 1;
+}

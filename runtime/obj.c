@@ -35,6 +35,8 @@ static void destroy(cc_obj *o) {
     case CC_T_COND: fn = cc_condvar_destroy; break;
     case CC_T_BARRIER: fn = cc_barrier_destroy; break;
     case CC_T_PIPE: fn = cc_pipe_destroy; break;
+    case CC_T_ARRAY:
+    case CC_T_VALUE: fn = cc_array_destroy; break;
     default: break;
     }
     if (fn) fn(o);

@@ -15,6 +15,13 @@
  * count one short, which get tolerates (it never lets the count go below 0).
  * Readers decide emptiness from the chunks, never from the count.
  *
+ * Joining: `unfinished` counts puts minus task_done calls (Python's
+ * JoinableQueue); join sleeps on `all_done` until it is 0. It is bumped in
+ * the same step as `count`, so a producer killed between the commit and
+ * the count leaves a message nobody needs to mark done: harmless. A
+ * consumer killed between get and task_done leaves join waiting: that is
+ * what its timeout is for.
+ *
  * Waiting: cc_cond (futex) with waiter counts: a put or get makes a system
  * call only when someone is asleep. `event` is bumped on every put and on
  * close for concur.wait, which sleeps on it.
@@ -43,6 +50,8 @@ struct cc_queue {
     _Atomic uint32_t event_waiters;
     int64_t maxsize;
     int64_t count;
+    int64_t unfinished;   /* put minus task_done (JoinableQueue) */
+    cc_cond all_done;     /* broadcast when unfinished drops to 0 */
     int closed;
     chunk *head, *tail;
 };
@@ -58,6 +67,7 @@ int cc_queue_new(cc_queue **out, int64_t maxsize) {
     }
     cc_cond_init(&q->not_empty);
     cc_cond_init(&q->not_full);
+    cc_cond_init(&q->all_done);
     q->maxsize = maxsize > 0 ? maxsize : 0;
     *out = q;
     return 0;
@@ -112,6 +122,7 @@ static int append(cc_queue *q, const void *msg, size_t len) {
     memcpy(t->data + t->wr + 8, msg, len);
     t->wr += need; /* the commit */
     q->count++;
+    q->unfinished++;
     return 0;
 }
 
@@ -264,3 +275,25 @@ int cc_queue_ready(cc_queue *q) {
 
 _Atomic uint32_t *cc_queue_event_word(cc_queue *q) { return &q->event; }
 _Atomic uint32_t *cc_queue_event_waiters(cc_queue *q) { return &q->event_waiters; }
+
+int cc_queue_task_done(cc_queue *q) {
+    lock(q);
+    int r = 0;
+    if (q->unfinished <= 0) r = -EINVAL;
+    else if (--q->unfinished == 0) cc_cond_broadcast(&q->all_done);
+    unlock(q);
+    return r;
+}
+
+int cc_queue_join(cc_queue *q, double deadline) {
+    lock(q);
+    int r = 0;
+    while (q->unfinished > 0) {
+        r = cc_cond_wait(&q->all_done, &q->m, deadline);
+        if (r == -EOWNERDEAD) r = 0;
+        if (r) break;
+    }
+    if (q->unfinished <= 0) r = 0; /* done at the deadline counts as done */
+    unlock(q);
+    return r;
+}

@@ -31,4 +31,9 @@ _Atomic uint32_t *cc_queue_event_word(cc_queue *q);
 /* Sleepers on the event word register here so puts wake them. */
 _Atomic uint32_t *cc_queue_event_waiters(cc_queue *q);
 int cc_queue_ready(cc_queue *q);   /* an item is there, or it is closed */
+/* Joinable queues: every put adds an unfinished task, task_done removes
+ * one (-EINVAL when none is left), join waits until none is left:
+ * 0, -ETIMEDOUT or -EINTR. */
+int cc_queue_task_done(cc_queue *q);
+int cc_queue_join(cc_queue *q, double deadline);
 #endif

@@ -231,3 +231,67 @@ describe("queue", function()
     assert.matches("true", out)
   end)
 end)
+
+describe("queue task_done and join", function()
+  it("join returns true at once when every item was marked done", function()
+    local q = queue()
+    assert.is_true(q:join(0))
+    q:put(1)
+    q:put_many({2, 3})
+    q:get(1)
+    q:task_done()
+    q:get(1)
+    q:get(1)
+    q:task_done()
+    local ok, why = q:join(0.02)
+    assert.is_nil(ok)
+    assert.equal("timeout", why)
+    q:task_done()
+    assert.is_true(q:join(0))
+  end)
+
+  it("refuses task_done more times than items were put", function()
+    local q = queue()
+    local ok, err = pcall(q.task_done, q)
+    assert.is_false(ok)
+    assert.matches("queue:task_done: called more times than items were put", err)
+    q:put("x")
+    q:get(1)
+    q:task_done()
+    assert.has_error(function() q:task_done() end)
+    assert.is_true(q:join(0))
+    assert.has_error(function() q:join(-1) end)
+    assert.has_error(function() q:join("soon") end)
+  end)
+
+  it("joins across processes: three consumers mark 60 items done", function()
+    local q, results = queue(), queue()
+    local consumers = {}
+    for k = 1, 3 do
+      consumers[k] = process.spawn(function()
+        for item in q:iter() do
+          results:put(item * 2)
+          q:task_done()
+        end
+        return k
+      end)
+    end
+    for i = 1, 60 do q:put(i) end
+    assert.is_true(q:join(20))
+    assert.equal(60, #results)
+    q:close()
+    for k = 1, 3 do assert.equal(k, consumers[k]:join(20)) end
+    local sum = 0
+    for v in function() return results:get(0) end do sum = sum + v end
+    assert.equal(3660, sum)
+  end)
+
+  it("wakes a joining thread when a process marks the last item done", function()
+    local q = queue()
+    q:put("job")
+    local t = thread.new(function(qq) return qq:join(20) end, q)
+    local p = process.spawn(function() q:get(5) concur.sleep(0.05) q:task_done() return true end)
+    assert.is_true(t:join(20))
+    assert.is_true(p:join(20))
+  end)
+end)

@@ -308,6 +308,60 @@ static double rss_per(int procs, int64_t n) {
     return per;
 }
 
+/* uncontended atomic add on one int64 in shared memory: the floor under a:add */
+static double array_add(int64_t n) {
+    int64_t *a = shm(100 * sizeof *a);
+    double t0 = now();
+    for (int64_t i = 0; i < n; i++) __atomic_fetch_add(&a[6], 1, __ATOMIC_SEQ_CST);
+    double dt = now() - t0;
+    if (a[6] != n) abort();
+    return n / dt;
+}
+
+static void dadd(double *p, double d) { /* a CAS loop on the bits, as concur's f64 add */
+    uint64_t seen = __atomic_load_n((uint64_t *)p, __ATOMIC_RELAXED), want;
+    do {
+        double v;
+        memcpy(&v, &seen, sizeof v);
+        v += d;
+        memcpy(&want, &v, sizeof want);
+    } while (!__atomic_compare_exchange_n((uint64_t *)p, &seen, want, 0, __ATOMIC_SEQ_CST,
+                                          __ATOMIC_RELAXED));
+}
+
+/* n samples into 100 double bins from 4 processes, atomic adds */
+static double array_hist4p(int64_t n) {
+    double *h = shm(100 * sizeof *h);
+    int64_t per = n / 4;
+    double t0 = now();
+    for (int k = 1; k <= 4; k++)
+        if (fork() == 0) {
+            int64_t x = k;
+            for (int64_t i = 0; i < per; i++) {
+                x = (x * 1103515245 + 12345) % 2147483648;
+                dadd(&h[x % 100], 1);
+            }
+            _exit(0);
+        }
+    for (int k = 0; k < 4; k++) wait(NULL);
+    double dt = now() - t0, sum = 0;
+    for (int i = 0; i < 100; i++) sum += h[i];
+    if (sum != (double)(per * 4)) abort();
+    return per * 4 / dt;
+}
+
+/* plain element writes into shared doubles, one worker */
+static double array_ptr(int64_t n) {
+    int64_t size = 1000000, reps = n / size > 0 ? n / size : 1;
+    double *a = shm(size * sizeof *a);
+    double t0 = now();
+    for (int64_t r = 0; r < reps; r++)
+        for (int64_t i = 0; i < size; i++) a[i] = (double)(i + r);
+    double dt = now() - t0;
+    if (a[size - 1] != (double)(size - 1 + reps - 1)) abort();
+    return reps * size / dt;
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: c_ref WORKLOAD SIZE\n");
@@ -331,6 +385,9 @@ int main(int argc, char **argv) {
     else if (!strcmp(w, "spawn_thread")) v = spawn_latency(0, n);
     else if (!strcmp(w, "rss_thread")) v = rss_per(0, n);
     else if (!strcmp(w, "rss_process")) v = rss_per(1, n);
+    else if (!strcmp(w, "array_add")) v = array_add(n);
+    else if (!strcmp(w, "array_hist4p")) v = array_hist4p(n);
+    else if (!strcmp(w, "array_ptr")) v = array_ptr(n);
     else {
         fprintf(stderr, "unknown workload %s\n", w);
         return 2;

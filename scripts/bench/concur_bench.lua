@@ -186,6 +186,43 @@ W.rss_process = function(n)
   return sum / n
 end
 
+-- shared.array: uncontended a:add from Lua (adds/s)
+W.array_add = function(n)
+  local a = shared.array(100, "i64")
+  local dt = timed(function() for _ = 1, n do a:add(7, 1) end end)
+  assert(a[7] == n)
+  return n / dt
+end
+
+-- the same with the method looked up once (one C call per add instead of two)
+W.array_add_local = function(n)
+  local a = shared.array(100, "i64")
+  local add = a.add
+  local dt = timed(function() for _ = 1, n do add(a, 7, 1) end end)
+  assert(a[7] == n)
+  return n / dt
+end
+
+-- a histogram of n samples into 100 f64 bins from 4 processes (adds/s)
+W.array_hist4p = function(n)
+  local h, per = shared.array(100, "f64"), n // 4
+  local dt = timed(function()
+    local ps = {}
+    for k = 1, 4 do
+      ps[k] = process.spawn(function()
+        local x = k
+        for _ = 1, per do
+          x = (x * 1103515245 + 12345) % 2147483648
+          h:add(x % 100 + 1, 1)
+        end
+      end)
+    end
+    for _, p in ipairs(ps) do p:join() end
+  end)
+  assert(h:sum() == per * 4)
+  return per * 4 / dt
+end
+
 local f = W[workload]
 if not f then
   io.stderr:write("unknown workload ", tostring(workload), "\n")

@@ -235,6 +235,51 @@ def rss_process(n):
     return total / n
 
 
+def array_add(n):
+    """uncontended add with the lock Python needs for it (Array.get_lock())"""
+    a = mp.Array("q", 100)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        with a.get_lock():
+            a[6] += 1
+    return n / (time.perf_counter() - t0)
+
+
+def _hist(h, seed, per):
+    x = seed
+    for _ in range(per):
+        x = (x * 1103515245 + 12345) % 2147483648
+        with h.get_lock():
+            h[x % 100] += 1
+
+
+def array_hist4p(n):
+    """10^6 samples into 100 bins from 4 processes: Array('d', 100), get_lock() per add"""
+    h = mp.Array("d", 100)
+    per = n // 4
+    ps = [mp.Process(target=_hist, args=(h, k, per)) for k in range(1, 5)]
+    t0 = time.perf_counter()
+    for p in ps:
+        p.start()
+    for p in ps:
+        p.join()
+    dt = time.perf_counter() - t0
+    assert sum(h[:]) == per * 4
+    return per * 4 / dt
+
+
+def array_ptr(n):
+    """element writes into a shared Array (no lock), one worker"""
+    size = 1000000
+    a = mp.Array("d", size, lock=False)
+    reps = max(1, n // size)
+    t0 = time.perf_counter()
+    for r in range(reps):
+        for i in range(size):
+            a[i] = i + r
+    return reps * size / (time.perf_counter() - t0)
+
+
 WORKLOADS = {
     "primes_py_p1": lambda n: primes_procs(1, n),
     "primes_py_p2": lambda n: primes_procs(2, n),
@@ -254,6 +299,9 @@ WORKLOADS = {
     "spawn_thread": lambda n: spawn_latency(threading.Thread, n),
     "rss_thread": rss_thread,
     "rss_process": rss_process,
+    "array_add": array_add,
+    "array_hist4p": array_hist4p,
+    "array_ptr": array_ptr,
 }
 
 if __name__ == "__main__":

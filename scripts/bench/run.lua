@@ -1,5 +1,5 @@
 -- make bench: every workload in concur, Python and C, side by side.
--- usage: build/concur scripts/bench/run.lua [--quick]
+-- usage: build/concur scripts/bench/run.lua [--quick]   (BENCH_ONLY=prefix: some rows)
 --
 -- Each repetition runs concur, Python and C in turn (A B C A B C ...) so a
 -- drift in the machine's speed hits all three alike; figures are medians of
@@ -20,6 +20,8 @@ end
 
 local has_python = sh("command -v python3") ~= nil and sh("command -v python3") ~= ""
 if not has_python then print("notice: python3 not found: the Python column is skipped") end
+local has_luajit = (sh("command -v luajit") or "") ~= "" and io.open("build/luajit/concur.so") ~= nil
+if not has_luajit then print("notice: luajit or build/luajit/concur.so missing: LuaJIT rows are skipped") end
 local cc = os.getenv("CC") or "cc"
 local cref = out .. "c_ref"
 local has_c = os.execute(cc .. " -O2 -pthread -o " .. cref .. " " .. here .. "c_ref.c 2>/dev/null")
@@ -50,13 +52,24 @@ local rows = {
   {"spawn_thread", "thread new+join (median)", "us", false, {"spawn_thread", 500, 100}, {"spawn_thread", 500, 100}, {"spawn_thread", 500, 100}, {"<=", 100, "abs"}},
   {"rss_thread", "memory per idle thread", "KiB", false, {"rss_thread", 20, 10}, {"rss_thread", 20, 10}, {"rss_thread", 20, 10}},
   {"rss_process", "memory per idle process (PSS)", "KiB", false, {"rss_process", 10, 5}, {"rss_process", 10, 5}, {"rss_process", 10, 5}},
+  -- shared.array (issue 13): Python holds Array.get_lock() per add, as its docs say to
+  {"array_add", "shared.array a:add, uncontended", "/s", true, {"array_add", 5000000, 500000}, {"array_add", 500000, 100000}, {"array_add", 20000000, 2000000},
+    {">=", 15e6, "abs"}},
+  {"array_add_local", "shared.array add(a, i, 1), method in a local", "/s", true, {"array_add_local", 5000000, 500000}, {"array_add", 500000, 100000}, {"array_add", 20000000, 2000000}},
+  {"array_hist4p", "shared.array histogram, 4 processes", "/s", true, {"array_hist4p", 1000000, 200000}, {"array_hist4p", 1000000, 100000}, {"array_hist4p", 1000000, 200000},
+    {">=", 30, "vs_py"}},
+  {"array_ptr", "shared.array writes via a:ptr(), LuaJIT", "/s", true, {"array_ptr", 100000000, 10000000, "luajit"}, {"array_ptr", 2000000, 1000000}, {"array_ptr", 100000000, 10000000},
+    {">=", 200e6, "abs"}},
 }
 
 local function run_one(kind, spec)
   if not spec then return nil end
   local size = quick and spec[3] or spec[2]
   local cmd
-  if kind == "concur" then cmd = string.format("timeout 300 build/concur %sconcur_bench.lua %s %d", here, spec[1], size)
+  if kind == "concur" and spec[4] == "luajit" then
+    if not has_luajit then return nil end
+    cmd = string.format("LUA_CPATH='build/luajit/?.so' timeout 300 luajit %sluajit_bench.lua %s %d", here, spec[1], size)
+  elseif kind == "concur" then cmd = string.format("timeout 300 build/concur %sconcur_bench.lua %s %d", here, spec[1], size)
   elseif kind == "python" then
     if not has_python then return nil end
     cmd = string.format("timeout 300 python3 %spython_ref.py %s %d", here, spec[1], size)
@@ -82,8 +95,11 @@ local function better(row, mine, other)
   return row[4] and mine / other or other / mine
 end
 
+-- BENCH_ONLY=array_ runs only the rows whose name starts with it
+local only = os.getenv("BENCH_ONLY")
 local results = {}
 for _, row in ipairs(rows) do
+  if only and row[1]:sub(1, #only) ~= only then goto next_row end
   local got = {concur = {}, python = {}, c = {}}
   for _ = 1, REPS do
     for _, kind in ipairs{"concur", "python", "c"} do
@@ -99,8 +115,9 @@ for _, row in ipairs(rows) do
   r.c_factor = r.c and cm and (1 / better(row, cm, r.c.median)) or nil -- cost relative to C
   local t = row[8]
   if t then
-    local value = t[3] == "vs_c" and r.c_factor or cm
+    local value = t[3] == "vs_c" and r.c_factor or t[3] == "vs_py" and r.vs_python or cm
     r.target = string.format("%s %s%s", t[1], t[3] == "vs_c" and tostring(t[2]) .. "x C" or
+      t[3] == "vs_py" and tostring(t[2]) .. "x Py" or
       (t[2] >= 1e6 and string.format("%gM", t[2] / 1e6) or tostring(t[2])), t[3] == "abs" and "" or "")
     if value then
       r.status = ((t[1] == ">=" and value >= t[2]) or (t[1] == "<=" and value <= t[2])) and "PASS" or "MISS"
@@ -110,6 +127,7 @@ for _, row in ipairs(rows) do
   end
   results[#results + 1] = r
   io.stderr:write(string.format("  done %-18s\n", row[1]))
+  ::next_row::
 end
 
 -- derived: the prime count's scaling, 2 threads and 2 processes against 1

@@ -1,0 +1,49 @@
+-- Monte Carlo with numbers that cross without copying: four worker
+-- processes estimate pi into a shared.value and fill a 100-bin histogram
+-- in a shared.array with atomic adds (no lock, no lost increments), and the
+-- parent collects the workers in the order they finish with concur.wait.
+--
+--   concur examples/montecarlo.lua [samples]        (default 1000000)
+--   lua5.4 / luajit examples/montecarlo.lua [samples]  with concur.so on LUA_CPATH
+local concur = require "concur"
+local shared, process = concur.shared, concur.process
+
+local samples = tonumber(arg and arg[1]) or 1000000
+local workers = 4
+local per = math.floor(samples / workers)
+
+local inside = shared.value("i64")      -- points inside the quarter circle
+local hist = shared.array(100, "i64")   -- where x fell, in 100 bins
+
+local running = {}
+for w = 1, workers do
+  running[w] = process.spawn(function()
+    math.randomseed(w * 7919)
+    local hits = 0
+    for _ = 1, per do
+      local x, y = math.random(), math.random()
+      if x * x + y * y <= 1 then hits = hits + 1 end
+      hist:add(math.floor(x * 100) + 1, 1)   -- atomic: safe from 4 processes at once
+    end
+    inside:add(hits)
+    return w
+  end)
+end
+
+-- whichever worker finishes first is joined first
+while #running > 0 do
+  local ready = concur.wait(running, 60)
+  if #ready == 0 then error("workers did not finish in 60 s") end
+  for _, p in ipairs(ready) do
+    print(string.format("worker %d finished", p:join()))
+    for i = #running, 1, -1 do if running[i] == p then table.remove(running, i) end end
+  end
+end
+
+local total = per * workers
+print(string.format("pi ~ %.4f from %d samples", 4 * inside:get() / total, total))
+local lo, hi = math.huge, 0
+for i = 1, #hist do
+  lo, hi = math.min(lo, hist[i]), math.max(hi, hist[i])
+end
+print(string.format("histogram: %d samples in %d bins, %d..%d per bin", hist:sum(), #hist, lo, hi))
