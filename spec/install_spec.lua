@@ -75,7 +75,7 @@ describe("make install", function()
   it("installs libconcur.so with the SONAME libconcur.so.0 and its version links", function()
     if skip() then return end
     local lib = prefix .. "/lib/"
-    assert.matches("SONAME%s+Library soname: %[libconcur%.so%.0%]", ok("readelf -d " .. lib .. "libconcur.so"))
+    assert.matches("%(SONAME%)%s+Library soname: %[libconcur%.so%.0%]", ok("readelf -d " .. lib .. "libconcur.so"))
     assert.equal("libconcur.so.0", ok("readlink " .. lib .. "libconcur.so"):gsub("%s+$", ""))
     assert.matches("^libconcur%.so%.0%.%d+%.%d+\n", ok("readlink " .. lib .. "libconcur.so.0"))
   end)
@@ -126,6 +126,32 @@ describe("make install", function()
     -- and the plain install too
     ok("make -s uninstall PREFIX=" .. prefix, 60)
     assert.same({}, files(prefix))
+  end)
+end)
+
+describe("man/concur.1", function()
+  it("formats with groff -man -ww without a warning", function()
+    if skip() then return end
+    assert.equal("", ok("groff -man -ww -z man/concur.1"))
+  end)
+
+  it("documents every CONCUR_* environment variable the code reads", function()
+    if skip() then return end
+    local f = assert(io.open("man/concur.1"))
+    local man = f:read("*a")
+    f:close()
+    local env = man:match("%.SH ENVIRONMENT\n(.-)%.SH ")
+    assert.truthy(env)
+    local names = ok("grep -rhoE 'getenv\\(\"CONCUR_[A-Z0-9_]+' runtime bindings host | sort -u")
+    local n = 0
+    for name in names:gmatch("CONCUR_[A-Z0-9_]+") do
+      n = n + 1
+      assert(env:find(".B " .. name, 1, true), name .. " is not in the man page's ENVIRONMENT")
+    end
+    assert.is_true(n >= 1)
+    for _, section in ipairs{"SYNOPSIS", "DESCRIPTION", "OPTIONS", "ENVIRONMENT", "EXIT STATUS", "EXAMPLES"} do
+      assert(man:find("\n.SH " .. section .. "\n", 1, true), "no " .. section .. " section")
+    end
   end)
 end)
 
