@@ -444,8 +444,9 @@ static const char *unsendable(lua_State *L, int idx) {
         return "a process handle (it belongs to the process that spawned it; send its pid, or "
                "results through a queue)";
     if (is_type(L, idx, "concur.thread"))
-        return "a thread handle (only the state that started it can join it; send results "
-               "through a queue)";
+        /* "a userdata" kept: spec/thread_spec.lua pins that wording */
+        return "a userdata that is a thread handle (only the state that started it can join "
+               "it; send results through a queue)";
     return "a userdata that is not concur's";
 }
 

@@ -170,7 +170,7 @@ describe("codec refusals of concur's own handles", function()
     local ok, err = pcall(concur.encode, {t = t})
     t:join(10)
     assert.is_false(ok)
-    assert.matches("cannot send a thread handle %(only the state that started it can join it; " ..
+    assert.matches("cannot send a userdata that is a thread handle %(only the state that started it can join it; " ..
       "send results through a queue%)", err)
   end)
 
