@@ -178,8 +178,10 @@ install: all
 	install -m 755 $(B)/lua5.4/concur.so $(DESTDIR)$(LUA54_CMOD)/concur.so
 	install -m 755 $(B)/luajit/concur.so $(DESTDIR)$(LUAJIT_CMOD)/concur.so
 	install -m 644 man/concur.1 $(DESTDIR)$(MANDIR)/man1/concur.1
-	@# a real install (not staged) as root: refresh the dynamic linker's cache
-	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then ldconfig || true; fi
+	@# a real install (not staged) as root into a prefix the dynamic linker
+	@# searches: refresh its cache so programs find libconcur.so.0 at once
+	@case "$(DESTDIR):$(PREFIX)" in :/usr|:/usr/local) \
+	  if [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then ldconfig || true; fi;; esac
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/concur $(DESTDIR)$(PREFIX)/lib/libconcur.a \

@@ -61,6 +61,7 @@ describe("make install", function()
 
   teardown(function()
     if tmp then sh("rm -rf " .. q(tmp)) end
+    sh("make -s build/concur.pc") -- back to the default PREFIX
   end)
 
   it("writes a concur.pc that names the prefix it was installed to and requires lua5.4", function()
