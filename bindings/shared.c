@@ -305,7 +305,9 @@ static void put_string(repr *r, int idx) {
         if (ch == '"' || ch == '\\') out[o++] = '\\', out[o++] = (char)ch;
         else if (ch == '\n') out[o++] = '\\', out[o++] = 'n';
         else if (ch == '\t') out[o++] = '\\', out[o++] = 't';
-        else if (ch < 32 || ch == 127) o += (size_t)snprintf(out + o, 6, "\\%u", ch);
+        else if (ch < 32 || ch == 127) /* three digits when a digit follows, as %q */
+            o += (size_t)snprintf(out + o, 6, i + 1 < len && s[i + 1] >= '0' && s[i + 1] <= '9'
+                                                  ? "\\%03u" : "\\%u", ch);
         else out[o++] = (char)ch;
     }
     out[o++] = '"';

@@ -281,5 +281,6 @@ describe("tostring of shared lists and dicts", function()
 
   it("escapes control bytes in strings", function()
     assert.equal('shared.list: {"a\\nb\\0c\\"\\\\"}', tostring(shared.list({'a\nb\0c"\\'})))
+    assert.equal('shared.list: {"\\0001"}', tostring(shared.list({"\0" .. "1"})))
   end)
 end)
