@@ -284,7 +284,7 @@ describe("concur REPL completion on concur objects (through tmux)", function()
   local function completes(setup, cases)
     os.execute(string.format("tmux new-session -d -s %s -x 160 -y 40 'cd %s && HOME=%s %s'",
       session, os.getenv("PWD") or ".", home, BIN))
-    wait_for("> ")
+    wait_for("\n>") -- the prompt (capture-pane drops its trailing space)
     keys(setup, "Enter")
     wait_for("setup done")
     for _, c in ipairs(cases) do
