@@ -12,7 +12,11 @@
 #   make fuzz       libFuzzer on the codec's decoder and encoder (FUZZ_SECONDS=60 each)
 #   make bench      benchmarks beside Python and C (QUICK=1 for a short run)
 #   make demo       the headline tutorial lesson at full size
-#   make install    PREFIX=/usr/local
+#   make install    PREFIX=/usr/local, DESTDIR for staging: bin/concur,
+#                   lib/libconcur.{a,so*}, lib/pkgconfig/concur.pc,
+#                   include/concur.h, lib/lua/5.4/concur.so (lua5.4),
+#                   lib/lua/5.1/concur.so (luajit), share/man/man1/concur.1
+#   make uninstall  the same PREFIX and DESTDIR: removes those files
 #   make format     clang-format every C file
 
 CC      ?= gcc
@@ -22,6 +26,15 @@ WARN    := -Wall -Wextra -Wno-unused-parameter
 BASEFLAGS := -std=gnu11 -D_GNU_SOURCE -pthread $(WARN)
 B       ?= build
 PREFIX  ?= /usr/local
+# where stock interpreters look for C modules under PREFIX by default
+# (Debian's lua5.4 and luajit search /usr/local/lib/lua/5.4 and .../5.1)
+LUA54_CMOD  ?= $(PREFIX)/lib/lua/5.4
+LUAJIT_CMOD ?= $(PREFIX)/lib/lua/5.1
+MANDIR  ?= $(PREFIX)/share/man
+
+VERSION := $(shell sed -n 's/.*CONCUR_VERSION "\(.*\)".*/\1/p' include/concur.h)
+SOMAJOR := $(firstword $(subst ., ,$(VERSION)))
+SONAME  := libconcur.so.$(SOMAJOR)
 
 LUA54_CFLAGS := $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
 LUA54_LIBS   := $(shell pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4)
@@ -64,15 +77,25 @@ $(B)/luajit/concur.so: $(OBJJIT)
 $(B)/libconcur.a: $(OBJ54)
 	rm -f $@; ar rcs $@ $^
 
-$(B)/libconcur.so: $(OBJ54)
-	$(CC) $(CFLAGS) -pthread -shared -o $@ $^ $(LUA54_LIBS) -lm
+# libconcur.so -> libconcur.so.0 (the SONAME) -> libconcur.so.0.1.0
+$(B)/libconcur.so.$(VERSION): $(OBJ54)
+	$(CC) $(CFLAGS) -pthread -shared -Wl,-soname,$(SONAME) -o $@ $^ $(LUA54_LIBS) -lm
+
+$(B)/libconcur.so: $(B)/libconcur.so.$(VERSION)
+	ln -sf libconcur.so.$(VERSION) $(B)/$(SONAME)
+	ln -sf $(SONAME) $@
 
 $(B)/include/concur.h: include/concur.h
 	@mkdir -p $(dir $@); cp $< $@
 
-$(B)/concur.pc: Makefile
-	@printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: concur\nDescription: real concurrency for Lua 5.4: processes, threads, shared lists, pipes, locks, queues\nVersion: %s\nRequires: lua5.4\nLibs: -L$${libdir} -lconcur -pthread\nCflags: -I$${includedir}\n' \
-	  "$(PREFIX)" "$$(sed -n 's/.*CONCUR_VERSION "\(.*\)".*/\1/p' include/concur.h)" > $@
+# concur.pc names PREFIX, so it is rewritten whenever PREFIX changes: the
+# stamp holds the last PREFIX and is touched only when that differs
+$(B)/prefix.stamp: FORCE
+	@mkdir -p $(B); [ "$$(cat $@ 2>/dev/null)" = "$(PREFIX)" ] || echo "$(PREFIX)" > $@
+
+$(B)/concur.pc: Makefile include/concur.h $(B)/prefix.stamp
+	@printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: concur\nDescription: real concurrency for Lua 5.4: processes, threads, shared lists, pipes, locks, queues\nVersion: %s\nRequires: lua5.4\nLibs: -L$${libdir} -lconcur\nLibs.private: -pthread -lm\nCflags: -I$${includedir}\n' \
+	  "$(PREFIX)" "$(VERSION)" > $@
 
 # an embedding program built against the installed-style artifacts
 $(B)/embed: tests/embed.c $(B)/libconcur.a $(B)/include/concur.h
@@ -149,13 +172,38 @@ demo: deps all
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include \
-	  $(DESTDIR)$(PREFIX)/lib/lua/5.4 $(DESTDIR)$(PREFIX)/lib/luajit
+	  $(DESTDIR)$(LUA54_CMOD) $(DESTDIR)$(LUAJIT_CMOD) $(DESTDIR)$(MANDIR)/man1
 	install -m 755 $(B)/concur $(DESTDIR)$(PREFIX)/bin/concur
-	install -m 644 $(B)/libconcur.a $(B)/libconcur.so $(DESTDIR)$(PREFIX)/lib/
+	install -m 644 $(B)/libconcur.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(B)/libconcur.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/
+	ln -sf libconcur.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(PREFIX)/lib/libconcur.so
 	install -m 644 $(B)/concur.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/
 	install -m 644 include/concur.h $(DESTDIR)$(PREFIX)/include/
-	install -m 755 $(B)/lua5.4/concur.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/concur.so
-	install -m 755 $(B)/luajit/concur.so $(DESTDIR)$(PREFIX)/lib/luajit/concur.so
+	install -m 755 $(B)/lua5.4/concur.so $(DESTDIR)$(LUA54_CMOD)/concur.so
+	install -m 755 $(B)/luajit/concur.so $(DESTDIR)$(LUAJIT_CMOD)/concur.so
+	install -m 644 man/concur.1 $(DESTDIR)$(MANDIR)/man1/concur.1
+	@# a real install (not staged) as root into a prefix the dynamic linker
+	@# searches: refresh its cache so programs find libconcur.so.0 at once
+	@case "$(DESTDIR):$(PREFIX)" in :/usr|:/usr/local) \
+	  if [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then ldconfig || true; fi;; esac
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/concur $(DESTDIR)$(PREFIX)/lib/libconcur.a \
+	  $(DESTDIR)$(PREFIX)/lib/libconcur.so $(DESTDIR)$(PREFIX)/lib/$(SONAME) \
+	  $(DESTDIR)$(PREFIX)/lib/libconcur.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/pkgconfig/concur.pc \
+	  $(DESTDIR)$(PREFIX)/include/concur.h $(DESTDIR)$(LUA54_CMOD)/concur.so \
+	  $(DESTDIR)$(LUAJIT_CMOD)/concur.so $(DESTDIR)$(MANDIR)/man1/concur.1
+
+# LuaRocks (rockspecs/concur-scm-1.rockspec, build type make): the module
+# for the Lua the rock is built for, with LuaRocks' own variables
+# (LUA_INCDIR, CFLAGS, LIBFLAG at build; LIBDIR at install)
+rock:
+	$(MAKE) --no-print-directory B=$(B) LUA54_CFLAGS="-I$(LUA_INCDIR)" CFLAGS="$(CFLAGS)" $(B)/lua5.4/concur.so
+
+rock-install:
+	install -d $(DESTDIR)$(LIBDIR)
+	install -m 755 $(B)/lua5.4/concur.so $(DESTDIR)$(LIBDIR)/concur.so
 
 format:
 	clang-format -i runtime/*.[ch] bindings/*.[ch] host/*.[ch] include/*.h tests/*.c
@@ -163,4 +211,5 @@ format:
 clean:
 	rm -rf $(B)
 
-.PHONY: all deps test sanitize valgrind fuzz bench demo install format clean
+.PHONY: all deps test sanitize valgrind fuzz bench demo install uninstall rock rock-install format clean FORCE
+FORCE:

@@ -426,12 +426,33 @@ static void encode_function(enc *e, int idx) {
     }
 }
 
+/* Is the value at idx of the userdata type registered as mt (by its very
+ * metatable, not its __name, which anyone can copy)? */
+static int is_type(lua_State *L, int idx, const char *mt) {
+    if (!lua_getmetatable(L, idx)) return 0;
+    luaL_getmetatable(L, mt);
+    int same = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    return same;
+}
+
+/* What a userdata that is not a shared object is, and why it cannot be
+ * sent: concur's own handles are named with the way around. */
+static const char *unsendable(lua_State *L, int idx) {
+    if (lua_type(L, idx) == LUA_TLIGHTUSERDATA) return "a light userdata";
+    if (is_type(L, idx, "concur.process"))
+        return "a process handle (it belongs to the process that spawned it; send its pid, or "
+               "results through a queue)";
+    if (is_type(L, idx, "concur.thread"))
+        /* "a userdata" kept: spec/thread_spec.lua pins that wording */
+        return "a userdata that is a thread handle (only the state that started it can join "
+               "it; send results through a queue)";
+    return "a userdata that is not concur's";
+}
+
 static void encode_userdata(enc *e, int idx) {
     cc_obj *o = cb_test(e->L, idx);
-    if (!o) {
-        refuse(e, lua_type(e->L, idx) == LUA_TLIGHTUSERDATA ? "a light userdata"
-                                                             : "a userdata that is not concur's");
-    }
+    if (!o) refuse(e, unsendable(e->L, idx));
     uint32_t i;
     for (i = 0; i < e->nrefs; i++)
         if (e->refs[i] == o) break;

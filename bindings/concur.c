@@ -704,6 +704,34 @@ int luaopen_concur(lua_State *L) {
     return 1;
 }
 
+/* require "concur.queue" etc. on their own, under stock lua5.4 and luajit.
+ * Stock require finds these in this same concur.so: its C searcher tries
+ * "concur/queue.so" on package.cpath, and its all-in-one searcher loads
+ * "concur.so" (the part of the name before the first dot) and calls
+ * luaopen_concur_queue. Each opens the whole module once (which registers
+ * package.loaded["concur.<lib>"]) and returns that library's table, so
+ * require "concur.queue" == require("concur").queue. */
+static int open_one(lua_State *L, const char *lib) {
+    lua_pushcfunction(L, luaopen_concur);
+    lua_call(L, 0, 1);
+    lua_getfield(L, -1, lib);
+    if (lua_isnil(L, -1)) return luaL_error(L, "concur.%s: no such library in concur", lib);
+    return 1;
+}
+
+#define CONCUR_OPEN_ONE(lib) \
+    int luaopen_concur_##lib(lua_State *L); \
+    int luaopen_concur_##lib(lua_State *L) { return open_one(L, #lib); }
+CONCUR_OPEN_ONE(process)
+CONCUR_OPEN_ONE(thread)
+CONCUR_OPEN_ONE(shared)
+CONCUR_OPEN_ONE(pipe)
+CONCUR_OPEN_ONE(lock)
+CONCUR_OPEN_ONE(queue)
+CONCUR_OPEN_ONE(primes)
+CONCUR_OPEN_ONE(wait)
+#undef CONCUR_OPEN_ONE
+
 int concur_openlibs(lua_State *L) {
     cb_requiref(L, "concur", luaopen_concur);
     lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");

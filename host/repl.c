@@ -112,6 +112,67 @@ static void history_add(const char *line) {
 
 /* ---- completion ---- */
 
+/* Fields that concur handles compute in their __index function, so no
+ * table lists them (a.readable is a property of the pipe end, p.pid of the
+ * process). Keyed by the metatable's name. */
+static const struct { const char *type; const char *fields[5]; } HANDLE_FIELDS[] = {
+    {"concur.process", {"pid", "name", "daemon", "exitcode", NULL}},
+    {"concur.pipe", {"readable", "writable", NULL}},
+};
+
+/* Copy the string keys of the table at idx into the table at out. */
+static void merge_keys(lua_State *L, int idx, int out) {
+    if (!lua_istable(L, idx)) return;
+    idx = lua_absindex(L, idx);
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TSTRING) continue;
+        lua_pushvalue(L, -1);
+        lua_pushboolean(L, 1);
+        lua_rawset(L, out);
+    }
+}
+
+/* Replace the value on top with a table of what completes after ':' (its
+ * methods) or, with fields, after '.': wherever its metatable keeps them.
+ * __index may be a table (strings, queues, locks), a C function whose first
+ * upvalue is the methods table (shared lists and dicts, pipe ends), or a
+ * function beside a `methods` table (process handles). 0 if there is none. */
+static int push_members(lua_State *L, int fields) {
+    if (!lua_getmetatable(L, -1)) return 0;
+    int mt = lua_gettop(L);
+    lua_newtable(L);
+    int out = lua_gettop(L);
+    lua_pushliteral(L, "__index"); /* raw: nothing here may raise */
+    lua_rawget(L, mt);
+    if (lua_istable(L, -1)) merge_keys(L, -1, out);
+    else if (lua_iscfunction(L, -1) && lua_getupvalue(L, -1, 1)) {
+        merge_keys(L, -1, out);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    lua_pushliteral(L, "methods");
+    lua_rawget(L, mt);
+    merge_keys(L, -1, out);
+    lua_pop(L, 1);
+    lua_pushliteral(L, "__name");
+    lua_rawget(L, mt);
+    const char *name = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    for (size_t i = 0; fields && name && i < sizeof HANDLE_FIELDS / sizeof HANDLE_FIELDS[0]; i++) {
+        if (strcmp(name, HANDLE_FIELDS[i].type) != 0) continue;
+        for (const char *const *f = HANDLE_FIELDS[i].fields; *f; f++) {
+            lua_pushstring(L, *f);
+            lua_pushboolean(L, 1);
+            lua_rawset(L, out);
+        }
+    }
+    lua_pop(L, 1);
+    lua_replace(L, mt - 1); /* the table takes the value's place */
+    lua_settop(L, mt - 1);
+    return 1;
+}
+
 /* Push the table to complete in for the text before the last '.' or ':'
  * (globals when there is none); with ':' the value's methods. 0 if none. */
 static int push_scope(lua_State *L, const char *text, size_t plen, int method) {
@@ -130,12 +191,7 @@ static int push_scope(lua_State *L, const char *text, size_t plen, int method) {
         lua_remove(L, -2);
         p = dot < end ? dot + 1 : end;
     }
-    if (method || lua_isuserdata(L, -1)) {
-        if (!lua_getmetatable(L, -1)) return 0;
-        lua_getfield(L, -1, "__index");
-        lua_remove(L, -2);
-        lua_remove(L, -2);
-    }
+    if (method || lua_isuserdata(L, -1)) return push_members(L, !method);
     return lua_istable(L, -1);
 }
 

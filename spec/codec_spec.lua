@@ -153,3 +153,25 @@ describe("concur.encode / concur.decode", function()
     assert.has_error(function() concur.decode(nil) end)
   end)
 end)
+
+describe("codec refusals of concur's own handles", function()
+  it("says a process handle cannot be sent, and why", function()
+    local p = concur.process.spawn(function() end)
+    local ok, err = pcall(thread.new, function() end, p)
+    p:join(10)
+    assert.is_false(ok)
+    assert.matches("cannot send a process handle %(it belongs to the process that spawned it; " ..
+      "send its pid, or results through a queue%)", err)
+    assert.matches("argument 2", err)
+  end)
+
+  it("says a thread handle cannot be sent, and why", function()
+    local t = thread.new(function() end)
+    local ok, err = pcall(concur.encode, {t = t})
+    t:join(10)
+    assert.is_false(ok)
+    assert.matches("cannot send a userdata that is a thread handle %(only the state that started it can join it; " ..
+      "send results through a queue%)", err)
+  end)
+
+end)

@@ -313,3 +313,85 @@ describe("concur REPL at exit (through tmux)", function()
     assert.matches("<exit 0>", s)
   end)
 end)
+
+describe("concur REPL completion on concur objects (through tmux)", function()
+  local session, home
+
+  local function has_tmux() return os.execute("command -v tmux >/dev/null 2>&1") end
+
+  local function screen()
+    local f = io.popen("tmux capture-pane -p -t " .. session)
+    local s = f:read("*a")
+    f:close()
+    return s
+  end
+
+  local function wait_for(pattern) -- bounded: 5 s
+    for _ = 1, 100 do
+      local s = screen()
+      if s:find(pattern) then return s end
+      os.execute("sleep 0.05")
+    end
+    return screen()
+  end
+
+  local function keys(...)
+    for _, k in ipairs{...} do
+      if k:match("^[A-Z]") or k:match("^C%-") then os.execute("tmux send-keys -t " .. session .. " " .. k)
+      else os.execute("tmux send-keys -t " .. session .. " -l '" .. k:gsub("'", "'\\''") .. "'") end
+    end
+  end
+
+  before_each(function()
+    session = "concur_cspec_" .. tostring(os.time()) .. tostring(math.random(1e6))
+    home = os.tmpname()
+    os.remove(home)
+    os.execute("mkdir -p " .. home)
+  end)
+
+  after_each(function()
+    os.execute("tmux kill-session -t " .. session .. " 2>/dev/null")
+    os.execute("rm -rf " .. home)
+  end)
+
+  -- start the REPL, run setup, then type each partial name and Tab, and
+  -- check the line completes to the expected text (Ctrl-U clears it)
+  local function completes(setup, cases)
+    os.execute(string.format("tmux new-session -d -s %s -x 160 -y 40 'cd %s && HOME=%s %s'",
+      session, os.getenv("PWD") or ".", home, BIN))
+    wait_for("\n>") -- the prompt (capture-pane drops its trailing space)
+    keys(setup, "Enter")
+    wait_for("setup done")
+    for _, c in ipairs(cases) do
+      keys(c[1], "Tab")
+      local want = "> " .. c[2]:gsub("%p", "%%%0") .. "%s*\n"
+      local s = wait_for(want)
+      assert.matches(want, s)
+      keys("C-u")
+    end
+  end
+
+  it("completes methods after : on shared lists and dicts", function()
+    if skip() then return end
+    if not has_tmux() then pending("tmux not installed") return end
+    completes("l = shared.list(); d = shared.dict(); print('setup ' .. 'done')",
+      {{"l:ap", "l:append"}, {"l:tot", "l:totable"}, {"d:ke", "d:keys"}, {"d:it", "d:items"}})
+  end)
+
+  it("completes methods after : and fields after . on process and thread handles", function()
+    if skip() then return end
+    if not has_tmux() then pending("tmux not installed") return end
+    completes("p = process.spawn(function() end); t = thread.new(function() end); " ..
+      "p:join(); t:join(); print('setup ' .. 'done')",
+      {{"p:jo", "p:join"}, {"p.pi", "p.pid"}, {"p.exi", "p.exitcode"}, {"t:jo", "t:join"},
+       {"t:can", "t:cancel"}})
+  end)
+
+  it("completes methods after : and . on queues, pipes and locks", function()
+    if skip() then return end
+    if not has_tmux() then pending("tmux not installed") return end
+    completes("q = queue(); a, b = pipe(); k = lock(); print('setup ' .. 'done')",
+      {{"q:pu", "q:put"}, {"q.ge", "q.get"}, {"a:se", "a:send"}, {"a.rea", "a.readable"},
+       {"k:acq", "k:acquire"}})
+  end)
+end)

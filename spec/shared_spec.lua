@@ -237,3 +237,50 @@ describe("shared.dict", function()
     for i = 2, 20000, 2 do assert.equal(i, d["k" .. i]) end
   end)
 end)
+
+describe("tostring of shared lists and dicts", function()
+  it("shows nested tables readably, not as table: 0x...", function()
+    local l = shared.list({{1, 2}, {a = {b = "c"}}, "s"})
+    assert.equal('shared.list: {{1, 2}, {a = {b = "c"}}, "s"}', tostring(l))
+    local d = shared.dict()
+    d.k = {1, {x = true}}
+    assert.equal('shared.dict: {k = {1, {x = true}}}', tostring(d))
+    d[1] = "one"
+    d.k = nil
+    d["two words"] = 2.5
+    local s = tostring(d)
+    assert.truthy(s:find('[1] = "one"', 1, true), s)
+    assert.truthy(s:find('["two words"] = 2.5', 1, true), s)
+  end)
+
+  it("shows shared lists and dicts nested in each other, and stops at a cycle", function()
+    local inner = shared.list({1})
+    local d = shared.dict()
+    d.l = inner
+    assert.equal("shared.dict: {l = shared.list{1}}", tostring(d))
+    local l = shared.list()
+    l:append(l)
+    l:append(2)
+    assert.equal("shared.list: {shared.list{...}, 2}", tostring(l))
+  end)
+
+  it("stays short and whole for long strings, many items and deep nesting", function()
+    local t = {}
+    for i = 1, 30 do t[i] = string.rep("x", 300) end
+    local s = tostring(shared.list(t))
+    assert.truthy(#s < 3000, #s)
+    assert.matches("%.%.%. %(30 items%)}$", s)
+    local deep = {}
+    local cur = deep
+    for _ = 1, 50 do cur[1] = {} cur = cur[1] end
+    assert.matches("{{{{{%.%.%.}}}}}}$", tostring(shared.list({deep})))
+    local wide = {}
+    for i = 1, 30 do wide[i] = {} for j = 1, 30 do wide[i][j] = j end end
+    assert.truthy(#tostring(shared.dict({w = wide})) < 3000)
+  end)
+
+  it("escapes control bytes in strings", function()
+    assert.equal('shared.list: {"a\\nb\\0c\\"\\\\"}', tostring(shared.list({'a\nb\0c"\\'})))
+    assert.equal('shared.list: {"\\0001"}', tostring(shared.list({"\0" .. "1"})))
+  end)
+end)
