@@ -7,7 +7,7 @@ local support = require "spec.support"
 
 -- the scripts run under support.interp: the concur host, or a stock
 -- interpreter with the module (flavours it does not know run the host)
-local module_flavour = support.interp == "lua5.4" or support.interp == "luajit"
+local module_flavour = support.module
 local seq = 0
 
 local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end

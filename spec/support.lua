@@ -9,8 +9,10 @@ M.interp = ({
   concur = "build/concur", asan = "build/asan/concur", tsan = "build/tsan/concur",
   ["lua5.4"] = "lua5.4", luajit = "luajit",
 })[flavour] or "build/concur"
+-- a stock interpreter with the module (not the concur host)?
+M.module = flavour == "lua5.4" or flavour == "luajit" or flavour:match("^asan%-") ~= nil
 if flavour:match("^asan%-") then -- stock interpreters with the ASan module need its runtime preloaded
-  M.interp = "LD_PRELOAD=" .. os.getenv("PWD") .. "/build/asan/libasan-fork.so " .. flavour:sub(6)
+  M.interp = "env LD_PRELOAD=" .. os.getenv("PWD") .. "/build/asan/libasan-fork.so " .. flavour:sub(6)
 end
 
 local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
