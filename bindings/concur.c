@@ -616,6 +616,27 @@ static int l_sleep(lua_State *L) {
     return 0;
 }
 
+/* concur.interrupted(err): is err the error a cancel, Ctrl-C or SIGTERM
+ * raises? Those are strings ("queue:get: interrupted", "...: thread
+ * cancelled", the host's "interrupted!"/"terminated!"), kept as strings so
+ * existing code that prints or matches them works; this names the test. */
+static int ends_with(const char *s, size_t n, const char *suffix) {
+    size_t k = strlen(suffix);
+    return n >= k && memcmp(s + n - k, suffix, k) == 0;
+}
+
+static int l_interrupted(lua_State *L) {
+    size_t n = 0;
+    const char *s = lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &n) : NULL;
+    if (s) {
+        const char *nl = memchr(s, '\n', n); /* a traceback may follow the message */
+        if (nl) n = (size_t)(nl - s);
+    }
+    lua_pushboolean(L, s && (ends_with(s, n, ": interrupted") || ends_with(s, n, "thread cancelled") ||
+                             ends_with(s, n, "interrupted!") || ends_with(s, n, "terminated!")));
+    return 1;
+}
+
 static int l_clock(lua_State *L) {
     lua_pushnumber(L, (lua_Number)cc_now());
     return 1;
@@ -666,7 +687,7 @@ static int l_decode(lua_State *L) {
 }
 
 static const luaL_Reg utils[] = {
-    {"sleep", l_sleep},   {"clock", l_clock},   {"memory", l_memory},
+    {"sleep", l_sleep},   {"clock", l_clock},   {"memory", l_memory}, {"interrupted", l_interrupted},
     {"encode", l_encode}, {"decode", l_decode}, {NULL, NULL},
 };
 

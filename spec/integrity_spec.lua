@@ -326,6 +326,33 @@ describe("reference cycles between shared objects", function()
   end)
 end)
 
+describe("concur.interrupted", function()
+  it("recognises the error a cancel raises, in a loop that catches errors", function()
+    local q = queue()
+    local t = thread.new(function(qq)
+      local caught = 0
+      while true do
+        local ok, err = pcall(qq.get, qq) -- blocks until cancelled
+        if not ok then
+          if concur.interrupted(err) then return "stopped", caught, err end
+          caught = caught + 1
+        end
+      end
+    end, q)
+    concur.sleep(0.2)
+    t:cancel()
+    local what, caught, err = t:join(5)
+    assert.equal("stopped", what)
+    assert.equal(0, caught)
+    assert.matches("interrupted", err)
+    assert.is_true(concur.interrupted("x.lua:3: thread cancelled"))
+    assert.is_true(concur.interrupted("interrupted!\nstack traceback:\n..."))
+    assert.is_false(concur.interrupted("queue:get: the queue is closed"))
+    assert.is_false(concur.interrupted({}))
+    assert.is_false(concur.interrupted(nil))
+  end)
+end)
+
 describe("join of a handle held nowhere else", function()
   it("keeps the record alive while its results are decoded", function()
     if not S.luajit then collectgarbage("incremental", 10, 400) end -- collect often
