@@ -104,6 +104,11 @@ void cb_arena(lua_State *L);
 
 /* A message handler for lua_pcall: a string error gets the traceback. */
 int cb_msghandler(lua_State *L);
+/* For each userdata of metatable mt that is a key of registry[key]: call
+ * fn(L, ud, arg), which keeps the stack balanced; a true result removes the
+ * key. (Unjoined process and thread handles, closed at exit.) */
+void cb_registry_drain(lua_State *L, const void *key, const char *mt,
+                       int (*fn)(lua_State *L, void *ud, int arg), int arg);
 /* t = registry[key] (a table); t[stack[idx]] = on and true or nil. */
 void cb_registry_mark(lua_State *L, const void *key, int idx, int on);
 /* A per-state scratch buffer (which = 0 or 1) for one call, reused so

@@ -381,6 +381,34 @@ int cb_msghandler(lua_State *L) {
     return 1;
 }
 
+void cb_registry_drain(lua_State *L, const void *key, const char *mt,
+                       int (*fn)(lua_State *L, void *ud, int arg), int arg) {
+    cb_rawgetp(L, LUA_REGISTRYINDEX, key);
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    lua_newtable(L); /* the keys first: fn may change the table */
+    int n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, -3)) {
+        lua_pop(L, 1);
+        lua_pushvalue(L, -1);
+        lua_rawseti(L, -3, ++n);
+    }
+    for (int i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        void *ud = luaL_testudata(L, -1, mt);
+        if (ud && fn(L, ud, arg)) {
+            lua_pushnil(L);
+            lua_rawset(L, -4);
+        } else {
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 2);
+}
+
 void cb_registry_mark(lua_State *L, const void *key, int idx, int on) {
     idx = cb_absindex(L, idx);
     cb_rawgetp(L, LUA_REGISTRYINDEX, key);

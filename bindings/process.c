@@ -560,32 +560,15 @@ static int p_gc(lua_State *L) {
 
 /* Finalize every unjoined child this process started from L: at the end of
  * a forked child, and at os.exit. */
+static int close_one(lua_State *L, void *ud, int stop) {
+    cproc **box = ud;
+    if (!*box || (*box)->owner != cc_pid()) return 0;
+    finalize(L, box, stop);
+    return 1;
+}
+
 void cb_process_close_all(lua_State *L, int stop) {
-    cb_rawgetp(L, LUA_REGISTRYINDEX, &UNJOINED_KEY);
-    if (!lua_istable(L, -1)) {
-        lua_pop(L, 1);
-        return;
-    }
-    lua_newtable(L); /* collect first: finalizing changes nothing, but be safe */
-    int n = 0;
-    lua_pushnil(L);
-    while (lua_next(L, -3)) {
-        lua_pop(L, 1);
-        lua_pushvalue(L, -1);
-        lua_rawseti(L, -3, ++n);
-    }
-    for (int i = 1; i <= n; i++) {
-        lua_rawgeti(L, -1, i);
-        cproc **box = luaL_testudata(L, -1, MT);
-        if (box && *box && (*box)->owner == cc_pid()) {
-            finalize(L, box, stop);
-            lua_pushnil(L);
-            lua_rawset(L, -4);
-        } else {
-            lua_pop(L, 1);
-        }
-    }
-    lua_pop(L, 2);
+    cb_registry_drain(L, &UNJOINED_KEY, MT, close_one, stop);
 }
 
 static int p_tostring(lua_State *L) {
