@@ -468,8 +468,36 @@ static const char PTR_CHUNK[] =
     "for k, v in pairs(ct) do ct[k] = ffi.typeof(v) end\n"
     "return function(a) local p = raw(a) return ffi.cast(ct[a.type], p) end\n";
 
-/* methods.ptr = the wrapper, when require "ffi" works in this state. */
+/* methods.ptr = the wrapper, when this state has an FFI: LuaJIT's is in
+ * package.preload, a Lua 5.4 one must be loaded (or preloaded) before
+ * concur. No search of package.path: that would cost every thread.new
+ * a dozen failed file lookups under Lua 5.4. */
+static int ffi_present(lua_State *L) {
+    int found = 0;
+    lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");
+    if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "ffi");
+        found = !lua_isnil(L, -1);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    if (found) return 1;
+    lua_getglobal(L, "package");
+    if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "preload");
+        if (lua_istable(L, -1)) {
+            lua_getfield(L, -1, "ffi");
+            found = !lua_isnil(L, -1);
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return found;
+}
+
 static void add_ptr(lua_State *L, int methods) {
+    if (!ffi_present(L)) return;
     lua_getglobal(L, "require");
     lua_pushliteral(L, "ffi");
     if (lua_pcall(L, 1, 1, 0) != LUA_OK || !lua_istable(L, -1)) {
