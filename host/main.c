@@ -169,9 +169,29 @@ static void print_help(void) {
         CONCUR_VERSION);
 }
 
+/* Lua's line alone, as lua.c prints it: tools read `lua -v`, and what
+ * -e prints comes right after it. concur's version is in --help, in
+ * concur.version and in the REPL's banner on a terminal. */
 static void print_version(void) {
-    printf("%s\nconcur %s\n", LUA_COPYRIGHT, CONCUR_VERSION);
+    printf("%s\n", LUA_COPYRIGHT);
     fflush(stdout);
+}
+
+static void print_banner(void) {
+    if (!isatty(0)) return;
+    printf("concur %s -- Ctrl-D exits, concur --help explains\n", CONCUR_VERSION);
+    fflush(stdout);
+}
+
+/* In the REPL errors carry no program name, as in lua.c. */
+void host_interactive(int on) {
+    static const char *saved;
+    if (on) {
+        saved = progname;
+        progname = NULL;
+    } else {
+        progname = saved;
+    }
 }
 
 void host_message(const char *msg) {
@@ -275,9 +295,7 @@ static int handle_script(lua_State *L, char **argv) {
 static int collectargs(char **argv, int *first) {
     int args = 0;
     int i;
-    if (argv[0] != NULL) {
-        if (argv[0][0]) progname = "concur";
-    } else {
+    if (argv[0] == NULL) {
         *first = -1;
         return 0;
     }
@@ -359,31 +377,13 @@ static int handle_luainit(lua_State *L) {
     return dostring(L, init, name);
 }
 
-/* Warnings: off until "@on" (-W), like lua.c. */
-static int warn_on;
-static int warn_cont;
-static void warnf(void *ud, const char *msg, int tocont) {
-    (void)ud;
-    if (!warn_cont && *msg == '@') {
-        if (strcmp(msg, "@off") == 0) warn_on = 0;
-        else if (strcmp(msg, "@on") == 0) warn_on = 1;
-        return;
-    }
-    if (warn_on) {
-        if (!warn_cont) fputs("Lua warning: ", stderr);
-        fputs(msg, stderr);
-        if (!tocont) fputs("\n", stderr);
-        fflush(stderr);
-    }
-    warn_cont = tocont;
-}
-
 static int pmain(lua_State *L) {
     int argc = (int)lua_tointeger(L, 1);
     char **argv = (char **)lua_touserdata(L, 2);
     int script = 0;
     int args = collectargs(argv, &script);
     luaL_checkversion(L);
+    if (argv[0] && argv[0][0]) progname = argv[0]; /* messages name it, as lua.c's */
     if (args == -1) {
         print_help();
         lua_pushboolean(L, 1);
@@ -399,7 +399,10 @@ static int pmain(lua_State *L) {
         lua_setfield(L, LUA_REGISTRYINDEX, "LUA_NOENV");
     }
     luaL_openlibs(L);
-    lua_setwarnf(L, warnf, L);
+    /* warnings: lauxlib's own function, which luaL_newstate installed (off
+     * until "@on"; only a one-piece message is a control message) */
+    lua_getglobal(L, "print"); /* the REPL prints through it unless replaced */
+    lua_setfield(L, LUA_REGISTRYINDEX, HOST_PRINT_KEY);
     concur_openlibs(L);
     cc_interrupt_set(&interrupt_flag);
     createargtable(L, argv, argc, script);
@@ -409,11 +412,13 @@ static int pmain(lua_State *L) {
     if (!runargs(L, argv, script)) return 0;
     if (script < argc && handle_script(L, argv + script) != LUA_OK) return 0;
     if (args & has_i) {
+        print_banner();
         repl_ran = 1;
         host_repl(L);
     } else if (script == argc && !(args & (has_e | has_v))) {
         if (isatty(0)) {
             print_version();
+            print_banner();
             repl_ran = 1;
             host_repl(L);
         } else {

@@ -28,9 +28,6 @@
 
 #include "host.h"
 
-/* main.c: a SIGTERM arrived (belongs in host.h, which is not this change's) */
-int host_terminated(void);
-
 #define HISTORY_FILE ".concur_history"
 #define HISTORY_MAX 1000
 
@@ -257,16 +254,35 @@ static void on_sigint_prompt(int sig) {
     rl_redisplay();
 }
 
-static const char *prompt(lua_State *L, int first) {
-    lua_getglobal(L, first ? "_PROMPT" : "_PROMPT2");
-    const char *p = lua_tostring(L, -1);
+static int tostring_prompt(lua_State *L) {
+    luaL_tolstring(L, 1, NULL);
+    return 1;
+}
+
+/* _PROMPT / _PROMPT2 through tostring, as lua.c (so __tostring runs once
+ * per line); an error in it is reported and the default prompt used. */
+static void prompt(lua_State *L, int first, char *buf, size_t size) {
+    const char *def = first ? "> " : ">> ";
+    if (lua_getglobal(L, first ? "_PROMPT" : "_PROMPT2") == LUA_TNIL) {
+        lua_pop(L, 1);
+        snprintf(buf, size, "%s", def);
+        return;
+    }
+    lua_pushcfunction(L, tostring_prompt);
+    lua_insert(L, -2);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+        host_message(lua_pushfstring(L, "error converting the prompt (%s)", lua_tostring(L, -1)));
+        lua_pop(L, 2);
+        snprintf(buf, size, "%s", def);
+        return;
+    }
+    snprintf(buf, size, "%s", lua_tostring(L, -1));
     lua_pop(L, 1);
-    return p ? p : (first ? "> " : ">> ");
 }
 
 static char *read_line(lua_State *L, int first) {
     char buf[256];
-    snprintf(buf, sizeof buf, "%s", prompt(L, first));
+    prompt(L, first, buf, sizeof buf);
     signal(SIGINT, on_sigint_prompt);
     char *line = readline(buf);
     signal(SIGINT, SIG_DFL);
@@ -325,9 +341,28 @@ static int load_input(lua_State *L) {
     return status;
 }
 
+/* A print the user put in place gets the results, as in lua.c. */
+static int print_replaced(lua_State *L, int base, int n) {
+    lua_getglobal(L, "print");
+    lua_getfield(L, LUA_REGISTRYINDEX, HOST_PRINT_KEY);
+    int same = lua_rawequal(L, -1, -2);
+    lua_pop(L, 1);
+    if (same) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    lua_insert(L, base + 1);
+    if (lua_pcall(L, n, 0, 0) != LUA_OK)
+        host_message(lua_pushfstring(L, "error calling 'print' (%s)", lua_tostring(L, -1)));
+    lua_settop(L, base);
+    return 1;
+}
+
 static void print_results(lua_State *L, int base) {
     int n = lua_gettop(L) - base;
     if (n <= 0) return;
+    luaL_checkstack(L, LUA_MINSTACK, "too many results to print");
+    if (print_replaced(L, base, n)) return;
     lua_rawgetp(L, LUA_REGISTRYINDEX, &REPR_KEY);
     lua_insert(L, base + 1);
     if (lua_pcall(L, n, 1, 0) != LUA_OK) {
@@ -352,6 +387,7 @@ void host_repl(lua_State *L) {
     rl_basic_word_break_characters = " \t\n\"\\'`@$><=;|&{(,+-*/%^~#[]";
     rl_completion_append_character = '\0';
     history_open();
+    host_interactive(1);
     int status;
     while ((status = load_input(L)) != -1) {
         int base = lua_gettop(L) - 1;
@@ -365,6 +401,7 @@ void host_repl(lua_State *L) {
         if (host_terminated()) break; /* SIGTERM ends the session */
     }
     lua_settop(L, 0);
+    host_interactive(0);
     if (!host_terminated()) host_interrupt_reset(); /* an old Ctrl-C must not stop workers at exit */
     fputs("\n", stdout);
     fflush(stdout);

@@ -18,12 +18,12 @@ local function sh(cmd)
 end
 
 describe("concur command line", function()
-  it("prints both version lines with -v", function()
+  it("prints Lua's version line with -v, as lua5.4 does, and concur's with --help", function()
     if skip() then return end
     local out, rc = sh(BIN .. " -v")
     assert.equal(0, rc)
-    assert.matches("^Lua 5%.4", out)
-    assert.matches("concur %d+%.%d+%.%d+", out)
+    assert.matches("^Lua 5%.4[^\n]*\n$", out)
+    assert.matches("^concur %d+%.%d+%.%d+", sh(BIN .. " --help"))
   end)
 
   it("runs -e chunks in order and passes script arguments in arg and ...", function()
@@ -74,7 +74,7 @@ describe("concur command line", function()
     if skip() then return end
     local out, rc = sh(BIN .. " -e 'local function f() error(\"boom\") end f()'")
     assert.equal(1, rc)
-    assert.matches("^concur: %(command line%):1: boom", out)
+    assert.matches("^" .. BIN .. ": %(command line%):1: boom", out)
     assert.matches("stack traceback:", out)
     local _, rc2 = sh(BIN .. " /nonexistent/script.lua")
     assert.equal(1, rc2)
@@ -393,5 +393,104 @@ describe("concur REPL completion on concur objects (through tmux)", function()
     completes("q = queue(); a, b = pipe(); k = lock(); print('setup ' .. 'done')",
       {{"q:pu", "q:put"}, {"q.ge", "q.get"}, {"a:se", "a:send"}, {"a.rea", "a.readable"},
        {"k:acq", "k:acquire"}})
+  end)
+end)
+
+-- What Lua 5.4.4's own test of the stand-alone interpreter (testes/main.lua,
+-- run by scripts/lua-testes.sh) checks and build/concur once got wrong; the
+-- model for each is lua.c.
+describe("concur behaves like lua.c where Lua's testes/main.lua looks", function()
+  local function put(path, text)
+    local f = assert(io.open(path, "w"))
+    f:write(text)
+    f:close()
+  end
+
+  -- run a shell command; returns its stdout and stderr apart, and the status
+  local function run(cmd)
+    local err = os.tmpname()
+    local f = io.popen("timeout 20 " .. cmd .. " 2> " .. err .. "; echo \"<rc=$?>\"")
+    local out = f:read("*a")
+    f:close()
+    local ef = io.open(err)
+    local errout = ef:read("*a")
+    ef:close()
+    os.remove(err)
+    local body, rc = out:match("^(.-)<rc=(%d+)>%s*$")
+    return body, errout, tonumber(rc)
+  end
+
+  it("prints REPL results through a replaced global print and reports an error calling it", function()
+    if skip() then return end
+    local _, err = run("sh -c 'echo 10 | " .. BIN .. " -e \"print=nil\" -i'")
+    assert.matches("error calling 'print'", err)
+    local out = run("sh -c 'echo 10, nil | " .. BIN .. " -e \"print=function(...) io.write(\\\"P:\\\", select(\\\"#\\\", ...), \\\"\\\\n\\\") end\" -i'")
+    assert.matches("P:2\n", out)
+  end)
+
+  it("treats only a whole one-piece warning as a control message, as lua5.4 does", function()
+    if skip() then return end
+    local prog = os.tmpname()
+    put(prog, [[
+warn("@allow")
+warn("@off", "XXX", "@off")
+warn("@off")
+warn("@on", "YYY", "@on")
+warn("@off")
+warn("@on")
+warn("", "@on")
+warn("@on")
+warn("Z", "Z", "Z")
+]])
+    local _, err, rc = run(BIN .. " -W " .. prog)
+    assert.equal(0, rc)
+    assert.equal("Lua warning: @offXXX@off\nLua warning: @on\nLua warning: ZZZ\n", err)
+    put(prog, "io.stderr:write(1); warn[[XXX]]")
+    _, err = run(BIN .. " " .. prog)
+    assert.equal("1", err)
+    os.remove(prog)
+  end)
+
+  it("shows a _PROMPT that is not a string through its __tostring, once per line", function()
+    if skip() then return end
+    local prog = os.tmpname()
+    put(prog, " --\na = 2\n")
+    local out = run(BIN .. " -e \"local C = 0; _PROMPT = setmetatable({}, {__tostring = function() C = C + 1; return C end})\" -i < " .. prog)
+    os.remove(prog)
+    assert.is_truthy(out:find("1 --\n2a = 2\n3\n", 1, true), out)
+  end)
+
+  it("calls an error object's __tostring from the message handler, four levels above the error", function()
+    if skip() then return end
+    local prog = os.tmpname()
+    put(prog, [[
+debug = require "debug"
+m = {x=0}
+setmetatable(m, {__tostring = function(x)
+  return tostring(debug.getinfo(4).currentline + x.x)
+end})
+error(m)
+]])
+    local _, err, rc = run(BIN .. " " .. prog)
+    os.remove(prog)
+    assert.equal(1, rc)
+    assert.is_truthy(err:find(BIN .. ": 6\n", 1, true), err)
+  end)
+
+  it("names itself by argv[0] in messages, as lua.c does", function()
+    if skip() then return end
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir " .. dir .. " && ln -s \"$PWD/" .. BIN .. "\" " .. dir .. "/mylua"))
+    local _, err = run(dir .. "/mylua -e \"error('x')\"")
+    os.execute("rm -r " .. dir)
+    assert.matches("^" .. dir:gsub("%p", "%%%0") .. "/mylua: %(command line%):1: x", err)
+  end)
+
+  it("prints Lua's copyright line alone with -v, before what -e prints", function()
+    if skip() then return end
+    local out, _, rc = run(BIN .. " -v -e \"print'hello'\"")
+    assert.equal(0, rc)
+    assert.matches("^Lua 5%.4%.%d+  Copyright %(C%) [^\n]*PUC%-Rio\nhello\n$", out)
   end)
 end)

@@ -1,0 +1,51 @@
+#!/bin/sh
+# Lua's own test of the stand-alone interpreter, testes/main.lua, against
+# build/concur: the check that concur is a drop-in lua5.4 (flags, LUA_INIT,
+# the arg table, -W and warn's control messages, the REPL's prompts and
+# printing, error objects, exit codes, Ctrl-C).
+#
+#   sh scripts/lua-testes.sh /path/to/lua-5.4.4 [interpreter]
+#
+# The path is a Lua source tree that has the tests: a checkout of
+# github.com/lua/lua at tag v5.4.4 (testes/main.lua) or the unpacked
+# lua-5.4.4-tests tarball from lua.org (main.lua at its top). Lua's code is
+# not in this repository, so it is read from there. The interpreter
+# defaults to build/concur; give lua5.4 to see the reference pass.
+#
+# main.lua is run as its header intends, `lua main.lua`: it takes the
+# interpreter under test from arg[-1], so the interpreter runs the test
+# itself and every command it starts. Exit status 0 when the test ends
+# with "OK", else non-zero.
+set -u
+usage() {
+    echo "usage: sh scripts/lua-testes.sh /path/to/lua-5.4.4 [interpreter]" >&2
+    exit 2
+}
+[ $# -ge 1 ] && [ $# -le 2 ] || usage
+cd "$(dirname "$0")/.." || exit 2
+tree=$1
+if [ -f "$tree/testes/main.lua" ]; then
+    dir=$tree/testes
+elif [ -f "$tree/main.lua" ]; then
+    dir=$tree
+else
+    echo "lua-testes.sh: no testes/main.lua or main.lua under '$tree'" >&2
+    usage
+fi
+lua=${2:-build/concur}
+case "$lua" in
+*/*) lua=$(cd "$(dirname "$lua")" && pwd)/$(basename "$lua") ;; # the test runs elsewhere
+*) lua=$(command -v "$lua") || { echo "lua-testes.sh: '$2' not found" >&2; exit 2; } ;;
+esac
+[ -x "$lua" ] || { echo "lua-testes.sh: '$lua' is not built (run make)" >&2; exit 2; }
+dir=$(cd "$dir" && pwd)
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+# the Ctrl-C part waits a second; the whole test takes a few seconds
+(cd "$dir" && timeout 300 "$lua" main.lua) 2>&1 | tee "$log"
+if [ "$(tail -n 1 "$log")" = "OK" ]; then
+    echo "lua-testes.sh: $dir/main.lua passed under $lua"
+    exit 0
+fi
+echo "lua-testes.sh: $dir/main.lua FAILED under $lua" >&2
+exit 1
