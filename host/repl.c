@@ -263,7 +263,8 @@ static int tostring_prompt(lua_State *L) {
  * per line); an error in it is reported and the default prompt used. */
 static void prompt(lua_State *L, int first, char *buf, size_t size) {
     const char *def = first ? "> " : ">> ";
-    if (lua_getglobal(L, first ? "_PROMPT" : "_PROMPT2") == LUA_TNIL) {
+    const char *name = first ? "_PROMPT" : "_PROMPT2";
+    if (lua_getglobal(L, name) == LUA_TNIL) {
         lua_pop(L, 1);
         snprintf(buf, size, "%s", def);
         return;
@@ -271,7 +272,7 @@ static void prompt(lua_State *L, int first, char *buf, size_t size) {
     lua_pushcfunction(L, tostring_prompt);
     lua_insert(L, -2);
     if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
-        host_message(lua_pushfstring(L, "error converting the prompt (%s)", lua_tostring(L, -1)));
+        host_message(lua_pushfstring(L, "error converting %s to a string (%s)", name, lua_tostring(L, -1)));
         lua_pop(L, 2);
         snprintf(buf, size, "%s", def);
         return;

@@ -460,6 +460,14 @@ warn("Z", "Z", "Z")
     assert.is_truthy(out:find("1 --\n2a = 2\n3\n", 1, true), out)
   end)
 
+  it("reports an error in _PROMPT's __tostring and goes on with the default prompt", function()
+    if skip() then return end
+    local out, err, rc = run("sh -c 'echo x = 1 | " .. BIN .. " -e \"_PROMPT = setmetatable({}, {__tostring = function() error(\\\"bad\\\") end})\" -i'")
+    assert.equal(0, rc)
+    assert.matches("error converting _PROMPT to a string %(.*bad%)", err)
+    assert.matches("> x = 1\n", out)
+  end)
+
   it("calls an error object's __tostring from the message handler, four levels above the error", function()
     if skip() then return end
     local prog = os.tmpname()
