@@ -569,12 +569,7 @@ static void batch_release(cb_batch *b) {
 
 static int batch_gc(lua_State *L) {
     cb_batch *b = lua_touserdata(L, 1);
-    if (!b) return 0;
-    batch_release(b);
-    cc_buf_free(&b->all);
-    free(b->lens);
-    b->lens = NULL;
-    b->n = b->cap = b->next = b->off = 0;
+    if (b) cb_batch_free(L, b);
     return 0;
 }
 
