@@ -92,19 +92,85 @@ describe("process.spawn", function()
     pcall(p.join, p, 10)
   end)
 
-  it("refuses an untransferable argument before forking", function()
-    local before = tmpname()
-    local ok, err = pcall(process.spawn, function() io.open(before, "w"):close() end, coroutine.create(print))
-    assert.is_false(ok)
-    assert.matches("process.spawn: cannot send a coroutine %(argument 2%)", err)
-    assert.is_nil(io.open(before))
+  -- the child is a copy of the caller: what it is given is not encoded, so
+  -- values a thread could not take are fine here (issue 10)
+  it("passes a coroutine argument to the child as it is", function()
+    local co = coroutine.create(function(x) coroutine.yield(x + 1) return "done" end)
+    local p = process.spawn(function(c)
+      local _, a = coroutine.resume(c, 41)
+      local _, b = coroutine.resume(c)
+      return a, b, coroutine.status(c)
+    end, co)
+    local a, b, status = p:join(10)
+    assert.equal(42, a)
+    assert.equal("done", b)
+    assert.equal("dead", status)
+    assert.equal("suspended", coroutine.status(co)) -- the parent's is untouched
   end)
 
-  it("names the field of an untransferable upvalue", function()
+  it("lets the child use a file handle captured in an upvalue", function()
     local cfg = {conn = {sock = io.stdout}}
-    local ok, err = pcall(process.spawn, function() return cfg end)
+    local p = process.spawn(function() return io.type(cfg.conn.sock), cfg.conn.sock == io.stdout end)
+    local kind, same = p:join(10)
+    assert.equal("file", kind)
+    assert.is_true(same)
+  end)
+
+  it("passes a table nested deeper than a message may be", function()
+    local deep = {}
+    local t = deep
+    for _ = 1, 300 do t.next = {} t = t.next end
+    local p = process.spawn(function(d)
+      local n = 0
+      while d.next do d, n = d.next, n + 1 end
+      return n
+    end, deep)
+    assert.equal(300, p:join(10))
+  end)
+
+  it("keeps identity between the function's upvalues and its arguments", function()
+    local shared_t = {}
+    local p = process.spawn(function(x) return x == shared_t end, shared_t)
+    assert.is_true(p:join(10))
+  end)
+
+  it("passes another process's handle to the child, which cannot join it", function()
+    local sib = process.spawn(function() concur.sleep(0.2) return 1 end)
+    local p = process.spawn(function(s)
+      local ok, err = pcall(s.join, s, 1)
+      return s.pid, ok, err
+    end, sib)
+    local pid, ok, err = p:join(10)
+    assert.equal(sib.pid, pid)
     assert.is_false(ok)
-    assert.matches('upvalue "cfg", field "conn.sock"', err)
+    assert.matches("is not a child of this process", err)
+    assert.equal(1, sib:join(10))
+  end)
+
+  it("reports a result that cannot cross back as the child's error", function()
+    local p = process.spawn(function() return coroutine.create(print) end)
+    local ok, err = pcall(p.join, p, 10)
+    assert.is_false(ok)
+    assert.matches("cannot send a coroutine", err)
+    assert.equal(1, p.exitcode)
+  end)
+
+  it("spawns from inside a coroutine", function()
+    local co = coroutine.wrap(function(x)
+      local p = process.spawn(function(y) return y * 2, coroutine.isyieldable() end, x)
+      coroutine.yield(p:join(10))
+    end)
+    assert.equal(42, co(21))
+  end)
+
+  it("spawns from inside a thread with a value a thread could not be sent", function()
+    local t = concur.thread.new(function()
+      local process = require("concur").process
+      local co = coroutine.create(function() return "from the thread's coroutine" end)
+      local p = process.spawn(function(c) return select(2, coroutine.resume(c)) end, co)
+      return p:join(10)
+    end)
+    assert.equal("from the thread's coroutine", t:join(20))
   end)
 
   it("rejects a non-function first argument", function()

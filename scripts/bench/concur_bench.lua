@@ -161,6 +161,30 @@ end
 W.spawn_process = function(n) return spawn_latency(process.spawn, n) end
 W.spawn_thread = function(n) return spawn_latency(thread.new, n) end
 
+-- spawn + join of a function whose upvalue is a big table (median, us):
+-- a fork needs no copy of what the child already has, so the size of the
+-- captured data should not show
+local function spawn_upv_latency(data, n)
+  local ts = {}
+  for i = 1, n do
+    local t0 = clock()
+    process.spawn(function() return #data end):join()
+    ts[i] = clock() - t0
+  end
+  table.sort(ts)
+  return ts[(n + 1) // 2] * 1e6
+end
+W.spawn_upv_ints = function(n)
+  local data = {}
+  for i = 1, 1000000 do data[i] = i end
+  return spawn_upv_latency(data, n)
+end
+W.spawn_upv_rows = function(n)
+  local data = {}
+  for i = 1, 1000000 do data[i] = {i, -i} end
+  return spawn_upv_latency(data, n)
+end
+
 -- memory per idle worker in KiB (RSS/PSS growth with n workers parked on a queue)
 W.rss_thread = function(n)
   local q = queue()

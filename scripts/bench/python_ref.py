@@ -190,6 +190,28 @@ def spawn_latency(make, n):
     return ts[(n - 1) // 2] * 1e6
 
 
+_DATA = None
+
+
+def _len_data():
+    return len(_DATA)
+
+
+def spawn_upv(make_data, n):
+    # the list is a global, as a fork-start child sees it
+    global _DATA
+    _DATA = make_data()
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        h = mp.Process(target=_len_data)
+        h.start()
+        h.join()
+        ts.append(time.perf_counter() - t0)
+    ts.sort()
+    return ts[(n - 1) // 2] * 1e6
+
+
 def rss_kib(pid="self"):
     for name in ("smaps_rollup", "status"):
         try:
@@ -297,6 +319,8 @@ WORKLOADS = {
     "lock_contended2": lock_contended2,
     "spawn_process": lambda n: spawn_latency(mp.Process, n),
     "spawn_thread": lambda n: spawn_latency(threading.Thread, n),
+    "spawn_upv_ints": lambda n: spawn_upv(lambda: list(range(1, 1000001)), n),
+    "spawn_upv_rows": lambda n: spawn_upv(lambda: [[i, -i] for i in range(1, 1000001)], n),
     "rss_thread": rss_thread,
     "rss_process": rss_process,
     "array_add": array_add,

@@ -49,6 +49,8 @@ local rows = {
   {"lock_uncontended", "lock acquire+release, uncontended", "/s", true, {"lock_uncontended", 5000000, 500000}, {"lock_uncontended", 5000000, 500000}, {"lock_uncontended", 5000000, 500000}, {">=", 15e6, "abs"}},
   {"lock_contended2", "lock acquire+release, 2 threads contending", "/s", true, {"lock_contended2", 1000000, 100000}, {"lock_contended2", 1000000, 100000}, {"lock_contended2", 1000000, 100000}},
   {"spawn_process", "process spawn+join (median)", "us", false, {"spawn_process", 200, 50}, {"spawn_process", 100, 20}, {"spawn_process", 200, 50}, {"<=", 500, "abs"}},
+  {"spawn_upv_ints", "process spawn+join, 10^6 integers captured (median)", "us", false, {"spawn_upv_ints", 50, 20}, {"spawn_upv_ints", 50, 20}, false},
+  {"spawn_upv_rows", "process spawn+join, 10^6 two-element rows captured (median)", "us", false, {"spawn_upv_rows", 50, 20}, {"spawn_upv_rows", 50, 20}, false},
   {"spawn_thread", "thread new+join (median)", "us", false, {"spawn_thread", 500, 100}, {"spawn_thread", 500, 100}, {"spawn_thread", 500, 100}, {"<=", 100, "abs"}},
   {"rss_thread", "memory per idle thread", "KiB", false, {"rss_thread", 20, 10}, {"rss_thread", 20, 10}, {"rss_thread", 20, 10}},
   {"rss_process", "memory per idle process (PSS)", "KiB", false, {"rss_process", 10, 5}, {"rss_process", 10, 5}, {"rss_process", 10, 5}},
