@@ -1,28 +1,36 @@
 /*
  * process.c -- process.spawn(fn, ...): fn runs in a forked child.
  *
- * The child is a copy of the caller, so it calls fn with the very values on
- * the caller's stack (identity inside them is kept, nothing is decoded).
- * They are still encoded once before the fork, so that a value that could
- * not cross to a thread is refused here too, before anything starts: the
- * two primitives accept the same things.
+ * This file converts arguments and results; runtime/proc.c owns the child
+ * record (cc_child), its result pipe, waiting, killing and stopping, as
+ * libuv owns a uv_process_t under luv.
+ *
+ * Nothing is encoded to start a child. The child is a copy of the caller,
+ * so it calls fn with the very values on the caller's stack: identity is
+ * kept, a coroutine, a file or another process's handle arrive as they
+ * are, and the cost of a spawn does not grow with what fn captures. Only fn
+ * is checked (a function). From a thread, the thread's state is the one
+ * that runs in the child (fork copies only the calling OS thread); from a
+ * coroutine, the coroutine does.
  *
  * The child writes one status byte and its results (or its error with the
- * traceback) as a codec message to a result pipe, flushes stdio and leaves
- * with _exit: no finalizer of the parent's state ever runs in a child. The
- * parent reads the pipe to EOF in join, then reaps the child. A child that
- * died without writing was killed: join raises "process PID (NAME) killed by
- * SIGKILL". Results are kept, so join can be called again.
+ * traceback) as a codec message to the result pipe -- results do cross
+ * back, so they are encoded and may be refused ("cannot send a coroutine"
+ * becomes the child's error) -- flushes stdio and leaves with _exit: no
+ * finalizer of the parent's state ever runs in a child. The parent reads
+ * the pipe to EOF in join, then reaps the child. A child that died without
+ * writing was killed: join raises "process PID (NAME) killed by SIGKILL".
+ * Results are kept, so join can be called again.
  *
  * Handles of unjoined children sit in a registry table; when the state
  * closes their finalizers join them (daemons are killed first), so no child
  * is left running or a zombie. A wait of more than a second says on stderr
  * what it waits for. When the program is ending abnormally (cc_stopping: an
  * uncaught error, a signal, a failing os.exit) or the closing thread was
- * cancelled, they stop the child instead: SIGTERM, a second of grace,
- * SIGKILL, reaped, and noted for the one-line notice at exit. A child that
- * failed (or was killed) and was never joined is reported on stderr with its
- * error and traceback when its handle is finalized, once.
+ * cancelled, they stop the child instead (cc_child_stop: SIGTERM, a second
+ * of grace, SIGKILL, reaped, noted for the one-line notice at exit). A child
+ * that failed (or was killed) and was never joined is reported on stderr
+ * with its error and traceback when its handle is finalized, once.
  *
  * A child returns like a script ends: before it _exits it joins the
  * processes and threads it started and did not join (stops them if it
@@ -30,25 +38,24 @@
  * OS, and dies with its parent (runtime/proc.c).
  *
  * Counts across the fork. The child can reach every shared object the
- * spawning state has a handle on (globals, the registry, any table), and its
- * copies of those handles hold no count of their own: they are the parent's.
- * So before forking, the parent takes one more count on each object in the
- * state's intern table (cb_retain_reachable) and gives them back only once
- * the child is reaped -- after a join, a kill, or the handle's finalizer. A
- * child that spawns does the same for its own children, so a grandchild
- * stays covered after its parent is gone. A spawn from a thread retains that
- * thread's state, the only one that runs in the child. The cost is O(live
- * handles) per spawn; a child that is never reaped keeps its counts (a leak,
- * never a use after free).
+ * spawning state has a handle on (arguments, upvalues, globals, the
+ * registry, any table), and its copies of those handles hold no count of
+ * their own: they are the parent's. So before forking, the parent takes one
+ * more count on each object in the state's intern table
+ * (cb_retain_reachable, O(live handles), not O(data)) and the record gives
+ * them back only once the child is reaped -- after a join, a kill, or the
+ * handle's finalizer. A child that spawns does the same for its own
+ * children, so a grandchild stays covered after its parent is gone. A spawn
+ * from a thread retains that thread's state, the only one that runs in the
+ * child. A child that is never reaped keeps its counts (a leak, never a use
+ * after free).
  */
 #include "cb.h"
 #include "../runtime/proc.h"
 #include "../runtime/thread.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
-#include <sched.h>
 #include <stdatomic.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -56,22 +63,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+/* The handle: the runtime's record (NULL once finalized) and whether join
+ * returned its outcome (then a failure is the script's business). */
 typedef struct cproc {
-    pid_t pid, owner;
-    int rfd;              /* result pipe, -1 once read to EOF */
-    int reaped, status;   /* waitpid status once reaped */
-    int daemon;
-    int observed;         /* joined: its failure is the script's business */
-    int stopped;          /* stopped at exit by us: nothing to report */
-    int args_refs;        /* args holds counts to give back once reaped */
-    int holds_refs;       /* result holds a whole message owning its references */
-    cc_buf result;        /* status byte then the message */
-    cc_buf args;          /* fn and arguments, encoded before the fork */
-    cc_buf held;          /* cc_obj *[]: one count on every object the child
-                             can reach (all handles of the spawning state),
-                             kept until it is reaped, whatever the parent
-                             drops meanwhile */
-    char name[64];
+    cc_child *c;
+    int observed;
 } cproc;
 
 static const char *const MT = "concur.process";
@@ -87,10 +83,6 @@ void cb_seed_random(lua_State *L);
 void cb_thread_close_all(lua_State *L, int stop);
 void cb_process_close_all(lua_State *L, int stop);
 int cb_thread_unjoined(lua_State *L);
-
-/* The status byte: OK or not, and FINISHING when the child still has its
- * own unjoined workers to join after sending its results. */
-enum { ST_OK = 1, ST_FINISHING = 0x80 };
 
 /* ---- signals by name ---- */
 
@@ -149,16 +141,6 @@ static int encode_all(lua_State *L) {
     return 0;
 }
 
-static void write_all(int fd, const char *p, size_t n) {
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return;
-        p += w;
-        n -= (size_t)w;
-    }
-}
-
 /* Does this process have workers of its own still to join? */
 static int unjoined(lua_State *L) {
     int n = cb_thread_unjoined(L);
@@ -166,8 +148,8 @@ static int unjoined(lua_State *L) {
     if (lua_istable(L, -1)) {
         lua_pushnil(L);
         while (lua_next(L, -2)) {
-            cproc **box = luaL_testudata(L, -2, MT);
-            if (box && *box && (*box)->owner == cc_pid()) n++;
+            cproc *h = luaL_testudata(L, -2, MT);
+            if (h && h->c && cc_child_mine(h->c)) n++;
             lua_pop(L, 1);
         }
     }
@@ -192,7 +174,7 @@ static void child(lua_State *L, int first, int nargs, int wfd) {
     lua_insert(L, first);
     int ok = lua_pcall(L, nargs, LUA_MULTRET, first) == LUA_OK;
     cc_buf b = {0};
-    /* encode what fn returned, or the error; status byte first */
+    /* encode what fn returned, or the error */
     lua_pushcfunction(L, encode_all);
     lua_insert(L, first + 1);
     lua_pushlightuserdata(L, &b);
@@ -216,10 +198,8 @@ static void child(lua_State *L, int first, int nargs, int wfd) {
         lua_insert(L, -2);
         if (lua_pcall(L, 3, 0, 0) != LUA_OK) b.len = 0;
     }
-    unsigned char st = (ok ? ST_OK : 0) | (unjoined(L) ? ST_FINISHING : 0);
-    write_all(wfd, (char *)&st, 1);
-    write_all(wfd, b.data, b.len);
-    close(wfd);
+    cc_child_send(wfd, (ok ? CC_CHILD_OK : 0) | (unjoined(L) ? CC_CHILD_FINISHING : 0), b.data,
+                  b.len);
     /* what fn started and left running ends with it, as at a script's end;
      * the parent's join has the results already and does not wait for it */
     lua_settop(L, 0);
@@ -233,86 +213,23 @@ static void child(lua_State *L, int first, int nargs, int wfd) {
 
 /* ---- in the parent ---- */
 
-/* The process record of the handle at idx; raises on anything else, and on
- * a handle whose finalizer already ran (the record is gone). */
-static cproc *check(lua_State *L, int idx, const char *fname) {
-    cproc **box = luaL_testudata(L, idx, MT);
-    if (!box)
+/* The record of the handle at idx; raises on anything else, and on a
+ * handle whose finalizer already ran (the record is gone). */
+static cc_child *check(lua_State *L, int idx, const char *fname) {
+    cproc *h = luaL_testudata(L, idx, MT);
+    if (!h)
         luaL_error(L, "%s: bad argument #%d (process expected, got %s)", fname, idx,
                    cb_typeof(L, idx));
-    if (!*box) luaL_error(L, "%s: the process handle was finalized", fname);
-    return *box;
+    if (!h->c) luaL_error(L, "%s: the process handle was finalized", fname);
+    return h->c;
 }
 
-/* A metamethod's argument: a process handle, possibly finalized (NULL). */
-static cproc **meta_arg(lua_State *L, const char *event) {
-    cproc **box = luaL_testudata(L, 1, MT);
-    if (!box)
+/* A metamethod's argument: a process handle, possibly finalized (c NULL). */
+static cproc *meta_arg(lua_State *L, const char *event) {
+    cproc *h = luaL_testudata(L, 1, MT);
+    if (!h)
         luaL_error(L, "bad argument #1 to '%s' (%s expected, got %s)", event, MT, cb_typeof(L, 1));
-    return box;
-}
-
-static void close_result(cproc *p) {
-    if (p->rfd >= 0) {
-        close(p->rfd);
-        p->rfd = -1;
-    }
-}
-
-/* Give back the counts kept for the child; only the spawning process holds
- * them (in a forked child this record is a copy), and only once the child
- * is reaped: a child we could not reap keeps them (a leak, never a use
- * after free). */
-static void release_holds(cproc *p) {
-    int mine = p->owner == cc_pid() && (p->reaped || p->pid <= 0);
-    if (p->args_refs && mine) cc_msg_release(p->args.data, p->args.len);
-    p->args_refs = 0;
-    cc_buf_free(&p->args);
-    for (size_t off = 0; mine && off < p->held.len; off += sizeof(cc_obj *)) {
-        cc_obj *o;
-        memcpy(&o, p->held.data + off, sizeof o);
-        cc_release(o);
-    }
-    cc_buf_free(&p->held);
-}
-
-/* Reap without blocking; 1 when the child is gone. */
-static int poll_reap(cproc *p) {
-    if (p->reaped) return 1;
-    if (p->owner != cc_pid()) return 0;
-    if (waitpid(p->pid, &p->status, WNOHANG) == p->pid) {
-        p->reaped = 1;
-        release_holds(p);
-    }
-    return p->reaped;
-}
-
-/* Read the results to EOF and reap; 0 or a negative errno. A child with
- * workers of its own left sends its results (marked ST_FINISHING), then
- * joins them, then exits: with returned = 1 such a child counts as done
- * once its results are in (it is reaped later). */
-static int finish(cproc *p, double deadline, int returned) {
-    if (p->rfd >= 0) {
-        int r = cc_read_all(p->rfd, &p->result, deadline);
-        if (r) return r;
-        close_result(p);
-        /* the message in it now owns references (the child took them) */
-        p->holds_refs = p->result.len > 1;
-    }
-    if (!p->reaped) {
-        double until = deadline;
-        int complete = returned && p->result.len > 0 && (p->result.data[0] & ST_FINISHING);
-        if (complete) { /* a short look: it may be done already */
-            double soon = cc_deadline(0.1);
-            if (until < 0 || soon < until) until = soon;
-        }
-        int r = cc_wait_pid(p->pid, &p->status, until);
-        if (r == -ETIMEDOUT && complete) return 0;
-        if (r) return r;
-        p->reaped = 1;
-    }
-    if (p->reaped) release_holds(p);
-    return 0;
+    return h;
 }
 
 static int l_spawn(lua_State *L) {
@@ -340,99 +257,79 @@ static int l_spawn(lua_State *L) {
                               cb_typeof(L, 1));
         nargs = lua_gettop(L) - 1;
     }
-    cproc **box = lua_newuserdata(L, sizeof *box);
-    *box = NULL;
+    cproc *h = lua_newuserdata(L, sizeof *h);
+    h->c = NULL;
+    h->observed = 0;
     luaL_setmetatable(L, MT);
-    cproc *p = calloc(1, sizeof *p);
-    if (!p) return luaL_error(L, "process.spawn: out of memory");
-    *box = p;
-    /* refuse what could not cross to a thread, before forking */
-    cb_encode(L, first, nargs + 1, &p->args, "process.spawn", 1);
-    p->args_refs = 1;
-    p->rfd = -1;
-    p->daemon = daemon;
-    p->owner = cc_pid();
+    cc_child *c = cc_child_new();
+    if (!c) return luaL_error(L, "process.spawn: out of memory");
+    h->c = c;
+    c->daemon = daemon;
+    if (name) snprintf(c->name, sizeof c->name, "%s", name);
+    else snprintf(c->name, sizeof c->name, "process-%d", atomic_fetch_add(&counter, 1) + 1);
     /* the child can reach, and use, every object this state has a handle
-     * on (through globals, the registry, any table), not only fn's
-     * arguments and upvalues: hold them all until it is reaped */
-    if (cb_retain_reachable(L, &p->held)) return luaL_error(L, "process.spawn: out of memory");
-    int fds[2];
-    /* both ends tracked from birth: a fork by another thread must not
-     * inherit them (the write end would hold our EOF back) */
-    int r = cc_pipe_tracked(fds, 0);
-    if (r) return luaL_error(L, "process.spawn: pipe: %s", strerror(-r));
-    pid_t pid = cc_fork(fds[1]);
+     * on (through its arguments, upvalues, globals, the registry, any
+     * table): hold them all until it is reaped */
+    if (cb_retain_reachable(L, &c->held)) return luaL_error(L, "process.spawn: out of memory");
+    int wfd = -1;
+    pid_t pid = cc_child_fork(c, &wfd);
     if (pid == 0) {
         cb_buf_forget_frames(L);
         lua_pop(L, 1); /* the handle */
-        child(L, first, nargs, fds[1]);
+        child(L, first, nargs, wfd);
     }
-    cc_close_tracked(fds[1]);
-    /* the read end is ours alone; children forked later need not close it */
-    cc_fork_track(fds[0], 0);
-    if (pid < 0) {
-        close(fds[0]);
-        return luaL_error(L, "process.spawn: fork: %s", strerror(-pid));
-    }
-    p->pid = pid;
-    p->rfd = fds[0];
-    fcntl(p->rfd, F_SETFL, fcntl(p->rfd, F_GETFL) | O_NONBLOCK);
-    if (name) snprintf(p->name, sizeof p->name, "%s", name);
-    else snprintf(p->name, sizeof p->name, "process-%d", atomic_fetch_add(&counter, 1) + 1);
+    if (pid < 0) return luaL_error(L, "process.spawn: cannot start a process: %s", strerror(-pid));
     cb_registry_mark(L, &UNJOINED_KEY, -1, 1);
     return 1;
 }
 
 static int p_join(lua_State *L) {
-    cproc *p = check(L, 1, "process:join");
+    cc_child *c = check(L, 1, "process:join");
     double deadline = cb_opt_deadline(L, 2, "process:join");
-    if (p->owner != cc_pid())
-        return luaL_error(L, "process:join: process %d is not a child of this process", (int)p->pid);
-    int r = finish(p, deadline, 1);
+    if (!cc_child_mine(c))
+        return luaL_error(L, "process:join: process %d is not a child of this process", (int)c->pid);
+    int r = cc_child_finish(c, deadline, 1);
     if (r) return cb_fail(L, r, "process:join");
-    p->observed = 1;
+    ((cproc *)lua_touserdata(L, 1))->observed = 1;
     cb_registry_mark(L, &UNJOINED_KEY, 1, 0);
-    if (WIFSIGNALED(p->status) && p->result.len == 0)
-        return luaL_error(L, "process %d (%s) killed by %s", (int)p->pid, p->name,
-                          signame(WTERMSIG(p->status)));
-    if (p->result.len == 0)
-        return luaL_error(L, "process %d (%s) exited with status %d before returning", (int)p->pid,
-                          p->name, WIFEXITED(p->status) ? WEXITSTATUS(p->status) : -1);
-    int ok = (p->result.data[0] & ST_OK) != 0;
-    if (!p->holds_refs) {
+    if (WIFSIGNALED(c->status) && c->result.len == 0)
+        return luaL_error(L, "process %d (%s) killed by %s", (int)c->pid, c->name,
+                          signame(WTERMSIG(c->status)));
+    if (c->result.len == 0)
+        return luaL_error(L, "process %d (%s) exited with status %d before returning", (int)c->pid,
+                          c->name, WIFEXITED(c->status) ? WEXITSTATUS(c->status) : -1);
+    int ok = (c->result.data[0] & CC_CHILD_OK) != 0;
+    if (!c->holds_refs) {
         if (ok) return 0;
-        return luaL_error(L, "process %d (%s) failed", (int)p->pid, p->name);
+        return luaL_error(L, "process %d (%s) failed", (int)c->pid, c->name);
     }
     lua_settop(L, 1); /* the handle stays anchored while its result is decoded */
-    cc_msg_retain(p->result.data + 1, p->result.len - 1); /* join can be called again */
-    int n = cb_decode(L, p->result.data + 1, p->result.len - 1, "process:join");
+    cc_msg_retain(c->result.data + 1, c->result.len - 1); /* join can be called again */
+    int n = cb_decode(L, c->result.data + 1, c->result.len - 1, "process:join");
     if (ok) return n;
     if (lua_type(L, 2) == LUA_TSTRING)
-        lua_pushfstring(L, "process %d (%s) failed: %s", (int)p->pid, p->name, lua_tostring(L, 2));
+        lua_pushfstring(L, "process %d (%s) failed: %s", (int)c->pid, c->name, lua_tostring(L, 2));
     else lua_settop(L, 2);
     return lua_error(L);
 }
 
 static int p_alive(lua_State *L) {
-    cproc *p = check(L, 1, "process:alive");
-    lua_pushboolean(L, !poll_reap(p));
+    cc_child *c = check(L, 1, "process:alive");
+    lua_pushboolean(L, !cc_child_poll(c));
     return 1;
 }
 
 static int p_kill(lua_State *L) {
-    cproc *p = check(L, 1, "process:kill");
+    cc_child *c = check(L, 1, "process:kill");
     int sig = check_signal(L, 2, "process:kill");
-    if (poll_reap(p)) {
-        lua_pushboolean(L, 0);
-        return 1;
-    }
-    if (kill(p->pid, sig) != 0) return luaL_error(L, "process:kill: %s", strerror(errno));
-    lua_pushboolean(L, 1);
+    int r = cc_child_kill(c, sig);
+    if (r && r != -ESRCH) return luaL_error(L, "process:kill: %s", strerror(-r));
+    lua_pushboolean(L, r == 0);
     return 1;
 }
 
 static int p_index(lua_State *L) {
-    cproc **box = meta_arg(L, "__index");
+    cproc *h = meta_arg(L, "__index");
     const char *k = lua_tostring(L, 2);
     if (!k) return 0;
     int field = strcmp(k, "pid") == 0 || strcmp(k, "name") == 0 || strcmp(k, "daemon") == 0 ||
@@ -443,114 +340,80 @@ static int p_index(lua_State *L) {
         lua_getfield(L, -1, k);
         return 1;
     }
-    if (!*box) return luaL_error(L, "process.%s: the process handle was finalized", k);
-    cproc *p = *box;
-    if (strcmp(k, "pid") == 0) cb_pushinteger(L, p->pid);
-    else if (strcmp(k, "name") == 0) lua_pushstring(L, p->name);
-    else if (strcmp(k, "daemon") == 0) lua_pushboolean(L, p->daemon);
-    else if (!poll_reap(p)) lua_pushnil(L);
-    else if (WIFSIGNALED(p->status)) cb_pushinteger(L, -WTERMSIG(p->status));
-    else cb_pushinteger(L, WEXITSTATUS(p->status));
+    if (!h->c) return luaL_error(L, "process.%s: the process handle was finalized", k);
+    cc_child *c = h->c;
+    if (strcmp(k, "pid") == 0) cb_pushinteger(L, c->pid);
+    else if (strcmp(k, "name") == 0) lua_pushstring(L, c->name);
+    else if (strcmp(k, "daemon") == 0) lua_pushboolean(L, c->daemon);
+    else if (!cc_child_poll(c)) lua_pushnil(L);
+    else if (WIFSIGNALED(c->status)) cb_pushinteger(L, -WTERMSIG(c->status));
+    else cb_pushinteger(L, WEXITSTATUS(c->status));
     return 1;
-}
-
-/* SIGTERM, a short grace, SIGKILL; reap and note it. Our waits here must
- * not be cut short by the closing thread's own interruption. */
-static void stop(cproc *p) {
-    _Atomic int *flag = cc_interrupt_get();
-    cc_interrupt_set(NULL);
-    if (!poll_reap(p)) {
-        kill(p->pid, p->daemon ? SIGKILL : SIGTERM);
-        int r = cc_wait_pid(p->pid, &p->status, cc_deadline(GRACE));
-        if (r == -ETIMEDOUT) {
-            kill(p->pid, SIGKILL);
-            r = cc_wait_pid(p->pid, &p->status, CC_FOREVER);
-        }
-        p->reaped = 1;
-        if (r) p->status = 0;
-        p->stopped = 1;
-        if (!p->daemon && cc_stopping()) {
-            char note[96];
-            snprintf(note, sizeof note, "process %d (%s)", (int)p->pid, p->name);
-            cc_exit_note(note);
-        }
-    } else if (WIFSIGNALED(p->status)) {
-        p->stopped = 1; /* Ctrl-C reached it too: nothing to report */
-    }
-    /* it may have written its results before it was stopped (or ended) */
-    if (p->rfd >= 0 && cc_read_all(p->rfd, &p->result, cc_deadline(0.5)) == 0)
-        p->holds_refs = p->result.len > 1;
-    close_result(p);
-    cc_interrupt_set(flag);
 }
 
 /* The finalizer's wait: join, telling stderr when it takes long; a wait
  * interrupted (Ctrl-C at exit, a cancel) stops the child instead. */
-static void wait_or_stop(cproc *p, int stopping) {
-    if (p->daemon || stopping) {
-        stop(p);
+static void wait_or_stop(cc_child *c, int stopping) {
+    if (c->daemon || stopping) {
+        cc_child_stop(c, GRACE);
         return;
     }
-    int r = finish(p, cc_deadline(NOTICE_AFTER), 0);
+    int r = cc_child_finish(c, cc_deadline(NOTICE_AFTER), 0);
     if (r == -ETIMEDOUT) {
         fprintf(stderr, "concur: waiting for process %d (%s) to finish (Ctrl-C stops it)\n",
-                (int)p->pid, p->name);
+                (int)c->pid, c->name);
         fflush(stderr);
-        r = finish(p, CC_FOREVER, 0);
+        r = cc_child_finish(c, CC_FOREVER, 0);
     }
-    if (r) stop(p);
+    if (r) cc_child_stop(c, GRACE);
 }
 
 static int report_thunk(lua_State *L) {
-    cproc *p = lua_touserdata(L, 1);
+    cc_child *c = lua_touserdata(L, 1);
     char what[128];
-    snprintf(what, sizeof what, "process %d (%s)", (int)p->pid, p->name);
-    if (p->result.len > 1 && !(p->result.data[0] & ST_OK) && p->holds_refs) {
-        cc_msg_retain(p->result.data + 1, p->result.len - 1);
+    snprintf(what, sizeof what, "process %d (%s)", (int)c->pid, c->name);
+    if (c->result.len > 1 && !(c->result.data[0] & CC_CHILD_OK) && c->holds_refs) {
+        cc_msg_retain(c->result.data + 1, c->result.len - 1);
         lua_settop(L, 0);
-        int n = cb_decode(L, p->result.data + 1, p->result.len - 1, "process");
+        int n = cb_decode(L, c->result.data + 1, c->result.len - 1, "process");
         const char *msg = n > 0 ? lua_tostring(L, 1) : NULL;
         fprintf(stderr, "concur: %s failed and was never joined: %s\n", what,
                 msg ? msg : "(error object is not a string)");
-    } else if (p->result.len == 0 && WIFSIGNALED(p->status)) {
+    } else if (c->result.len == 0 && WIFSIGNALED(c->status)) {
         fprintf(stderr, "concur: %s was killed by %s and never joined\n", what,
-                signame(WTERMSIG(p->status)));
-    } else if (p->result.len == 0 && WIFEXITED(p->status) && WEXITSTATUS(p->status) != 0) {
+                signame(WTERMSIG(c->status)));
+    } else if (c->result.len == 0 && WIFEXITED(c->status) && WEXITSTATUS(c->status) != 0) {
         fprintf(stderr, "concur: %s exited with status %d and was never joined\n", what,
-                WEXITSTATUS(p->status));
+                WEXITSTATUS(c->status));
     }
     fflush(stderr);
     return 0;
 }
 
 /* A failure nobody joined is not silent: say it once, with the traceback. */
-static void report_unobserved(lua_State *L, cproc *p) {
-    if (p->observed || p->stopped || p->daemon || !p->reaped) return;
-    p->observed = 1;
+static void report_unobserved(lua_State *L, cc_child *c) {
+    if (c->stopped || c->daemon || !c->reaped) return;
     lua_pushcfunction(L, report_thunk);
-    lua_pushlightuserdata(L, p);
+    lua_pushlightuserdata(L, c);
     if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
         fprintf(stderr, "concur: process %d (%s) failed and was never joined (its error: %s)\n",
-                (int)p->pid, p->name, lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
+                (int)c->pid, c->name, lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
         lua_pop(L, 1);
     }
 }
 
-/* Join (or stop) the child and free the record; the handle is finalized. */
-static void finalize(lua_State *L, cproc **box, int stopping) {
-    cproc *p = *box;
-    if (!p) return;
-    *box = NULL;
-    int mine = p->owner == cc_pid(); /* in a forked child this is a copy */
-    if (p->pid > 0 && mine) {
-        wait_or_stop(p, stopping || cc_stopping() || cc_interrupted());
-        report_unobserved(L, p);
+/* Join (or stop) the child and free the record; the handle is finalized
+ * first, so nothing the report runs can reach the record again. */
+static void finalize(lua_State *L, cproc *h, int stopping) {
+    cc_child *c = h->c;
+    if (!c) return;
+    h->c = NULL;
+    if (c->pid > 0 && cc_child_mine(c)) { /* in a forked child this is a copy */
+        wait_or_stop(c, stopping || cc_stopping() || cc_interrupted());
+        if (!h->observed) report_unobserved(L, c);
+        h->observed = 1;
     }
-    close_result(p);
-    if (p->holds_refs && mine) cc_msg_release(p->result.data + 1, p->result.len - 1);
-    release_holds(p);
-    cc_buf_free(&p->result);
-    free(p);
+    cc_child_free(c);
 }
 
 static int p_gc(lua_State *L) {
@@ -561,9 +424,9 @@ static int p_gc(lua_State *L) {
 /* Finalize every unjoined child this process started from L: at the end of
  * a forked child, and at os.exit. */
 static int close_one(lua_State *L, void *ud, int stop) {
-    cproc **box = ud;
-    if (!*box || (*box)->owner != cc_pid()) return 0;
-    finalize(L, box, stop);
+    cproc *h = ud;
+    if (!h->c || !cc_child_mine(h->c)) return 0;
+    finalize(L, h, stop);
     return 1;
 }
 
@@ -572,10 +435,10 @@ void cb_process_close_all(lua_State *L, int stop) {
 }
 
 static int p_tostring(lua_State *L) {
-    cproc *p = *meta_arg(L, "__tostring");
-    if (!p) lua_pushliteral(L, "process (finalized)");
-    else lua_pushfstring(L, "process %d (%s, %s)", (int)p->pid, p->name,
-                         poll_reap(p) ? "ended" : "running");
+    cc_child *c = meta_arg(L, "__tostring")->c;
+    if (!c) lua_pushliteral(L, "process (finalized)");
+    else lua_pushfstring(L, "process %d (%s, %s)", (int)c->pid, c->name,
+                         cc_child_poll(c) ? "ended" : "running");
     return 1;
 }
 
@@ -657,11 +520,7 @@ static int l_pid(lua_State *L) {
 }
 
 static int l_cpu_count(lua_State *L) {
-    cpu_set_t set;
-    int n = 0;
-    if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
-    if (n <= 0) n = (int)sysconf(_SC_NPROCESSORS_ONLN);
-    cb_pushinteger(L, n > 0 ? n : 1);
+    cb_pushinteger(L, cc_cpu_count());
     return 1;
 }
 
@@ -696,12 +555,12 @@ int cb_open_process(lua_State *L) {
 /* ---- for concur.wait (bindings/wait.c) ---- */
 
 int cb_process_probe(lua_State *L, int idx, pid_t *pid, int *state) {
-    cproc **box = luaL_testudata(L, idx, MT);
-    if (!box) return 0;
-    cproc *p = *box;
-    if (!p) *state = CB_PROBE_FINALIZED;
-    else if (p->owner != cc_pid()) *state = CB_PROBE_FOREIGN;
-    else *state = (p->reaped || p->pid <= 0) ? CB_PROBE_ENDED : CB_PROBE_RUNNING;
-    *pid = p ? p->pid : -1;
+    cproc *h = luaL_testudata(L, idx, MT);
+    if (!h) return 0;
+    cc_child *c = h->c;
+    if (!c) *state = CB_PROBE_FINALIZED;
+    else if (!cc_child_mine(c)) *state = CB_PROBE_FOREIGN;
+    else *state = (c->reaped || c->pid <= 0) ? CB_PROBE_ENDED : CB_PROBE_RUNNING;
+    *pid = c ? c->pid : -1;
     return 1;
 }

@@ -25,11 +25,13 @@
  * one line on stderr at exit.
  */
 #include "proc.h"
+#include "thread.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -179,6 +181,8 @@ static pid_t fork_keeping(const int *keep, int nkeep) {
 
 pid_t cc_fork(int keep_fd) { return fork_keeping(&keep_fd, keep_fd >= 0 ? 1 : 0); }
 
+static void set_nonblock(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
+
 int cc_read_all(int fd, cc_buf *out, double deadline) {
     for (;;) {
         /* grow as needed: most results are a few bytes, and a 64 KiB buffer
@@ -229,8 +233,6 @@ int cc_wait_pid(pid_t pid, int *status, double deadline) {
         if (nap < 0.01) nap *= 2;
     }
 }
-
-static void set_nonblock(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
 
 /* the child side of cc_run: never returns */
 static void exec_child(char *const argv[], int in, int out, int err, int report) {
@@ -330,4 +332,168 @@ int cc_run(char *const argv[], const char *in, size_t inlen, double deadline,
     if (e) return -e;
     if (r) return r;
     return w;
+}
+
+/* ---- children of process.spawn ---- */
+
+cc_child *cc_child_new(void) {
+    cc_child *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->rfd = -1;
+    c->owner = cc_pid();
+    return c;
+}
+
+int cc_child_mine(const cc_child *c) { return c->owner == cc_pid(); }
+
+static void close_result(cc_child *c) {
+    if (c->rfd >= 0) {
+        close(c->rfd);
+        c->rfd = -1;
+    }
+}
+
+/* Give back the counts kept for the child: only the owner holds them (in
+ * another process the record is a copy), and only once the child is gone
+ * (reaped, or never forked). */
+static void release_held(cc_child *c) {
+    int mine = cc_child_mine(c) && (c->reaped || c->pid <= 0);
+    for (size_t off = 0; mine && off < c->held.len; off += sizeof(cc_obj *)) {
+        cc_obj *o;
+        memcpy(&o, c->held.data + off, sizeof o);
+        cc_release(o);
+    }
+    cc_buf_free(&c->held);
+}
+
+void cc_child_free(cc_child *c) {
+    if (!c) return;
+    close_result(c);
+    if (c->holds_refs && cc_child_mine(c)) cc_msg_release(c->result.data + 1, c->result.len - 1);
+    release_held(c);
+    cc_buf_free(&c->result);
+    free(c);
+}
+
+pid_t cc_child_fork(cc_child *c, int *wfd) {
+    int fds[2];
+    /* both ends tracked from birth: a fork by another thread must not
+     * inherit them (the write end would hold our EOF back) */
+    int r = cc_pipe_tracked(fds, 0);
+    if (r) return r;
+    pid_t pid = cc_fork(fds[1]);
+    if (pid == 0) { /* cc_fork closed the read end here */
+        *wfd = fds[1];
+        return 0;
+    }
+    if (pid < 0) {
+        r = (int)pid;
+        goto error;
+    }
+    cc_close_tracked(fds[1]);
+    /* the read end is ours alone; children forked later need not close it */
+    cc_fork_track(fds[0], 0);
+    set_nonblock(fds[0]);
+    c->pid = pid;
+    c->owner = cc_pid();
+    c->rfd = fds[0];
+    return pid;
+error:
+    cc_close_tracked(fds[0]);
+    cc_close_tracked(fds[1]);
+    return r;
+}
+
+static void write_all(int fd, const void *buf, size_t n) {
+    const char *p = buf;
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return; /* the parent is gone: nobody to tell */
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+void cc_child_send(int wfd, int status, const void *msg, size_t len) {
+    unsigned char st = (unsigned char)status;
+    write_all(wfd, &st, 1);
+    if (len) write_all(wfd, msg, len);
+    cc_close_tracked(wfd);
+}
+
+static void reaped(cc_child *c) {
+    c->reaped = 1;
+    release_held(c);
+}
+
+int cc_child_poll(cc_child *c) {
+    if (c->reaped) return 1;
+    if (!cc_child_mine(c) || c->pid <= 0) return 0;
+    if (waitpid(c->pid, &c->status, WNOHANG) == c->pid) reaped(c);
+    return c->reaped;
+}
+
+int cc_child_finish(cc_child *c, double deadline, int returned) {
+    if (c->rfd >= 0) {
+        int r = cc_read_all(c->rfd, &c->result, deadline);
+        if (r) return r;
+        close_result(c);
+        /* the message in it now owns references (the child took them) */
+        c->holds_refs = c->result.len > 1;
+    }
+    if (!c->reaped) {
+        double until = deadline;
+        int done = returned && c->result.len > 0 && (c->result.data[0] & CC_CHILD_FINISHING);
+        if (done) { /* a short look: it may have ended already */
+            double soon = cc_deadline(0.1);
+            if (until < 0 || soon < until) until = soon;
+        }
+        int r = cc_wait_pid(c->pid, &c->status, until);
+        if (r == -ETIMEDOUT && done) return 0;
+        if (r) return r;
+        reaped(c);
+    }
+    return 0;
+}
+
+int cc_child_kill(cc_child *c, int sig) {
+    if (cc_child_poll(c)) return -ESRCH;
+    return kill(c->pid, sig) ? -errno : 0;
+}
+
+void cc_child_stop(cc_child *c, double grace) {
+    _Atomic int *flag = cc_interrupt_get();
+    cc_interrupt_set(NULL);
+    if (!cc_child_poll(c)) {
+        kill(c->pid, c->daemon ? SIGKILL : SIGTERM);
+        int r = cc_wait_pid(c->pid, &c->status, cc_deadline(grace));
+        if (r == -ETIMEDOUT) {
+            kill(c->pid, SIGKILL);
+            r = cc_wait_pid(c->pid, &c->status, CC_FOREVER);
+        }
+        if (r) c->status = 0;
+        reaped(c);
+        c->stopped = 1;
+        if (!c->daemon && cc_stopping()) {
+            char note[96];
+            snprintf(note, sizeof note, "process %d (%s)", (int)c->pid, c->name);
+            cc_exit_note(note);
+        }
+    } else if (WIFSIGNALED(c->status)) {
+        c->stopped = 1; /* Ctrl-C reached it too: nothing to report */
+    }
+    /* it may have written its result before it was stopped (or ended) */
+    if (c->rfd >= 0 && cc_read_all(c->rfd, &c->result, cc_deadline(0.5)) == 0)
+        c->holds_refs = c->result.len > 1;
+    close_result(c);
+    cc_interrupt_set(flag);
+}
+
+int cc_cpu_count(void) {
+    cpu_set_t set;
+    int n = 0;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
+    if (n <= 0) n = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? n : 1;
 }
