@@ -131,13 +131,13 @@ static int check_signal(lua_State *L, int idx, const char *fname) {
 
 void cb_after_fork_child(void) {}
 
+/* encode_all(buf, what, values...): what names the message in a refusal;
+ * it stays on the stack while encoding, or a collection could free it
+ * under the error message ("Drocess result: ..."). */
 static int encode_all(lua_State *L) {
     cc_buf *b = lua_touserdata(L, 1);
     const char *what = lua_tostring(L, 2);
-    lua_remove(L, 1);
-    lua_remove(L, 1);
-    cc_buf_reserve(b, 1);
-    cb_encode(L, 1, lua_gettop(L), b, what, 1);
+    cb_encode(L, 3, lua_gettop(L) - 2, b, what, 1);
     return 0;
 }
 

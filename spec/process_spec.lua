@@ -1,6 +1,7 @@
 -- process.spawn, join, alive, kill, exitcode, process.run, pid, cpu_count
 local concur = require "concur"
 local process = concur.process
+local support = require "spec.support"
 
 local function tmpname()
   local n = os.tmpname()
@@ -153,6 +154,17 @@ describe("process.spawn", function()
     assert.is_false(ok)
     assert.matches("cannot send a coroutine", err)
     assert.equal(1, p.exitcode)
+  end)
+
+  it("names the field of a result that cannot cross back, message intact", function()
+    -- the encoder's function name was left unanchored on the child's stack
+    -- and collected mid-encode: "Drocess result: ..." (a small fresh state
+    -- collects soon enough to show it)
+    local out = support.run([[
+      local p = concur.process.spawn(function() return {co = coroutine.create(print)} end)
+      print(select(2, pcall(p.join, p, 10)))
+    ]])
+    assert.matches('failed: process result: cannot send a coroutine %(argument 1, field "co"%)', out)
   end)
 
   it("spawns from inside a coroutine", function()
