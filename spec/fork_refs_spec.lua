@@ -189,3 +189,64 @@ describe("process.spawn and objects reached through globals", function()
     assert.is_true(concur.memory() < base + 64 * 1024, "the list was not freed after the kill")
   end)
 end)
+
+describe("process.spawn and objects reached only through what it is given", function()
+  -- nothing given to spawn is encoded (it counted the arguments' objects
+  -- once); the count spawn takes on every handle of the state covers them
+
+  it("keeps a list passed only as an argument alive after the parent drops it", function()
+    local go = queue()
+    local p = process.spawn(function(l)
+      assert(go:get(10), "no go signal")
+      for i = 1, 5 do l:append(i) end
+      return #l
+    end, shared.list())
+    collect()
+    local news = fresh(shared.list)
+    go:put(true)
+    assert.equal(5, p:join(10))
+    for i, l in ipairs(news) do assert.equal(0, #l, "the child's appends landed in new list " .. i) end
+  end)
+
+  it("keeps a list captured only in a suspended coroutine alive", function()
+    local go = queue()
+    local co = coroutine.create(function()
+      local l = shared.list()
+      coroutine.yield()
+      for i = 1, 5 do l:append(i) end
+      return #l
+    end)
+    coroutine.resume(co)
+    local p = process.spawn(function(c)
+      assert(go:get(10), "no go signal")
+      return select(2, coroutine.resume(c))
+    end, co)
+    co = nil
+    collect()
+    local news = fresh(shared.list)
+    go:put(true)
+    assert.equal(5, p:join(10))
+    for i, l in ipairs(news) do assert.equal(0, #l, "the child's appends landed in new list " .. i) end
+  end)
+
+  it("keeps a list in a table nested deeper than a message may be alive", function()
+    local go = queue()
+    local deep = {}
+    local t = deep
+    for _ = 1, 300 do t.next = {} t = t.next end
+    t.list = shared.list()
+    t = nil
+    local p = process.spawn(function(d)
+      assert(go:get(10), "no go signal")
+      while d.next do d = d.next end
+      for i = 1, 5 do d.list:append(i) end
+      return #d.list
+    end, deep)
+    deep = nil
+    collect()
+    local news = fresh(shared.list)
+    go:put(true)
+    assert.equal(5, p:join(10))
+    for i, l in ipairs(news) do assert.equal(0, #l, "the child's appends landed in new list " .. i) end
+  end)
+end)
