@@ -33,6 +33,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -261,36 +262,23 @@ static int drain(int fd, cc_buf *b) {
 
 int cc_run(char *const argv[], const char *in, size_t inlen, double deadline,
            cc_buf *out, cc_buf *err, int *status) {
-    int pin[2], pout[2], perr[2], prep[2];
+    int pin[2] = {-1, -1}, pout[2] = {-1, -1}, perr[2] = {-1, -1}, prep[2] = {-1, -1};
     /* stdin is a socketpair so feeding it uses MSG_NOSIGNAL: a program that
      * exits without reading its input must not SIGPIPE us */
     int r = socketpair_tracked(pin);
-    if (r) return r;
-    if ((r = cc_pipe_tracked(pout, 0))) {
-        cc_close_tracked(pin[0]); cc_close_tracked(pin[1]);
-        return r;
-    }
-    if ((r = cc_pipe_tracked(perr, 0))) {
-        cc_close_tracked(pin[0]); cc_close_tracked(pin[1]);
-        cc_close_tracked(pout[0]); cc_close_tracked(pout[1]);
-        return r;
-    }
-    if ((r = cc_pipe_tracked(prep, 0))) {
-        cc_close_tracked(pin[0]); cc_close_tracked(pin[1]);
-        cc_close_tracked(pout[0]); cc_close_tracked(pout[1]);
-        cc_close_tracked(perr[0]); cc_close_tracked(perr[1]);
-        return r;
-    }
+    if (r || (r = cc_pipe_tracked(pout, 0)) || (r = cc_pipe_tracked(perr, 0)) ||
+        (r = cc_pipe_tracked(prep, 0)))
+        goto error;
     int keep[4] = {pin[0], pout[1], perr[1], prep[1]};
     pid_t pid = fork_keeping(keep, 4);
     if (pid == 0) exec_child(argv, pin[0], pout[1], perr[1], prep[1]);
+    if (pid < 0) {
+        r = (int)pid;
+        goto error;
+    }
+    /* the child's ends are the child's */
     cc_close_tracked(pin[0]); cc_close_tracked(pout[1]); cc_close_tracked(perr[1]);
     cc_close_tracked(prep[1]);
-    if (pid < 0) {
-        cc_close_tracked(pin[1]); cc_close_tracked(pout[0]); cc_close_tracked(perr[0]);
-        cc_close_tracked(prep[0]);
-        return (int)pid;
-    }
     int e = 0;
     if (read(prep[0], &e, sizeof e) != (ssize_t)sizeof e) e = 0; /* EOF: exec worked */
     cc_close_tracked(prep[0]);
@@ -332,6 +320,14 @@ int cc_run(char *const argv[], const char *in, size_t inlen, double deadline,
     if (e) return -e;
     if (r) return r;
     return w;
+error: /* nothing forked: close whatever was made (cc_close_tracked skips -1) */
+    for (int i = 0; i < 2; i++) {
+        cc_close_tracked(pin[i]);
+        cc_close_tracked(pout[i]);
+        cc_close_tracked(perr[i]);
+        cc_close_tracked(prep[i]);
+    }
+    return r;
 }
 
 /* ---- children of process.spawn ---- */
@@ -415,11 +411,38 @@ static void write_all(int fd, const void *buf, size_t n) {
     }
 }
 
+/* On the pipe: the status byte, the message's length (8 bytes), the
+ * message. The length tells a whole result from one cut short by a kill. */
+#define RESULT_HEAD 9
+
 void cc_child_send(int wfd, int status, const void *msg, size_t len) {
-    unsigned char st = (unsigned char)status;
-    write_all(wfd, &st, 1);
+    unsigned char head[RESULT_HEAD];
+    uint64_t n = len;
+    head[0] = (unsigned char)status;
+    memcpy(head + 1, &n, sizeof n);
+    write_all(wfd, head, sizeof head);
     if (len) write_all(wfd, msg, len);
     cc_close_tracked(wfd);
+}
+
+/* The pipe was read to EOF: keep "status byte, message" if all of it came,
+ * else nothing -- the child died while sending (a kill), which is what join
+ * must report, not a corrupt message. The references a cut message names
+ * are given back if its header and reference list arrived (they are the
+ * message's: the child took them when it encoded); otherwise they leak. */
+static void take_result(cc_child *c) {
+    uint64_t n = 0;
+    size_t got = c->result.len;
+    if (got >= RESULT_HEAD) memcpy(&n, c->result.data + 1, sizeof n);
+    if (got >= RESULT_HEAD && n == got - RESULT_HEAD) {
+        memmove(c->result.data + 1, c->result.data + RESULT_HEAD, got - RESULT_HEAD);
+        c->result.len = got - (RESULT_HEAD - 1);
+        c->holds_refs = c->result.len > 1; /* the message owns its references */
+        return;
+    }
+    if (got > RESULT_HEAD) cc_msg_release(c->result.data + RESULT_HEAD, got - RESULT_HEAD);
+    c->result.len = 0;
+    c->holds_refs = 0;
 }
 
 static void reaped(cc_child *c) {
@@ -439,8 +462,7 @@ int cc_child_finish(cc_child *c, double deadline, int returned) {
         int r = cc_read_all(c->rfd, &c->result, deadline);
         if (r) return r;
         close_result(c);
-        /* the message in it now owns references (the child took them) */
-        c->holds_refs = c->result.len > 1;
+        take_result(c);
     }
     if (!c->reaped) {
         double until = deadline;
@@ -484,8 +506,8 @@ void cc_child_stop(cc_child *c, double grace) {
         c->stopped = 1; /* Ctrl-C reached it too: nothing to report */
     }
     /* it may have written its result before it was stopped (or ended) */
-    if (c->rfd >= 0 && cc_read_all(c->rfd, &c->result, cc_deadline(0.5)) == 0)
-        c->holds_refs = c->result.len > 1;
+    if (c->rfd >= 0 && cc_read_all(c->rfd, &c->result, cc_deadline(0.5)) == 0) take_result(c);
+    else c->result.len = 0; /* not all of it: as if it sent nothing */
     close_result(c);
     cc_interrupt_set(flag);
 }

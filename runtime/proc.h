@@ -27,7 +27,9 @@ void cc_fork_hook(void (*fn)(void));   /* run in every child, in order */
  * runtime owns it, as libuv owns a uv_process_t; the bindings only turn
  * its fields into Lua values. The child reports through a result pipe: one
  * status byte (CC_CHILD_OK, CC_CHILD_FINISHING), then an opaque message
- * whose references (cc_msg_retain) the record owns once it is read. */
+ * whose references (cc_msg_retain) the record owns once it is read. Once
+ * read, result is "status byte, message" when the whole of it arrived, and
+ * empty when the child sent nothing or died while sending. */
 enum { CC_CHILD_OK = 1, CC_CHILD_FINISHING = 0x80 };
 
 typedef struct cc_child {
@@ -58,7 +60,8 @@ int cc_child_mine(const cc_child *c);
 /* Fork with a result pipe: returns 0 in the child with *wfd the pipe's
  * write end (for cc_child_send), the pid in the parent, or -errno. */
 pid_t cc_child_fork(cc_child *c, int *wfd);
-/* In the child: write the status byte and the message, close wfd. */
+/* In the child: write the status byte and the message (with its length,
+ * so a cut message is told from a whole one), close wfd. */
 void cc_child_send(int wfd, int status, const void *msg, size_t len);
 /* Reap without blocking: 1 once the child is gone (not ours: 0). */
 int cc_child_poll(cc_child *c);

@@ -75,6 +75,30 @@ describe("process.spawn", function()
     assert.is_false(ok)
   end)
 
+  it("reports a child killed while sending its results as killed", function()
+    if not concur.queue then pending("queue not built") return end
+    local q = concur.queue()
+    local p = process.spawn(function()
+      local s = string.rep("x", 4 * 1024 * 1024)
+      q:put("sending")
+      return s -- more than a pipe holds, and nobody reads it yet: the write blocks
+    end)
+    assert.equal("sending", q:get(10))
+    local deadline = concur.clock() + 10
+    repeat -- until it sleeps in that write
+      local f = io.open("/proc/" .. p.pid .. "/stat")
+      local state = f and f:read("a"):match("^%d+ %b() (%a)")
+      if f then f:close() end
+      if state == "S" then break end
+      concur.sleep(0.01)
+    until concur.clock() > deadline
+    p:kill("KILL")
+    local ok, err = pcall(p.join, p, 10)
+    assert.is_false(ok)
+    assert.matches("process %d+ %(process%-%d+%) killed by SIGKILL", err) -- was "corrupt message (truncated)"
+    assert.equal(-9, p.exitcode)
+  end)
+
   it("sets exitcode to 0 on success and 1 on error", function()
     local p = process.spawn(function() end)
     p:join(10)
