@@ -30,9 +30,7 @@ struct cc_dict {
 };
 
 static uint64_t hash(const void *p, size_t n) {
-    const unsigned char *s = p;
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < n; i++) h = (h ^ s[i]) * 1099511628211ULL;
+    uint64_t h = cc_fnv1a(p, n);
     return h ? h : 1;
 }
 
