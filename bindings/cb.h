@@ -17,7 +17,7 @@
 #include <errno.h>
 #include "../runtime/cc.h"
 
-/* ---- the codec (codec.c) ---- */
+/* ---- the codec (codec.h: the format; codec_encode.c, codec_decode.c) ---- */
 /* Encode the n values at stack[first..first+n-1] into one message in out
  * (out->len is set; the message owns a reference on every shared object it
  * names). On a value that cannot cross, raises an error
@@ -28,10 +28,11 @@ void cb_encode(lua_State *L, int first, int n, cc_buf *out, const char *fname, i
  * message's references (the caller must not release them afterwards), also
  * on error. Raises "<fname>: corrupt message (...)" on bad input. */
 int cb_decode(lua_State *L, const void *msg, size_t len, const char *fname);
-/* The same for bytes from outside (concur.decode): refuses Lua functions
- * (bytecode is not verified by the VM), C functions and module names
- * (decoding must not run require). */
-int cb_decode_untrusted(lua_State *L, const void *msg, size_t len, const char *fname);
+/* The same for bytes from outside (concur.decode): refuses a message of
+ * another format version ("<fname>: message format N, this build reads M")
+ * and, unless trust, Lua functions (bytecode is not verified by the VM), C
+ * functions and module names (decoding must not run require). */
+int cb_decode_string(lua_State *L, const void *msg, size_t len, const char *fname, int trust);
 /* Decode without raising: returns the count, or -1 with an error message
  * pushed. Used by the fuzz harness and by paths that must not longjmp. */
 int cb_decode_protected(lua_State *L, const void *msg, size_t len);

@@ -689,7 +689,7 @@ static int l_encode(lua_State *L) {
 
 /* concur.decode(s, [{trust = true}]): by default the bytes are untrusted,
  * like input from a file or a socket, and may hold only data (see
- * cb_decode_untrusted). */
+ * cb_decode_string). */
 static int l_decode(lua_State *L) {
     size_t n;
     if (lua_type(L, 1) != LUA_TSTRING)
@@ -706,7 +706,7 @@ static int l_decode(lua_State *L) {
     if (n >= sizeof(cc_msghdr) && cc_msg_nrefs(s))
         return luaL_error(L, "concur.decode: corrupt message (shared objects in a string)");
     lua_settop(L, 1);
-    return trust ? cb_decode(L, s, n, "concur.decode") : cb_decode_untrusted(L, s, n, "concur.decode");
+    return cb_decode_string(L, s, n, "concur.decode", trust);
 }
 
 static const luaL_Reg utils[] = {
