@@ -87,6 +87,9 @@ double cb_opt_deadline(lua_State *L, int idx, const char *fname);
 int cb_fail(lua_State *L, int err, const char *fname);
 /* Raise the "shared memory exhausted (N MiB in use of M; set CONCUR_SHM)" error. */
 int cb_nomem(lua_State *L, const char *fname);
+/* Raise "<fname>: out of memory (process memory, not the shared arena)":
+ * for a -ENOMEM that came from malloc (a copy handed out, a buffer). */
+int cb_oom(lua_State *L, const char *fname);
 /* A full garbage collection (unless the script stopped the collector):
  * run before reporting the arena exhausted, then retry once. */
 void cb_collect(lua_State *L);

@@ -296,6 +296,10 @@ int cb_nomem(lua_State *L, const char *fname) {
                       fname, used, size);
 }
 
+int cb_oom(lua_State *L, const char *fname) {
+    return luaL_error(L, "%s: out of memory (process memory, not the shared arena)", fname);
+}
+
 int cb_fail(lua_State *L, int err, const char *fname) {
     switch (err) {
     case -ETIMEDOUT:
