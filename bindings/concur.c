@@ -10,6 +10,7 @@
  */
 #include "cb.h"
 #include "../include/concur.h"
+#include "../runtime/proc.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -779,6 +780,14 @@ CONCUR_OPEN_ONE(queue)
 CONCUR_OPEN_ONE(primes)
 CONCUR_OPEN_ONE(wait)
 #undef CONCUR_OPEN_ONE
+
+/* The embedder's interrupt flag (include/concur.h): one per process, watched
+ * by the threads that called concur_interrupt_here. */
+static _Atomic int embedder_interrupt;
+
+void concur_interrupt_here(void) { cc_interrupt_set(&embedder_interrupt); }
+void concur_interrupt(int on) { embedder_interrupt = on ? 1 : 0; }
+void concur_exit_report(void) { cc_exit_report(); }
 
 int concur_openlibs(lua_State *L) {
     cb_requiref(L, "concur", luaopen_concur);
