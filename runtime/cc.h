@@ -47,6 +47,10 @@ int cc_sleep(double seconds);         /* 0, or -EINTR if cc_interrupted() fired 
 double cc_wait_slice(double deadline);
 struct timespec;
 void cc_timespec(double t, struct timespec *ts);
+/* poll()'s timeout for sleeping until the absolute time `until` (< 0:
+ * forever): -1, or milliseconds rounded up, at most a day (a far deadline
+ * must not overflow an int). */
+int cc_poll_ms(double until);
 
 /* This process's pid, cached and refreshed in every forked child (by a
  * pthread_atfork handler registered by cc_arena_init). Counts on shared
