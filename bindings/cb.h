@@ -49,6 +49,13 @@ typedef struct cb_handle {
  * the given metamethods (plus a default __gc/__tostring/__close when absent). */
 void cb_newtype(lua_State *L, enum cc_type t, const char *name,
                 const luaL_Reg *methods, const luaL_Reg *meta);
+/* Make metatable tname's __index the closure index, with the methods
+ * table cb_newtype made as its upvalue: index reads items (numbers, keys)
+ * and finds methods in lua_upvalueindex(1) for other keys. */
+void cb_index_with_methods(lua_State *L, const char *tname, lua_CFunction index);
+/* Give the library table on top a metatable whose __call is call
+ * (queue(...) as queue.new(...)). */
+void cb_callable(lua_State *L, lua_CFunction call);
 /* Push a handle for o, taking over one reference (the caller's). */
 cb_handle *cb_push(lua_State *L, cc_obj *o);
 /* Check that argument idx is a handle of type t; raises naming fname. */
@@ -164,8 +171,5 @@ void cb_open_array(lua_State *L);
 enum { CB_PROBE_RUNNING, CB_PROBE_ENDED, CB_PROBE_FINALIZED, CB_PROBE_FOREIGN };
 int cb_process_probe(lua_State *L, int idx, pid_t *pid, int *state);
 int cb_thread_probe(lua_State *L, int idx, int *state);
-
-/* Called by process.c in a freshly forked child before it runs anything. */
-void cb_after_fork_child(void);
 
 #endif

@@ -156,6 +156,21 @@ cb_handle *cb_push(lua_State *L, cc_obj *o) {
     return h;
 }
 
+void cb_index_with_methods(lua_State *L, const char *tname, lua_CFunction index) {
+    luaL_getmetatable(L, tname);
+    lua_getfield(L, -1, "__index"); /* the methods table cb_newtype made */
+    lua_pushcclosure(L, index, 1);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+}
+
+void cb_callable(lua_State *L, lua_CFunction call) {
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, call);
+    lua_setfield(L, -2, "__call");
+    lua_setmetatable(L, -2);
+}
+
 cc_obj *cb_test(lua_State *L, int idx) {
     cb_handle *h = to_handle(L, idx);
     return h ? h->obj : NULL;

@@ -1,9 +1,9 @@
 /*
  * shared.c -- the shared library table (shared.list, shared.dict,
  * shared.array, shared.value) and what the list and dict bindings share:
- * tostring's bounded rendering and the __index that reads items and finds
- * methods. The containers themselves are list.c and dict.c (over
- * runtime/list.c and runtime/dict.c); array and value are array.c.
+ * tostring's bounded rendering. The containers themselves are list.c and
+ * dict.c (over runtime/list.c and runtime/dict.c); array and value are
+ * array.c.
  */
 #include "shared.h"
 
@@ -201,14 +201,6 @@ int cb_shared_tostring(lua_State *L, const char *label, lua_CFunction snapshot) 
     }
     luaL_pushresult(&B);
     return 1;
-}
-
-void cb_index_with_methods(lua_State *L, const char *tname, lua_CFunction index) {
-    luaL_getmetatable(L, tname);
-    lua_getfield(L, -1, "__index"); /* the methods table cb_newtype made */
-    lua_pushcclosure(L, index, 1);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
 }
 
 int cb_open_shared(lua_State *L) {

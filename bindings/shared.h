@@ -33,9 +33,4 @@ int cb_dict_totable(lua_State *L);
  * container's snapshot (shared.c). */
 int cb_shared_tostring(lua_State *L, const char *label, lua_CFunction snapshot);
 
-/* Make the metatable tname's __index the closure index, with the methods
- * table cb_newtype made as its upvalue (numbers or keys read items, other
- * keys find methods). */
-void cb_index_with_methods(lua_State *L, const char *tname, lua_CFunction index);
-
 #endif
