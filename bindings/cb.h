@@ -76,10 +76,15 @@ const char *cb_typeof(lua_State *L, int idx);
 const char *cb_typename(enum cc_type t);         /* "queue", "list", ... */
 
 /* ---- common helpers (concur.c) ---- */
-/* "<fname>: bad argument #<arg> (<msg>)": names the function on both VMs
+/* The one argument-error path. "<fname>: bad argument #<arg> (<msg>)",
+ * or "<fname>: bad self (<msg>)" for arg 0: names the function on both VMs
  * (LuaJIT's luaL_argerror says '?' inside methods). arg counts from the
  * first argument after self for methods. */
 int cb_argerror(lua_State *L, int arg, const char *fname, const char *msg);
+/* The same from a stack index: a method's ("type:verb") self is index 1. */
+int cb_idxerror(lua_State *L, int idx, const char *fname, const char *msg);
+/* "<expected> expected, got <cb_typeof>" for the value at stack index idx. */
+int cb_typeerror(lua_State *L, int idx, const char *fname, const char *expected);
 void cb_checktable(lua_State *L, int idx, int arg, const char *fname);
 void cb_checkfunction(lua_State *L, int idx, int arg, const char *fname);
 /* An integer (integral floats too, on both VMs) at idx, else the error above. */
