@@ -37,9 +37,9 @@ int cc_mutex_init(cc_mutex *m) {
     pthread_mutexattr_t a;
     int r = pthread_mutexattr_init(&a);
     if (r) return -r;
-    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-    r = pthread_mutex_init(PM(m), &a);
+    r = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    if (!r) r = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    if (!r) r = pthread_mutex_init(PM(m), &a);
     pthread_mutexattr_destroy(&a);
     return -r;
 }
