@@ -156,6 +156,9 @@ void cb_batch_keep(cb_batch *b, size_t upto);
 void cb_batch_free(lua_State *L, cb_batch *b);
 /* Decode message i (at byte offset off): pushes its values, their count. */
 int cb_batch_decode(lua_State *L, cb_batch *b, size_t i, size_t off, const char *fname);
+/* Push a sequence of the batch's messages decoded in order (one value
+ * each: list items, queue messages), then free the batch. */
+void cb_batch_totable(lua_State *L, cb_batch *b, const char *fname);
 
 /* Per-library openers: each pushes its library table. */
 int cb_open_process(lua_State *L);

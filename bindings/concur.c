@@ -652,6 +652,18 @@ int cb_batch_decode(lua_State *L, cb_batch *b, size_t i, size_t off, const char 
     return cb_decode(L, b->all.data + off, b->lens[i], fname);
 }
 
+void cb_batch_totable(lua_State *L, cb_batch *b, const char *fname) {
+    lua_createtable(L, (int)b->n, 0);
+    int t = lua_gettop(L);
+    size_t off = 0;
+    for (size_t i = 0; i < b->n; i++) {
+        cb_batch_decode(L, b, i, off, fname);
+        lua_rawseti(L, t, (int)i + 1);
+        off += b->lens[i];
+    }
+    cb_batch_free(L, b);
+}
+
 /* ---- concur.* utilities ---- */
 
 static int l_sleep(lua_State *L) {

@@ -213,14 +213,7 @@ int cb_list_totable(lua_State *L) {
     int r = cc_list_snapshot(l, &all->all, &all->lens, &n);
     if (r) return cb_read_failed(L, r, "list:totable");
     all->n = all->cap = n;
-    lua_createtable(L, (int)n, 0);
-    size_t off = 0;
-    for (size_t i = 0; i < n; i++) {
-        cb_batch_decode(L, all, i, off, "list:totable");
-        lua_rawseti(L, 2, (int)i + 1);
-        off += all->lens[i];
-    }
-    cb_batch_free(L, all);
+    cb_batch_totable(L, all, "list:totable");
     lua_remove(L, 1);
     return 1;
 }
