@@ -17,7 +17,7 @@
 #include <errno.h>
 #include "../runtime/cc.h"
 
-/* ---- the codec (codec.c) ---- */
+/* ---- the codec (codec.h: the format; codec_encode.c, codec_decode.c) ---- */
 /* Encode the n values at stack[first..first+n-1] into one message in out
  * (out->len is set; the message owns a reference on every shared object it
  * names). On a value that cannot cross, raises an error
@@ -28,10 +28,11 @@ void cb_encode(lua_State *L, int first, int n, cc_buf *out, const char *fname, i
  * message's references (the caller must not release them afterwards), also
  * on error. Raises "<fname>: corrupt message (...)" on bad input. */
 int cb_decode(lua_State *L, const void *msg, size_t len, const char *fname);
-/* The same for bytes from outside (concur.decode): refuses Lua functions
- * (bytecode is not verified by the VM), C functions and module names
- * (decoding must not run require). */
-int cb_decode_untrusted(lua_State *L, const void *msg, size_t len, const char *fname);
+/* The same for bytes from outside (concur.decode): refuses a message of
+ * another format version ("<fname>: message format N, this build reads M")
+ * and, unless trust, Lua functions (bytecode is not verified by the VM), C
+ * functions and module names (decoding must not run require). */
+int cb_decode_string(lua_State *L, const void *msg, size_t len, const char *fname, int trust);
 /* Decode without raising: returns the count, or -1 with an error message
  * pushed. Used by the fuzz harness and by paths that must not longjmp. */
 int cb_decode_protected(lua_State *L, const void *msg, size_t len);
@@ -48,6 +49,13 @@ typedef struct cb_handle {
  * the given metamethods (plus a default __gc/__tostring/__close when absent). */
 void cb_newtype(lua_State *L, enum cc_type t, const char *name,
                 const luaL_Reg *methods, const luaL_Reg *meta);
+/* Make metatable tname's __index the closure index, with the methods
+ * table cb_newtype made as its upvalue: index reads items (numbers, keys)
+ * and finds methods in lua_upvalueindex(1) for other keys. */
+void cb_index_with_methods(lua_State *L, const char *tname, lua_CFunction index);
+/* Give the library table on top a metatable whose __call is call
+ * (queue(...) as queue.new(...)). */
+void cb_callable(lua_State *L, lua_CFunction call);
 /* Push a handle for o, taking over one reference (the caller's). */
 cb_handle *cb_push(lua_State *L, cc_obj *o);
 /* Check that argument idx is a handle of type t; raises naming fname. */
@@ -68,10 +76,15 @@ const char *cb_typeof(lua_State *L, int idx);
 const char *cb_typename(enum cc_type t);         /* "queue", "list", ... */
 
 /* ---- common helpers (concur.c) ---- */
-/* "<fname>: bad argument #<arg> (<msg>)": names the function on both VMs
+/* The one argument-error path. "<fname>: bad argument #<arg> (<msg>)",
+ * or "<fname>: bad self (<msg>)" for arg 0: names the function on both VMs
  * (LuaJIT's luaL_argerror says '?' inside methods). arg counts from the
  * first argument after self for methods. */
 int cb_argerror(lua_State *L, int arg, const char *fname, const char *msg);
+/* The same from a stack index: a method's ("type:verb") self is index 1. */
+int cb_idxerror(lua_State *L, int idx, const char *fname, const char *msg);
+/* "<expected> expected, got <cb_typeof>" for the value at stack index idx. */
+int cb_typeerror(lua_State *L, int idx, const char *fname, const char *expected);
 void cb_checktable(lua_State *L, int idx, int arg, const char *fname);
 void cb_checkfunction(lua_State *L, int idx, int arg, const char *fname);
 /* An integer (integral floats too, on both VMs) at idx, else the error above. */
@@ -86,6 +99,9 @@ double cb_opt_deadline(lua_State *L, int idx, const char *fname);
 int cb_fail(lua_State *L, int err, const char *fname);
 /* Raise the "shared memory exhausted (N MiB in use of M; set CONCUR_SHM)" error. */
 int cb_nomem(lua_State *L, const char *fname);
+/* Raise "<fname>: out of memory (process memory, not the shared arena)":
+ * for a -ENOMEM that came from malloc (a copy handed out, a buffer). */
+int cb_oom(lua_State *L, const char *fname);
 /* A full garbage collection (unless the script stopped the collector):
  * run before reporting the arena exhausted, then retry once. */
 void cb_collect(lua_State *L);
@@ -140,6 +156,9 @@ void cb_batch_keep(cb_batch *b, size_t upto);
 void cb_batch_free(lua_State *L, cb_batch *b);
 /* Decode message i (at byte offset off): pushes its values, their count. */
 int cb_batch_decode(lua_State *L, cb_batch *b, size_t i, size_t off, const char *fname);
+/* Push a sequence of the batch's messages decoded in order (one value
+ * each: list items, queue messages), then free the batch. */
+void cb_batch_totable(lua_State *L, cb_batch *b, const char *fname);
 
 /* Per-library openers: each pushes its library table. */
 int cb_open_process(lua_State *L);
@@ -160,8 +179,5 @@ void cb_open_array(lua_State *L);
 enum { CB_PROBE_RUNNING, CB_PROBE_ENDED, CB_PROBE_FINALIZED, CB_PROBE_FOREIGN };
 int cb_process_probe(lua_State *L, int idx, pid_t *pid, int *state);
 int cb_thread_probe(lua_State *L, int idx, int *state);
-
-/* Called by process.c in a freshly forked child before it runs anything. */
-void cb_after_fork_child(void);
 
 #endif

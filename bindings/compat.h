@@ -18,23 +18,16 @@
 #define cb_pushinteger(L, v) lua_pushinteger(L, (lua_Integer)(v))
 #define cb_dump(L, w, d) lua_dump(L, w, d, 0)
 #define cb_load(L, r, d, name) lua_load(L, r, d, name, "b")
-#define cb_newuserdata(L, sz) lua_newuserdatauv(L, sz, 1)
-#define cb_getuservalue(L, i) lua_getiuservalue(L, i, 1)
-#define cb_setuservalue(L, i) lua_setiuservalue(L, i, 1)
+#define cb_newuserdata(L, sz) lua_newuserdatauv(L, sz, 0)
 #define cb_rawgetp(L, i, p) lua_rawgetp(L, i, p)
 #define cb_rawsetp(L, i, p) lua_rawsetp(L, i, p)
 #define cb_pushglobaltable(L) lua_pushglobaltable(L)
 #define cb_setfuncs(L, l, n) luaL_setfuncs(L, l, n)
 #define cb_newlib(L, l) luaL_newlib(L, l)
-#define cb_len(L, i) luaL_len(L, i)
 #define cb_tointegerx(L, i, ok) lua_tointegerx(L, i, ok)
-#define cb_resume(L, from, n, nres) lua_resume(L, from, n, nres)
 #define cb_absindex(L, i) lua_absindex(L, i)
-#define cb_setwarnf(L, f, ud) lua_setwarnf(L, f, ud)
-#define cb_warning(L, msg) lua_warning(L, msg, 0)
 #define cb_traceback(L, L1, msg, lvl) luaL_traceback(L, L1, msg, lvl)
 #define cb_requiref(L, name, f) (luaL_requiref(L, name, f, 0), lua_pop(L, 1))
-#define cb_isyieldable(L) lua_isyieldable(L)
 /* A count hook is how thread:cancel reaches pure Lua code. */
 #define CB_CANCEL_HOOK 1
 #define cb_tolstring(L, i) luaL_tolstring(L, i, NULL)
@@ -50,8 +43,6 @@ static inline int cb_isinteger_51(lua_State *L, int i) {
 #define cb_dump(L, w, d) lua_dump(L, w, d)
 #define cb_load(L, r, d, name) lua_load(L, r, d, name)
 #define cb_newuserdata(L, sz) lua_newuserdata(L, sz)
-#define cb_getuservalue(L, i) lua_getfenv(L, i)
-#define cb_setuservalue(L, i) lua_setfenv(L, i)
 #define cb_pushglobaltable(L) lua_pushvalue(L, LUA_GLOBALSINDEX)
 static inline int cb_absindex(lua_State *L, int i) {
     return (i > 0 || i <= LUA_REGISTRYINDEX) ? i : lua_gettop(L) + i + 1;
@@ -71,7 +62,6 @@ static inline void cb_rawsetp(lua_State *L, int i, const void *p) {
  * through lauxlib (LUAJIT_ENABLE_LUA52COMPAT is not needed for these). */
 #define cb_setfuncs(L, l, n) luaL_setfuncs(L, l, n)
 #define cb_newlib(L, l) (lua_newtable(L), luaL_setfuncs(L, l, 0))
-#define cb_len(L, i) ((lua_Integer)lua_objlen(L, i))
 static inline lua_Integer cb_tointegerx(lua_State *L, int i, int *ok) {
     lua_Number n = lua_tonumber(L, i);
     /* range first: casting NaN or 2^63 to an integer is undefined */
@@ -80,9 +70,6 @@ static inline lua_Integer cb_tointegerx(lua_State *L, int i, int *ok) {
     if (ok) *ok = isnum;
     return isnum ? (lua_Integer)n : 0;
 }
-#define cb_resume(L, from, n, nres) (*(nres) = 0, lua_resume(L, n))
-#define cb_setwarnf(L, f, ud) ((void)0)
-#define cb_warning(L, msg) (fprintf(stderr, "concur: warning: %s\n", msg))
 #define cb_traceback(L, L1, msg, lvl) luaL_traceback(L, L1, msg, lvl)
 static inline void cb_requiref(lua_State *L, const char *name, lua_CFunction f) {
     lua_pushcfunction(L, f);
@@ -93,7 +80,6 @@ static inline void cb_requiref(lua_State *L, const char *name, lua_CFunction f) 
     lua_setfield(L, -2, name);
     lua_pop(L, 2);
 }
-#define cb_isyieldable(L) 0
 /* No count hook under LuaJIT: a hook turns the JIT off for the whole state.
  * thread:cancel there takes effect at the next blocking wait only. */
 #define CB_CANCEL_HOOK 0

@@ -10,6 +10,7 @@
  */
 #include "cb.h"
 #include "../include/concur.h"
+#include "../runtime/proc.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -47,9 +48,7 @@ static cb_handle *to_handle(lua_State *L, int idx) {
 /* Metamethods can be called by hand with anything: check, never trust. */
 static cb_handle *meta_arg(lua_State *L, int idx, const char *event) {
     cb_handle *h = to_handle(L, idx);
-    if (!h)
-        luaL_error(L, "bad argument #%d to '%s' (concur object expected, got %s)", idx, event,
-                   cb_typeof(L, idx));
+    if (!h) cb_typeerror(L, idx, event, "concur object");
     return h;
 }
 
@@ -155,14 +154,24 @@ cb_handle *cb_push(lua_State *L, cc_obj *o) {
     return h;
 }
 
+void cb_index_with_methods(lua_State *L, const char *tname, lua_CFunction index) {
+    luaL_getmetatable(L, tname);
+    lua_getfield(L, -1, "__index"); /* the methods table cb_newtype made */
+    lua_pushcclosure(L, index, 1);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+}
+
+void cb_callable(lua_State *L, lua_CFunction call) {
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, call);
+    lua_setfield(L, -2, "__call");
+    lua_setmetatable(L, -2);
+}
+
 cc_obj *cb_test(lua_State *L, int idx) {
     cb_handle *h = to_handle(L, idx);
     return h ? h->obj : NULL;
-}
-
-static int arg_error(lua_State *L, int idx, const char *fname, const char *expected) {
-    return luaL_error(L, "%s: bad argument #%d (%s expected, got %s)", fname, idx, expected,
-                      cb_typeof(L, idx));
 }
 
 cc_obj *cb_check(lua_State *L, int idx, enum cc_type t, const char *fname) {
@@ -176,9 +185,7 @@ cc_obj *cb_check(lua_State *L, int idx, enum cc_type t, const char *fname) {
             return h->obj;
         }
     }
-    char what[32];
-    snprintf(what, sizeof what, "%s", cb_typename(t));
-    arg_error(L, idx, fname, what);
+    cb_typeerror(L, idx, fname, cb_typename(t));
     return NULL;
 }
 
@@ -204,7 +211,7 @@ cc_obj *cb_self(lua_State *L, enum cc_type t, const char *fname) {
 
 cc_obj *cb_check_any(lua_State *L, int idx, const char *fname) {
     cc_obj *o = cb_test(L, idx);
-    if (!o) arg_error(L, idx, fname, "concur object");
+    if (!o) cb_typeerror(L, idx, fname, "concur object");
     return o;
 }
 
@@ -252,7 +259,20 @@ const char *cb_typeof(lua_State *L, int idx) {
 /* ---- timeouts and errors ---- */
 
 int cb_argerror(lua_State *L, int arg, const char *fname, const char *msg) {
+    if (arg == 0) return luaL_error(L, "%s: bad self (%s)", fname, msg);
     return luaL_error(L, "%s: bad argument #%d (%s)", fname, arg, msg);
+}
+
+/* A method ("type:verb") counts its arguments after self, as the script
+ * wrote them; a function ("lib.fn", "__gc") counts from the first. */
+static int arg_of(int idx, const char *fname) { return strchr(fname, ':') ? idx - 1 : idx; }
+
+int cb_idxerror(lua_State *L, int idx, const char *fname, const char *msg) {
+    return cb_argerror(L, arg_of(idx, fname), fname, msg);
+}
+
+int cb_typeerror(lua_State *L, int idx, const char *fname, const char *expected) {
+    return cb_idxerror(L, idx, fname, lua_pushfstring(L, "%s expected, got %s", expected, cb_typeof(L, idx)));
 }
 
 lua_Integer cb_checkint(lua_State *L, int idx, int arg, const char *fname) {
@@ -282,9 +302,9 @@ void cb_checktable(lua_State *L, int idx, int arg, const char *fname) {
 
 double cb_opt_deadline(lua_State *L, int idx, const char *fname) {
     if (lua_isnoneornil(L, idx)) return CC_FOREVER;
-    if (lua_type(L, idx) != LUA_TNUMBER) arg_error(L, idx, fname, "timeout in seconds");
+    if (lua_type(L, idx) != LUA_TNUMBER) cb_typeerror(L, idx, fname, "timeout in seconds");
     double t = (double)lua_tonumber(L, idx);
-    if (!(t >= 0)) luaL_error(L, "%s: bad argument #%d (timeout must be >= 0)", fname, idx);
+    if (!(t >= 0)) cb_idxerror(L, idx, fname, "timeout must be >= 0");
     return cc_deadline(t);
 }
 
@@ -294,6 +314,10 @@ int cb_nomem(lua_State *L, const char *fname) {
     snprintf(size, sizeof size, "%.1f", (double)cc_arena_size() / (1 << 20));
     return luaL_error(L, "%s: shared memory exhausted (%s MiB in use of %s MiB; set CONCUR_SHM)",
                       fname, used, size);
+}
+
+int cb_oom(lua_State *L, const char *fname) {
+    return luaL_error(L, "%s: out of memory (process memory, not the shared arena)", fname);
 }
 
 int cb_fail(lua_State *L, int err, const char *fname) {
@@ -628,13 +652,24 @@ int cb_batch_decode(lua_State *L, cb_batch *b, size_t i, size_t off, const char 
     return cb_decode(L, b->all.data + off, b->lens[i], fname);
 }
 
+void cb_batch_totable(lua_State *L, cb_batch *b, const char *fname) {
+    lua_createtable(L, (int)b->n, 0);
+    int t = lua_gettop(L);
+    size_t off = 0;
+    for (size_t i = 0; i < b->n; i++) {
+        cb_batch_decode(L, b, i, off, fname);
+        lua_rawseti(L, t, (int)i + 1);
+        off += b->lens[i];
+    }
+    cb_batch_free(L, b);
+}
+
 /* ---- concur.* utilities ---- */
 
 static int l_sleep(lua_State *L) {
-    if (lua_type(L, 1) != LUA_TNUMBER)
-        return luaL_error(L, "concur.sleep: bad argument #1 (seconds expected, got %s)", luaL_typename(L, 1));
+    if (lua_type(L, 1) != LUA_TNUMBER) return cb_typeerror(L, 1, "concur.sleep", "seconds");
     double s = (double)lua_tonumber(L, 1);
-    if (!(s >= 0)) return luaL_error(L, "concur.sleep: bad argument #1 (seconds must be >= 0)");
+    if (!(s >= 0)) return cb_argerror(L, 1, "concur.sleep", "seconds must be >= 0");
     if (s > 0 && cc_sleep(s) == -EINTR) return luaL_error(L, "concur.sleep: interrupted");
     return 0;
 }
@@ -689,24 +724,21 @@ static int l_encode(lua_State *L) {
 
 /* concur.decode(s, [{trust = true}]): by default the bytes are untrusted,
  * like input from a file or a socket, and may hold only data (see
- * cb_decode_untrusted). */
+ * cb_decode_string). */
 static int l_decode(lua_State *L) {
     size_t n;
-    if (lua_type(L, 1) != LUA_TSTRING)
-        return luaL_error(L, "concur.decode: bad argument #1 (string expected, got %s)", luaL_typename(L, 1));
+    if (lua_type(L, 1) != LUA_TSTRING) return cb_typeerror(L, 1, "concur.decode", "string");
     const char *s = lua_tolstring(L, 1, &n);
     int trust = 0;
     if (!lua_isnoneornil(L, 2)) {
-        if (!lua_istable(L, 2))
-            return luaL_error(L, "concur.decode: bad argument #2 (options table expected, got %s)",
-                              luaL_typename(L, 2));
+        if (!lua_istable(L, 2)) return cb_typeerror(L, 2, "concur.decode", "options table");
         lua_getfield(L, 2, "trust");
         trust = lua_toboolean(L, -1);
     }
     if (n >= sizeof(cc_msghdr) && cc_msg_nrefs(s))
         return luaL_error(L, "concur.decode: corrupt message (shared objects in a string)");
     lua_settop(L, 1);
-    return trust ? cb_decode(L, s, n, "concur.decode") : cb_decode_untrusted(L, s, n, "concur.decode");
+    return cb_decode_string(L, s, n, "concur.decode", trust);
 }
 
 static const luaL_Reg utils[] = {
@@ -775,6 +807,14 @@ CONCUR_OPEN_ONE(queue)
 CONCUR_OPEN_ONE(primes)
 CONCUR_OPEN_ONE(wait)
 #undef CONCUR_OPEN_ONE
+
+/* The embedder's interrupt flag (include/concur.h): one per process, watched
+ * by the threads that called concur_interrupt_here. */
+static _Atomic int embedder_interrupt;
+
+void concur_interrupt_here(void) { cc_interrupt_set(&embedder_interrupt); }
+void concur_interrupt(int on) { embedder_interrupt = on ? 1 : 0; }
+void concur_exit_report(void) { cc_exit_report(); }
 
 int concur_openlibs(lua_State *L) {
     cb_requiref(L, "concur", luaopen_concur);

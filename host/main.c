@@ -35,13 +35,10 @@
 #include <unistd.h>
 
 #include "../include/concur.h"
-#include "../runtime/cc.h"
-#include "../runtime/proc.h"
 #include "host.h"
 
 static const char *progname = "concur";
 static lua_State *globalL;
-static _Atomic int interrupt_flag;
 
 /* ---- Ctrl-C and SIGTERM ---- */
 
@@ -61,7 +58,7 @@ static void on_signal(int sig) {
         return;
     }
     got_signal = sig;
-    interrupt_flag = 1;
+    concur_interrupt(1);
     if (phase == RUNNING)
         lua_sethook(globalL, stop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
 }
@@ -77,7 +74,7 @@ static void *watch_eof(void *arg) {
         ssize_t n = read(0, buf, sizeof buf);
         if (n == 0 || (n < 0 && errno != EINTR)) break;
     }
-    interrupt_flag = 1;
+    concur_interrupt(1);
     return NULL;
 }
 
@@ -92,7 +89,7 @@ static void watch_second_eof(void) {
 }
 
 void host_interrupt_reset(void) {
-    interrupt_flag = 0;
+    concur_interrupt(0);
     if (got_signal != SIGTERM) got_signal = 0;
 }
 
@@ -404,7 +401,7 @@ static int pmain(lua_State *L) {
     lua_getglobal(L, "print"); /* the REPL prints through it unless replaced */
     lua_setfield(L, LUA_REGISTRYINDEX, HOST_PRINT_KEY);
     concur_openlibs(L);
-    cc_interrupt_set(&interrupt_flag);
+    concur_interrupt_here();
     createargtable(L, argv, argc, script);
     lua_gc(L, LUA_GCRESTART);
     lua_gc(L, LUA_GCGEN, 0, 0);
@@ -451,7 +448,7 @@ int main(int argc, char **argv) {
         concur_stop_on_close(1);
     } else { /* a script that caught the interrupt and ended normally */
         got_signal = 0;
-        interrupt_flag = 0;
+        concur_interrupt(0);
     }
     phase = CLOSING;
     if (!got_signal) {
@@ -460,7 +457,7 @@ int main(int argc, char **argv) {
         if (!failed) watch_second_eof();
     }
     lua_close(L);
-    cc_exit_report();
+    concur_exit_report();
     if (got_signal) { /* end by the signal, as the default action would */
         int sig = got_signal;
         signal(sig, SIG_DFL);

@@ -52,6 +52,24 @@ void concur_set_thread_init(concur_state_init fn, void *ud);
  * (a forked child starts with it off). A failing os.exit sets it too. */
 void concur_stop_on_close(int on);
 
+/* Interrupting blocking waits, as the concur host does on Ctrl-C and
+ * SIGTERM. concur_interrupt_here() makes the calling thread's blocking
+ * waits (q:get(), p:join(), lock:acquire(), ...) watch the library's
+ * interrupt flag: call it in the thread that runs the script, after
+ * concur_openlibs. concur_interrupt(1) -- safe in a signal handler, one
+ * atomic store -- makes those waits raise "<function>: interrupted" within
+ * about 50 ms; concur_interrupt(0) clears the flag (do that before running
+ * Lua code again, or the next wait is interrupted at once). Threads started
+ * with thread.new have flags of their own (thread:cancel). */
+void concur_interrupt_here(void);
+void concur_interrupt(int on);
+
+/* The workers stopped because the program was ending (see
+ * concur_stop_on_close) are named in one line on stderr, printed by an
+ * atexit handler. A host that prints its own last words calls this after
+ * lua_close to have the line printed now, before them (it prints once). */
+void concur_exit_report(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -295,13 +295,15 @@ int cc_arena_init(size_t size) {
         size = (size + PAGE - 1) & ~(size_t)(PAGE - 1);
         void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
                        MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (p == MAP_FAILED) {
-            r = -errno;
-        } else {
-            arena *a = p;
+        if (p == MAP_FAILED) r = -errno;
+        arena *a = p;
+        if (!r) {
             memset(a, 0, sizeof *a);
             a->size = size;
-            cc_mutex_init(&a->lock);
+            r = cc_mutex_init(&a->lock);
+            if (r) munmap(p, size);
+        }
+        if (!r) {
             a->heap = (char *)p + ((sizeof *a + 63) & ~(size_t)63);
             a->end = (char *)p + size - HDR;
             size_t whole = (size_t)(a->end - a->heap);

@@ -19,7 +19,7 @@
  * codec (bindings/codec.c) produced. The runtime does not parse the payload,
  * but every message starts with a table of the shared objects it refers to:
  *
- *     uint32_t nrefs; uint32_t pad; cc_obj *refs[nrefs]; payload...
+ *     uint32_t nrefs; uint32_t format; cc_obj *refs[nrefs]; payload...
  *
  * and a message OWNS one reference count on each of those objects. Whoever
  * holds a message (a queue slot, a list item, a pipe in flight, a reader that
@@ -47,6 +47,10 @@ int cc_sleep(double seconds);         /* 0, or -EINTR if cc_interrupted() fired 
 double cc_wait_slice(double deadline);
 struct timespec;
 void cc_timespec(double t, struct timespec *ts);
+/* poll()'s timeout for sleeping until the absolute time `until` (< 0:
+ * forever): -1, or milliseconds rounded up, at most a day (a far deadline
+ * must not overflow an int). */
+int cc_poll_ms(double until);
 
 /* This process's pid, cached and refreshed in every forked child (by a
  * pthread_atfork handler registered by cc_arena_init). Counts on shared
@@ -116,7 +120,7 @@ int cc_obj_valid(const cc_obj *o);    /* inside the arena, sane type, refs>0 */
 /* ---- messages ------------------------------------------------------- */
 typedef struct cc_msghdr {
     uint32_t nrefs;
-    uint32_t pad;
+    uint32_t format;                  /* the codec's (bindings/codec.h); the runtime ignores it */
     /* cc_obj *refs[nrefs] follows */
 } cc_msghdr;
 
@@ -147,6 +151,14 @@ typedef struct cc_buf {
 #define CC_BUF_MAX ((size_t)1 << 40)
 int cc_buf_reserve(cc_buf *b, size_t need);
 void cc_buf_free(cc_buf *b);
+
+/* 64-bit FNV-1a: the dict's key hash and the codec's bytecode checksum. */
+static inline uint64_t cc_fnv1a(const void *p, size_t n) {
+    const unsigned char *s = p;
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < n; i++) h = (h ^ s[i]) * 1099511628211ULL;
+    return h;
+}
 
 /* ---- sync (sync.c) -------------------------------------------------- */
 /* A robust, process-shared mutex. lock returns 0, -ETIMEDOUT, or

@@ -42,6 +42,12 @@ double cc_wait_slice(double deadline) {
     return (deadline < 0 || until < deadline) ? until : deadline;
 }
 
+int cc_poll_ms(double until) {
+    if (until < 0) return -1;
+    double left = until - cc_now();
+    return left <= 0 ? 0 : left > 86400 ? 86400 * 1000 : (int)(left * 1000) + 1;
+}
+
 void cc_timespec(double t, struct timespec *ts) {
     if (!(t >= 0)) t = 0;
     if (t > 2 * CC_MAX_TIMEOUT) t = 2 * CC_MAX_TIMEOUT; /* never past time_t */

@@ -30,9 +30,7 @@ struct cc_dict {
 };
 
 static uint64_t hash(const void *p, size_t n) {
-    const unsigned char *s = p;
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < n; i++) h = (h ^ s[i]) * 1099511628211ULL;
+    uint64_t h = cc_fnv1a(p, n);
     return h ? h : 1;
 }
 
@@ -134,24 +132,26 @@ static int grow(cc_dict *d) {
 
 int64_t cc_dict_len(cc_dict *d) { return __atomic_load_n(&d->count, __ATOMIC_ACQUIRE); }
 
+/* Under the lock: find key and copy its value into out. The entry's index,
+ * -ENOENT, or -ENOMEM (malloc: out could not grow). */
+static int64_t copy_value(cc_dict *d, const void *key, size_t klen, cc_buf *out) {
+    int64_t free_at, i = find(d, key, klen, hash(key, klen), &free_at);
+    if (i < 0) return -ENOENT;
+    const char *kv = d->tab[i].kv;
+    size_t n = vlen_of(kv);
+    int r = cc_buf_reserve(out, n);
+    if (r) return r;
+    memcpy(out->data, val_of(kv), n);
+    out->len = n;
+    return i;
+}
+
 int cc_dict_get(cc_dict *d, const void *key, size_t klen, cc_buf *out) {
-    uint64_t h = hash(key, klen);
-    int64_t free_at;
     lock(d);
-    int64_t i = find(d, key, klen, h, &free_at);
-    int r = -ENOENT;
-    if (i >= 0) {
-        const char *kv = d->tab[i].kv;
-        size_t n = vlen_of(kv);
-        r = cc_buf_reserve(out, n);
-        if (!r) {
-            memcpy(out->data, val_of(kv), n);
-            out->len = n;
-            cc_msg_retain(out->data, n);
-        }
-    }
+    int64_t i = copy_value(d, key, klen, out);
+    if (i >= 0) cc_msg_retain(out->data, out->len); /* a copy: the reader's own counts */
     unlock(d);
-    return r;
+    return i < 0 ? (int)i : 0;
 }
 
 int cc_dict_set(cc_dict *d, const void *key, size_t klen, const void *val, size_t vlen) {
@@ -180,25 +180,16 @@ int cc_dict_set(cc_dict *d, const void *key, size_t klen, const void *val, size_
 }
 
 int cc_dict_delete(cc_dict *d, const void *key, size_t klen, cc_buf *out) {
-    uint64_t h = hash(key, klen);
-    int64_t free_at;
     lock(d);
-    int64_t i = find(d, key, klen, h, &free_at);
-    int r = -ENOENT;
+    int64_t i = copy_value(d, key, klen, out); /* the reader takes its references */
     if (i >= 0) {
         char *kv = d->tab[i].kv;
-        size_t n = vlen_of(kv);
-        r = cc_buf_reserve(out, n);
-        if (!r) {
-            memcpy(out->data, val_of(kv), n); /* the reader takes its references */
-            out->len = n;
-            d->tab[i].kv = TOMB; /* the commit */
-            d->count--;
-            cc_free(kv);
-        }
+        d->tab[i].kv = TOMB; /* the commit */
+        d->count--;
+        cc_free(kv);
     }
     unlock(d);
-    return r;
+    return i < 0 ? (int)i : 0;
 }
 
 int cc_dict_clear(cc_dict *d) {

@@ -37,9 +37,9 @@ int cc_mutex_init(cc_mutex *m) {
     pthread_mutexattr_t a;
     int r = pthread_mutexattr_init(&a);
     if (r) return -r;
-    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-    r = pthread_mutex_init(PM(m), &a);
+    r = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    if (!r) r = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    if (!r) r = pthread_mutex_init(PM(m), &a);
     pthread_mutexattr_destroy(&a);
     return -r;
 }
@@ -111,14 +111,8 @@ void cc_futex_wake(_Atomic uint32_t *w, int n) {
 int cc_wait_fd(int fd, short events, double deadline) {
     for (;;) {
         if (cc_interrupted()) return -EINTR;
-        double until = cc_wait_slice(deadline);
-        int ms = -1;
-        if (until >= 0) {
-            double left = until - cc_now();
-            ms = left <= 0 ? 0 : (int)(left * 1000) + 1;
-        }
         struct pollfd pf = {fd, events, 0};
-        int r = poll(&pf, 1, ms);
+        int r = poll(&pf, 1, cc_poll_ms(cc_wait_slice(deadline)));
         if (r > 0) return 1;
         if (r < 0 && errno != EINTR) return -errno;
         if (deadline >= 0 && cc_now() >= deadline) return 0;

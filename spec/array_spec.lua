@@ -306,7 +306,7 @@ describe("shared.array", function()
     assert.is_true(ffi.istype("int32_t *", p))
     local f = shared.array(2, "f64"):ptr()
     assert.is_true(ffi.istype("double *", f))
-    assert.matches("array:ptr: bad argument #1 %(array expected, got concur.queue%)",
+    assert.matches("array:ptr: bad self %(array expected, got concur.queue%)",
       select(2, pcall(a.ptr, queue())))
   end)
 end)

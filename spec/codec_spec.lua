@@ -152,6 +152,19 @@ describe("concur.encode / concur.decode", function()
   it("rejects a non-string", function()
     assert.has_error(function() concur.decode(nil) end)
   end)
+
+  it("refuses a message of an older or newer format, naming both versions", function()
+    local s = concur.encode({1, "two"})
+    -- the header's second 32-bit word (little-endian) holds the format number
+    for _, forged in ipairs({0, 99}) do
+      local bad = s:sub(1, 4) .. string.char(forged, 0, 0, 0) .. s:sub(9)
+      for _, opts in ipairs({{}, {trust = true}}) do
+        local ok, err = pcall(concur.decode, bad, opts)
+        assert.is_false(ok)
+        assert.matches("^concur.decode: message format " .. forged .. ", this build reads %d+$", err)
+      end
+    end
+  end)
 end)
 
 describe("codec refusals of concur's own handles", function()

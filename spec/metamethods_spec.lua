@@ -194,15 +194,15 @@ describe("wrong receivers", function()
     local t = thread.new(function() return true end)
     local p = process.spawn(function() end)
     local cases = {
-      {getmetatable(concur.lock()).__tostring, {}, "bad argument #1 to '__tostring' %(concur object expected, got table%)"},
-      {getmetatable(l).__gc, io.stdout, "bad argument #1 to '__gc' %(concur object expected, got " .. FILE .. "%)"},
+      {getmetatable(concur.lock()).__tostring, {}, "__tostring: bad argument #1 %(concur object expected, got table%)"},
+      {getmetatable(l).__gc, io.stdout, "__gc: bad argument #1 %(concur object expected, got " .. FILE .. "%)"},
       {getmetatable(t).__gc, {}, "bad argument #1 to '__gc' %(concur.thread expected, got table%)"},
       {getmetatable(t).__gc, io.stdout, "bad argument #1 to '__gc' %(concur.thread expected, got " .. FILE .. "%)"},
       {getmetatable(p).__gc, io.stdout, "bad argument #1 to '__gc' %(concur.process expected, got " .. FILE .. "%)"},
       {getmetatable(p).__gc, l, "bad argument #1 to '__gc' %(concur.process expected, got concur.list%)"},
       {t.join, {}, "thread:join: bad argument #1 %(thread expected, got table%)"},
       {p.join, t, "process:join: bad argument #1 %(process expected, got concur.thread%)"},
-      {l.append, io.stdout, "list:append: bad argument #1 %(list expected, got " .. FILE .. "%)"},
+      {l.append, io.stdout, "list:append: bad self %(list expected, got " .. FILE .. "%)"},
     }
     for _, c in ipairs(cases) do
       local ok, err = pcall(c[1], c[2])

@@ -68,6 +68,25 @@ static int stop_on_close(void) {
     return 0;
 }
 
+/* concur_interrupt_here + concur_interrupt: a blocking wait in this thread
+ * raises "...: interrupted" instead of waiting, and runs again once the
+ * flag is cleared (what the concur host does on Ctrl-C). */
+static int interrupt_wait(void) {
+    lua_State *L = luaL_newstate();
+    luaL_openlibs(L);
+    concur_openlibs(L);
+    concur_interrupt_here();
+    concur_interrupt(1);
+    int failed = luaL_dostring(L, "local ok, err = pcall(queue().get, queue(), 30)\n"
+                                  "assert(not ok and concur.interrupted(err), tostring(err))") != LUA_OK;
+    concur_interrupt(0);
+    if (!failed)
+        failed = luaL_dostring(L, "local v, why = queue():get(0.01) assert(why == 'timeout')") != LUA_OK;
+    if (failed) fprintf(stderr, "embed: interrupt: %s\n", lua_tostring(L, -1));
+    lua_close(L);
+    return failed;
+}
+
 int main(void) {
     lua_State *L = luaL_newstate();
     luaL_openlibs(L);
@@ -80,6 +99,7 @@ int main(void) {
     }
     lua_close(L);
     if (stop_on_close()) return 1;
+    if (interrupt_wait()) return 1;
     puts("embed: ok");
     return 0;
 }
