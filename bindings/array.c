@@ -286,8 +286,12 @@ static int a_index(lua_State *L) {
     int t = lua_type(L, 2);
     if (t != LUA_TNUMBER && t != LUA_TSTRING)
         return fail(L, "array:__index: bad index (number expected, got %s)", cb_typeof(L, 2));
-    cb_check(L, 1, CC_T_ARRAY, "array:__index");
+    cc_array *a = (cc_array *)cb_check(L, 1, CC_T_ARRAY, "array:__index");
     bind(L, 1);
+    if (t == LUA_TNUMBER) { /* here, not through a_elem: errors name the caller's line */
+        push_elem(L, a, index_arg(L, a, 2, "array:__index"), "array:__index");
+        return 1;
+    }
     lua_settop(L, 2);
     lua_gettable(L, 1);
     return 1;
