@@ -102,16 +102,20 @@ static int thread_gone(pid_t t) {
 }
 
 /* The contended path: 0, -EOWNERDEAD, -ETIMEDOUT, -EINTR. `hard` waits
- * forever and is not interrupted (a condition re-taking its lock). */
+ * forever and is not interrupted (a condition re-taking its lock). A woken
+ * waiter does not look for a dead holder (a release woke it: the holder was
+ * alive); one that slept a whole slice unwoken does, and so does a wait
+ * shorter than a slice at once, so acquire(0) sees a dead holder too. */
 static int lock_slow(cc_lock *l, pid_t me, double deadline, int hard) {
     uint32_t mine = (uint32_t)me | WAITERS; /* after sleeping, others may too */
+    int look = !hard && deadline >= 0 && deadline - cc_now() < DEATH_CHECK;
     for (;;) {
         uint32_t w = atomic_load(&l->word);
         if (w == 0) {
             if (atomic_compare_exchange_strong(&l->word, &w, mine)) return 0;
             continue;
         }
-        if (thread_gone((pid_t)(w & TID_MASK))) {
+        if (look && thread_gone((pid_t)(w & TID_MASK))) {
             if (atomic_compare_exchange_strong(&l->word, &w, mine)) return -EOWNERDEAD;
             continue;
         }
@@ -121,13 +125,22 @@ static int lock_slow(cc_lock *l, pid_t me, double deadline, int hard) {
         if (hard) { /* not interruptible: no cc_futex_wait, which would say -EINTR at once */
             struct timespec ts;
             cc_timespec(until, &ts);
-            syscall(SYS_futex, (uint32_t *)&l->word, FUTEX_WAIT_BITSET, w | WAITERS, &ts, NULL,
-                    FUTEX_BITSET_MATCH_ANY);
+            long r = syscall(SYS_futex, (uint32_t *)&l->word, FUTEX_WAIT_BITSET, w | WAITERS, &ts,
+                             NULL, FUTEX_BITSET_MATCH_ANY);
+            look = r == -1 && errno == ETIMEDOUT;
             continue;
         }
         int r = cc_futex_wait(&l->word, w | WAITERS, until);
         if (r == -EINTR) return r;
-        if (r == -ETIMEDOUT && until == deadline) return r;
+        if (r == -ETIMEDOUT && until == deadline) {
+            /* a last look: the holder may have died during this wait */
+            w = atomic_load(&l->word);
+            if (w && thread_gone((pid_t)(w & TID_MASK)) &&
+                atomic_compare_exchange_strong(&l->word, &w, mine))
+                return -EOWNERDEAD;
+            return r;
+        }
+        look = r == -ETIMEDOUT;
     }
 }
 
