@@ -49,12 +49,14 @@ static pthread_once_t tid_once = PTHREAD_ONCE_INIT;
 static void forget_tid(void) { my_tid = 0; }
 static void register_atfork(void) { pthread_atfork(NULL, NULL, forget_tid); }
 
-static pid_t tid(void) {
-    if (!my_tid) {
-        pthread_once(&tid_once, register_atfork);
-        my_tid = gettid();
-    }
-    return my_tid;
+static pid_t __attribute__((noinline)) first_tid(void) {
+    pthread_once(&tid_once, register_atfork);
+    return my_tid = gettid();
+}
+
+static inline pid_t tid(void) {
+    pid_t t = my_tid;
+    return t ? t : first_tid();
 }
 
 /* ---- lock / rlock ---- */
@@ -170,9 +172,11 @@ int cc_lock_acquire(cc_lock *l, double deadline) {
 
 int cc_lock_release(cc_lock *l) {
     if (OWNER(l) != tid()) return -EPERM;
-    int64_t depth = DEPTH(l) - 1;
-    SET(depth, depth);
-    if (depth > 0) return 0;
+    if (l->hdr.type == CC_T_RLOCK) {
+        int64_t depth = DEPTH(l) - 1;
+        SET(depth, depth);
+        if (depth > 0) return 0;
+    }
     unlock_word(l);
     return 0;
 }
