@@ -9,9 +9,16 @@
  *   0-based, bounds unchecked, valid while the array is referenced.
  * value: v:get(), v:set(x), v:add(d) -> new value, v:cas(e, n), v.type.
  *
- * a[i] is the hot path: __index is a C closure holding the methods and the
- * metatable, so a numeric key costs one metatable compare, an index check
- * and one load -- no allocation, no codec, no lock. Values are checked
+ * Dispatch. On its first index (or indexed store) a handle gets a
+ * metatable of its own (cb_derive) whose __index is a TABLE: the methods,
+ * as closures bound to this handle, and `type`. So `a:add(i, d)` finds its
+ * method without a C call (in Lua 5.4 and in LuaJIT) and checks its
+ * receiver with one compare against its upvalue. A numeric key misses that
+ * table and reaches its metatable's __index, a C closure bound to the
+ * handle: a[i] costs an index check and one load -- no allocation, no
+ * codec, no lock. The price is about 1 KiB of Lua objects per handle used;
+ * a method called with another receiver (`add(b, i, d)`) takes the full
+ * check. Values are checked
  * against the type before anything is stored (3.5 into i32, 300 into u8,
  * NaN into an integer type, 2^63 into i64 are errors naming the index and
  * the value); bulk writes check every value first, so a refusal leaves the
@@ -120,23 +127,35 @@ static void store(lua_State *L, cc_array *a, int64_t i, int idx, const char *fna
 
 /* ---- receivers and indices ---- */
 
-/* The receiver of __index/__newindex: upvalue 2 is the type's metatable. */
-static cc_array *fast_self(lua_State *L, enum cc_type t, const char *fname) {
+/* The receiver of a method or __newindex: bound closures hold their handle
+ * as upvalue 1, so the common case is one compare; anything else (another
+ * array, a wrong value) gets the full check, which raises. */
+static cc_array *bound_self(lua_State *L, enum cc_type t, const char *fname) {
+    /* Two address loads are cheaper than lua_rawequal. Equal addresses are
+     * the very handle of upvalue 1 (kept alive by it), even in the
+     * C-only case of a light userdata made to point at it; a table upvalue
+     * (the type's closures, unbound) gives NULL. */
     cb_handle *h = lua_touserdata(L, 1);
-    if (h && lua_type(L, 1) == LUA_TUSERDATA && lua_getmetatable(L, 1)) {
-        int same = lua_rawequal(L, -1, lua_upvalueindex(2));
-        lua_pop(L, 1);
-        if (same && h->obj) return (cc_array *)h->obj;
-    }
+    if (h && h == lua_touserdata(L, lua_upvalueindex(1)) && h->obj) return (cc_array *)h->obj;
     return (cc_array *)cb_check(L, 1, t, fname);
 }
 
 static cc_array *self(lua_State *L, const char *fname) {
-    return (cc_array *)cb_self(L, CC_T_ARRAY, fname);
+    return bound_self(L, CC_T_ARRAY, fname);
 }
 
+static int64_t bad_index(lua_State *L, cc_array *a, int idx, const char *fname)
+    __attribute__((noinline, cold));
+
 /* A 1-based index at idx -> 0-based, or raises naming it and the length. */
-static int64_t index_arg(lua_State *L, cc_array *a, int idx, const char *fname) {
+static inline int64_t index_arg(lua_State *L, cc_array *a, int idx, const char *fname) {
+    int ok = 0;
+    int64_t i = whole(L, idx, &ok);
+    if (__builtin_expect(ok && i >= 1 && i <= a->n, 1)) return i - 1;
+    return bad_index(L, a, idx, fname);
+}
+
+static int64_t bad_index(lua_State *L, cc_array *a, int idx, const char *fname) {
     int ok = 0;
     int64_t i = whole(L, idx, &ok);
     if (!ok && lua_type(L, idx) != LUA_TNUMBER)
@@ -242,25 +261,48 @@ static int l_value(lua_State *L) {
 
 /* ---- array metamethods ---- */
 
-static int a_index(lua_State *L) {
+static void bind(lua_State *L, int ud);
+
+/* __index of the bound methods table (upvalue 1: the handle): a numeric
+ * key is an element; an unknown name is nil, as for any method table. */
+static int a_elem(lua_State *L) {
+    cb_handle *h = lua_touserdata(L, lua_upvalueindex(1));
     int t = lua_type(L, 2);
     if (t == LUA_TNUMBER) {
-        cc_array *a = fast_self(L, CC_T_ARRAY, "array:__index");
+        if (!h->obj) return fail(L, "array:__index: the array was released");
+        cc_array *a = (cc_array *)h->obj;
         push_elem(L, a, index_arg(L, a, 2, "array:__index"), "array:__index");
         return 1;
     }
     if (t != LUA_TSTRING)
         return fail(L, "array:__index: bad index (number expected, got %s)", cb_typeof(L, 2));
-    lua_pushvalue(L, 2);
-    lua_rawget(L, lua_upvalueindex(1));
-    if (lua_isnil(L, -1) && strcmp(lua_tostring(L, 2), "type") == 0)
-        lua_pushstring(L, cc_elem_name(fast_self(L, CC_T_ARRAY, "array:__index")->elem));
+    lua_pushnil(L);
+    return 1;
+}
+
+/* The type's __index: the first look at a handle binds it, then answers
+ * through its own metatable. */
+static int a_index(lua_State *L) {
+    int t = lua_type(L, 2);
+    if (t != LUA_TNUMBER && t != LUA_TSTRING)
+        return fail(L, "array:__index: bad index (number expected, got %s)", cb_typeof(L, 2));
+    cc_array *a = (cc_array *)cb_check(L, 1, CC_T_ARRAY, "array:__index");
+    bind(L, 1);
+    if (t == LUA_TNUMBER) { /* here, not through a_elem: errors name the caller's line */
+        push_elem(L, a, index_arg(L, a, 2, "array:__index"), "array:__index");
+        return 1;
+    }
+    lua_settop(L, 2);
+    lua_gettable(L, 1);
     return 1;
 }
 
 static int a_newindex(lua_State *L) {
-    cc_array *a = fast_self(L, CC_T_ARRAY, "array:__newindex");
-    store(L, a, index_arg(L, a, 2, "array:__newindex"), 3, "array:__newindex");
+    cc_array *a = bound_self(L, CC_T_ARRAY, "array:__newindex");
+    int64_t i = index_arg(L, a, 2, "array:__newindex");
+    store(L, a, i, 3, "array:__newindex");
+    if (lua_touserdata(L, 1) != lua_touserdata(L, lua_upvalueindex(1)))
+        bind(L, 1); /* called as the type's __newindex, or with another array */
     return 0;
 }
 
@@ -271,6 +313,11 @@ static int a_len(lua_State *L) {
 
 /* ---- shared by array and value methods ---- */
 
+static int add_failed(lua_State *L, cc_array *a, int64_t i, int didx, int64_t out, int64_t d,
+                      const char *fname) __attribute__((noinline, cold));
+
+/* The hot path of a:add and v:add: no buffer on the stack, errors out of
+ * line. */
 static int do_add(lua_State *L, cc_array *a, int64_t i, int didx, const char *fname) {
     if (cc_elem_isfloat(a->elem)) {
         if (lua_type(L, didx) != LUA_TNUMBER) bad_value(L, a, didx, i, fname);
@@ -282,16 +329,28 @@ static int do_add(lua_State *L, cc_array *a, int64_t i, int didx, const char *fn
         return 1;
     }
     int ok = 0;
-    int64_t d = lua_type(L, didx) == LUA_TNUMBER ? whole(L, didx, &ok) : 0;
+    int64_t d = whole(L, didx, &ok), out;
+    if (__builtin_expect(ok, 1) && cc_array_addi(a, i, d, doubles, &out) == 0) {
+        cb_pushinteger(L, out);
+        return 1;
+    }
+    return add_failed(L, a, i, didx, ok ? out : 0, d, fname);
+}
+
+/* Why an integer add was refused: a bad delta, or a sum that does not fit
+ * (out is then the value the element held). */
+static int add_failed(lua_State *L, cc_array *a, int64_t i, int didx, int64_t out, int64_t d,
+                      const char *fname) {
+    int ok = 0;
+    whole(L, didx, &ok);
     if (!ok) {
         char num[64];
         return fail(L, "%s: bad delta %s at index %lld (%s holds integers)", fname,
                     fmtnum(L, didx, num, sizeof num), (long long)i + 1, cc_elem_name(a->elem));
     }
-    int64_t out, sum;
-    int r = cc_array_addi(a, i, d, doubles, &out);
-    if (r) {
-        char range[64];
+    int64_t sum;
+    char range[64];
+    {
         range_text(a->elem, range, sizeof range);
         if (__builtin_add_overflow(out, d, &sum))
             return fail(L, "%s: %lld + %lld at index %lld overflows %s", fname, (long long)out,
@@ -305,8 +364,6 @@ static int do_add(lua_State *L, cc_array *a, int64_t i, int didx, const char *fn
                     (long long)out, (long long)d, (long long)sum, (long long)i + 1,
                     cc_elem_name(a->elem), range);
     }
-    cb_pushinteger(L, out);
-    return 1;
 }
 
 static int do_cas(lua_State *L, cc_array *a, int64_t i, int eidx, int nidx, const char *fname) {
@@ -520,7 +577,7 @@ static void add_ptr(lua_State *L, int methods) {
 /* ---- value methods ---- */
 
 static cc_array *vself(lua_State *L, const char *fname) {
-    return (cc_array *)cb_self(L, CC_T_VALUE, fname);
+    return bound_self(L, CC_T_VALUE, fname);
 }
 
 static int v_get(lua_State *L) {
@@ -537,11 +594,10 @@ static int v_add(lua_State *L) { return do_add(L, vself(L, "value:add"), 0, 2, "
 static int v_cas(lua_State *L) { return do_cas(L, vself(L, "value:cas"), 0, 2, 3, "value:cas"); }
 
 static int v_index(lua_State *L) {
-    lua_pushvalue(L, 2);
-    lua_rawget(L, lua_upvalueindex(1));
-    if (lua_isnil(L, -1) && lua_type(L, 2) == LUA_TSTRING &&
-        strcmp(lua_tostring(L, 2), "type") == 0)
-        lua_pushstring(L, cc_elem_name(fast_self(L, CC_T_VALUE, "value:__index")->elem));
+    cb_check(L, 1, CC_T_VALUE, "value:__index");
+    bind(L, 1);
+    lua_settop(L, 2);
+    lua_gettable(L, 1);
     return 1;
 }
 
@@ -568,14 +624,53 @@ static const luaL_Reg value_methods[] = {
     {"get", v_get}, {"set", v_set}, {"add", v_add}, {"cas", v_cas}, {NULL, NULL},
 };
 
-/* metatable.__index = index(methods, metatable) */
+/* Give the checked handle at ud a metatable of its own: __index is a table
+ * of its methods bound to it (plus `type`, and `ptr` from the type's
+ * methods), whose own __index gives the elements; __newindex is bound too. */
+static void bind(lua_State *L, int ud) {
+    ud = cb_absindex(L, ud);
+    cc_array *a = (cc_array *)((cb_handle *)lua_touserdata(L, ud))->obj;
+    int isarray = a->hdr.type == CC_T_ARRAY;
+    const luaL_Reg *m = isarray ? array_methods : value_methods;
+    luaL_checkstack(L, 8, NULL);
+    cb_derive(L, ud);
+    int mt = lua_gettop(L);
+    lua_createtable(L, 0, 10);
+    int methods = mt + 1;
+    for (; m->name; m++) {
+        lua_pushvalue(L, ud);
+        lua_pushcclosure(L, m->func, 1);
+        lua_setfield(L, methods, m->name);
+    }
+    lua_pushstring(L, cc_elem_name(a->elem));
+    lua_setfield(L, methods, "type");
+    lua_getfield(L, mt, "__index"); /* the type's __index: upvalue 1 is its methods */
+    if (lua_getupvalue(L, -1, 1) && lua_istable(L, -1)) {
+        lua_getfield(L, -1, "ptr");
+        lua_setfield(L, methods, "ptr");
+    }
+    lua_settop(L, methods);
+    if (isarray) {
+        lua_createtable(L, 0, 1);
+        lua_pushvalue(L, ud);
+        lua_pushcclosure(L, a_elem, 1);
+        lua_setfield(L, -2, "__index");
+        lua_setmetatable(L, methods);
+        lua_pushvalue(L, ud);
+        lua_pushcclosure(L, a_newindex, 1);
+        lua_setfield(L, mt, "__newindex");
+    }
+    lua_setfield(L, mt, "__index");
+    lua_setmetatable(L, ud);
+}
+
+/* metatable.__index = index with the methods table as upvalue 1 (for bind) */
 static void set_index(lua_State *L, const char *tname, lua_CFunction index, int with_ptr) {
     luaL_getmetatable(L, tname);
     int mt = lua_gettop(L);
     lua_getfield(L, mt, "__index"); /* the methods table cb_newtype made */
     if (with_ptr) add_ptr(L, mt + 1);
-    lua_pushvalue(L, mt);
-    lua_pushcclosure(L, index, 2);
+    lua_pushcclosure(L, index, 1);
     lua_setfield(L, mt, "__index");
     lua_pop(L, 1);
 }

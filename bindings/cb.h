@@ -66,6 +66,11 @@ cc_obj *cb_check_any(lua_State *L, int idx, const char *fname);
  * t = CC_T_NONE accepts any concur object, the caller then checks). */
 cc_obj *cb_self(lua_State *L, enum cc_type t, const char *fname);
 cc_obj *cb_test(lua_State *L, int idx);          /* any concur handle, or NULL */
+/* Push a metatable of its own for the handle at idx: a copy of its type's,
+ * marked so that cb_check and cb_test still know the handle. The caller
+ * changes fields (a per-handle __index: methods found without a C call)
+ * and sets it. */
+void cb_derive(lua_State *L, int idx);
 /* Retain every object that has a handle in this state and list them in held
  * (an array of cc_obj *, held->len bytes): all that a child forked from this
  * state can reach. The caller releases each one later. 0 or -ENOMEM. */

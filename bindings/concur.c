@@ -179,6 +179,14 @@ cc_obj *cb_check(lua_State *L, int idx, enum cc_type t, const char *fname) {
     if (h && lua_type(L, idx) == LUA_TUSERDATA && lua_getmetatable(L, idx)) {
         cb_rawgetp(L, LUA_REGISTRYINDEX, &MT_KEYS[t]);
         int same = lua_rawequal(L, -1, -2);
+        /* a handle with a metatable of its own (cb_derive) names its type's
+         * under the mark; the size check keeps out a LuaJIT proxy given a
+         * copy of every field */
+        if (!same && cb_rawlen(L, idx) == sizeof(cb_handle)) {
+            cb_rawgetp(L, -2, &HANDLE_KEY);
+            same = lua_rawequal(L, -1, -2);
+            lua_pop(L, 1);
+        }
         lua_pop(L, 2);
         if (same) {
             if (!h->obj) luaL_error(L, "%s: the %s was released", fname, cb_typename(t));
@@ -187,6 +195,26 @@ cc_obj *cb_check(lua_State *L, int idx, enum cc_type t, const char *fname) {
     }
     cb_typeerror(L, idx, fname, cb_typename(t));
     return NULL;
+}
+
+void cb_derive(lua_State *L, int idx) {
+    idx = cb_absindex(L, idx);
+    cb_handle *h = lua_touserdata(L, idx);
+    int t = h && h->obj && h->obj->type < CC_T_MAX ? h->obj->type : 0;
+    luaL_checkstack(L, 6, NULL);
+    cb_rawgetp(L, LUA_REGISTRYINDEX, &MT_KEYS[t]);
+    int base = lua_gettop(L);
+    if (!lua_istable(L, base)) luaL_error(L, "no concur %s type in this state", cb_typename(t));
+    lua_createtable(L, 0, 12);
+    lua_pushnil(L);
+    while (lua_next(L, base)) {
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, base + 1);
+    }
+    lua_pushvalue(L, base);
+    cb_rawsetp(L, base + 1, &HANDLE_KEY);
+    lua_remove(L, base);
 }
 
 cc_obj *cb_self(lua_State *L, enum cc_type t, const char *fname) {

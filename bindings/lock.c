@@ -17,6 +17,12 @@
  *
  * A lock whose holder died is handed to the next acquirer with the second
  * value "owner died" -- never a silent deadlock.
+ *
+ * Hot handles. acquire/release cost little more than the Lua C call itself,
+ * so the receiver check matters: after HOT calls through the type's methods
+ * a lock, rlock or condition handle gets a metatable of its own (cb_derive)
+ * whose methods are closures bound to it, and its check becomes one address
+ * compare. Only handles in use pay the ~1 KiB this costs.
  */
 #include "cb.h"
 #include "../runtime/locks.h"
@@ -61,19 +67,43 @@ static int acquired(lua_State *L, int r, const char *fname) {
     return cb_fail(L, r, fname);
 }
 
-/* The lock of argument 1: a lock, an rlock, or a condition's lock. */
-static cc_lock *any_lock(lua_State *L, const char *fname) {
+#define HOT 64
+
+static void bind(lua_State *L, int t) __attribute__((noinline));
+
+static cc_lock *any_lock_slow(lua_State *L, const char *fname) __attribute__((noinline));
+
+/* The lock of argument 1: a lock, an rlock, or a condition's lock. On the
+ * fast path this closure is bound to argument 1 (upvalue 1): equal
+ * addresses are that very handle, kept alive by the closure. */
+static inline cc_lock *any_lock(lua_State *L, const char *fname) {
+    cb_handle *h = lua_touserdata(L, 1);
+    if (h && h == lua_touserdata(L, lua_upvalueindex(1)) && h->obj)
+        return h->obj->type == CC_T_COND ? cc_condvar_lock((cc_condvar *)h->obj) : (cc_lock *)h->obj;
+    return any_lock_slow(L, fname);
+}
+
+/* Through the type's methods (or another receiver): the full check, and
+ * the count that binds a handle once it is hot. */
+static cc_lock *any_lock_slow(lua_State *L, const char *fname) {
     cc_obj *o = cb_self(L, CC_T_NONE, fname);
-    if (o->type == CC_T_LOCK || o->type == CC_T_RLOCK) return (cc_lock *)o;
-    if (o->type == CC_T_COND) return cc_condvar_lock((cc_condvar *)o);
-    luaL_error(L, "%s: bad argument #1 (lock expected, got %s)", fname, cb_typename(o->type));
-    return NULL;
+    int t = o->type;
+    if (t != CC_T_LOCK && t != CC_T_RLOCK && t != CC_T_COND)
+        luaL_error(L, "%s: bad argument #1 (lock expected, got %s)", fname, cb_typename(t));
+    cb_handle *h = lua_touserdata(L, 1);
+    if (h->flags < HOT && ++h->flags == HOT) bind(L, t);
+    return t == CC_T_COND ? cc_condvar_lock((cc_condvar *)o) : (cc_lock *)o;
 }
 
 static int l_acquire(lua_State *L) {
     cc_lock *l = any_lock(L, "lock:acquire");
-    double deadline = cb_opt_deadline(L, 2, "lock:acquire");
-    return acquired(L, cc_lock_acquire(l, deadline), "lock:acquire");
+    double deadline = lua_gettop(L) == 1 ? CC_FOREVER : cb_opt_deadline(L, 2, "lock:acquire");
+    int r = cc_lock_acquire(l, deadline);
+    if (__builtin_expect(r == 0, 1)) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    return acquired(L, r, "lock:acquire");
 }
 
 static int l_release(lua_State *L) {
@@ -339,6 +369,23 @@ static const luaL_Reg barrier_methods[] = {
     {"parties", b_parties}, {"n_waiting", b_waiting}, {"broken", b_broken},
     {NULL, NULL},
 };
+
+/* Give the lock handle at 1 a metatable of its own whose __index is its
+ * methods bound to it (upvalue 1 = the handle). */
+static void bind(lua_State *L, int t) {
+    const luaL_Reg *methods = t == CC_T_COND ? cond_methods : lock_methods;
+    luaL_checkstack(L, 6, NULL);
+    cb_derive(L, 1);
+    int mt = lua_gettop(L);
+    lua_createtable(L, 0, 8);
+    for (; methods->name; methods++) {
+        lua_pushvalue(L, 1);
+        lua_pushcclosure(L, methods->func, 1);
+        lua_setfield(L, mt + 1, methods->name);
+    }
+    lua_setfield(L, mt, "__index");
+    lua_setmetatable(L, 1);
+}
 
 static const luaL_Reg funcs[] = {
     {"new", l_new},         {"rlock", l_rlock},         {"semaphore", s_new},

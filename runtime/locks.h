@@ -4,7 +4,10 @@
  * across threads and processes.
  *
  * Owner-death: a lock whose holder died is handed to the next acquirer,
- * whose acquire returns -EOWNERDEAD (the binding says "owner died").
+ * whose acquire returns -EOWNERDEAD (the binding says "owner died"). For
+ * lock/rlock a waiter finds the death itself (the holder's tid no longer
+ * names a live thread in /proc), within one DEATH_CHECK slice of 50 ms, or
+ * at once for a wait shorter than that; see locks.c.
  * Release by a non-owner is -EPERM.
  * An owner is identified by (pid, thread id), so one thread of a process
  * cannot release a lock another thread holds.

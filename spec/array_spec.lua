@@ -309,6 +309,81 @@ describe("shared.array", function()
     assert.matches("array:ptr: bad self %(array expected, got concur.queue%)",
       select(2, pcall(a.ptr, queue())))
   end)
+
+  it("acts on the array a method is called with, not the one it was found on", function()
+    local a, b = shared.array(3, "i64"), shared.array(5, "i64")
+    local add, cas, sum = a.add, a.cas, a.sum
+    assert.equal(4, add(b, 5, 4))
+    assert.same({true, 4}, {cas(b, 5, 4, 6)})
+    assert.equal(6, sum(b))
+    assert.equal(0, a:sum())
+    assert.equal(6, b[5])
+  end)
+
+  it("takes a store first, before any read, on a fresh handle", function()
+    local a = shared.array(2, "i32")
+    a[2] = 9
+    assert.equal(9, a[2])
+    assert.equal(9, a:add(2, 0))
+    local ok, err = pcall(function() a[3] = 1 end)
+    assert.is_false(ok)
+    assert.matches("array:__newindex: index 3 out of range", err)
+  end)
+
+  it("refuses wrong receivers to its methods and metamethods with a clear error", function()
+    local a = shared.array(2, "i64")
+    local _ = a[1] -- the handle's own metatable is in place
+    local others = {{}, 42, "s", true, print, io.stdout, concur.lock(), shared.value(), shared.list()}
+    local fs = {}
+    for k, f in pairs(getmetatable(a).__index) do if type(f) == "function" then fs[k] = f end end
+    for _, k in ipairs{"__newindex", "__len", "__tostring"} do fs[k] = getmetatable(a)[k] end
+    for name, f in pairs(fs) do
+      if name ~= "ptr" then
+        for _, r in ipairs(others) do
+          local ok, err = pcall(f, r, 1, 1)
+          assert.is_false(ok, name)
+          assert.matches("array[:.][_%a]+: bad argument #1 %(array expected, got ", tostring(err))
+        end
+      end
+    end
+    assert.same({0, 0}, a:totable())
+  end)
+
+  it("answers nil for an unknown name and refuses a key that is neither name nor number", function()
+    local a = shared.array(2)
+    assert.is_nil(a.nosuch)
+    assert.is_nil(a.nosuch) -- and again, through the handle's own table
+    local ok, err = pcall(function() return a[true] end)
+    assert.is_false(ok)
+    assert.matches("array:__index: bad index %(number expected, got boolean%)", err)
+    ok, err = pcall(function() return shared.array(1)[{}] end)
+    assert.is_false(ok)
+    assert.matches("bad index %(number expected, got table%)", err)
+  end)
+
+  it("keeps methods, elements, length and type on handles in other threads and processes", function()
+    local a = shared.array(4, "i64")
+    local _ = a[1]
+    local t = thread.new(function(x) x:add(1, 1) x[2] = 5 return #x, x.type, x[2] end, a)
+    assert.same({4, "i64", 5}, {t:join(10)})
+    local p = process.spawn(function() a:add(1, 1) a[3] = 7 return #a, a.type, a:sum() end)
+    assert.same({4, "i64", 14}, {p:join(10)})
+    assert.same({2, 5, 7, 0}, a:totable())
+    local q = queue()
+    q:put(a)
+    assert.is_true(rawequal(a, q:get()))
+  end)
+
+  it("compares equal to itself, prints, and reports its length after its first index", function()
+    local a = shared.array(3, "u8")
+    local b = a
+    assert.equal(0, a[1])
+    assert.is_true(a == b)
+    assert.is_false(a == shared.array(3, "u8"))
+    assert.equal(3, #a)
+    assert.matches("^shared.array%(u8, 3%)", tostring(a))
+    assert.equal("concur.array", getmetatable(a).__name)
+  end)
 end)
 
 describe("shared.value", function()
@@ -342,6 +417,21 @@ describe("shared.value", function()
     end
     for k = 1, 4 do assert.is_true((ps[k]:join(60))) end
     assert.equal(1000000, v:get())
+  end)
+
+  it("acts on the value a method is called with and refuses wrong receivers", function()
+    local v, w = shared.value("i32", 1), shared.value("i32", 10)
+    local add, get = v.add, v.get
+    assert.equal(12, add(w, 2))
+    assert.equal(12, get(w))
+    assert.equal(1, v:get())
+    assert.equal("i32", v.type)
+    assert.is_nil(v.nosuch)
+    for _, r in ipairs{{}, 1, shared.array(1), concur.lock()} do
+      local ok, err = pcall(add, r, 1)
+      assert.is_false(ok)
+      assert.matches("value:add: bad argument #1 %(value expected, got ", tostring(err))
+    end
   end)
 end)
 

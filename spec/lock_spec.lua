@@ -126,6 +126,118 @@ describe("lock", function()
     assert.has_error(function() m.acquire(nil) end)
     assert.has_error(function() m:with("not a function") end)
   end)
+
+  it("wakes a waiter already asleep with \"owner died\" when the holder process is killed", function()
+    local m = lock()
+    local held = lock.event()
+    local holder = process.spawn(function() m:acquire() held:set() concur.sleep(30) end)
+    assert.is_true(held:wait(10))
+    -- the killer waits until this process is asleep in acquire (the lock is
+    -- held, so it is) and kills the holder; acquire's own timeout bounds it
+    local pid = holder.pid
+    local killer = process.spawn(function()
+      concur.sleep(0.3)
+      process.run{"kill", "-9", tostring(pid)}
+    end)
+    local t0 = concur.clock()
+    local ok, why = m:acquire(10)
+    assert.is_true(ok)
+    assert.equal("owner died", why)
+    assert.is_true(concur.clock() - t0 < 9)
+    m:release()
+    killer:join(10)
+    pcall(holder.join, holder, 10)
+  end)
+
+  it("sees a dead holder at once with a zero timeout", function()
+    local m = lock()
+    local p = process.spawn(function() m:acquire() end)
+    p:join(10)
+    local ok, why = m:acquire(0)
+    assert.is_true(ok)
+    assert.equal("owner died", why)
+    m:release()
+  end)
+
+  it("counts a killed holder that nobody has reaped yet as dead", function()
+    local m = lock()
+    local held = lock.event()
+    local p = process.spawn(function() m:acquire() held:set() concur.sleep(30) end)
+    assert.is_true(held:wait(10))
+    p:kill(9)
+    -- not joined: the holder is a zombie until p:join below
+    local ok, why = m:acquire(5)
+    assert.is_true(ok)
+    assert.equal("owner died", why)
+    m:release()
+    pcall(p.join, p, 10)
+  end)
+
+  it("hands a lock over many times between processes, never to two holders at once", function()
+    local m = lock()
+    local inside = concur.shared.array(1, "i64")
+    local bad = concur.shared.array(1, "i64")
+    local ps = {}
+    for k = 1, 3 do
+      ps[k] = process.spawn(function()
+        for _ = 1, 3000 do
+          m:acquire()
+          if inside:add(1, 1) ~= 1 then bad:add(1, 1) end
+          inside:add(1, -1)
+          m:release()
+        end
+      end)
+    end
+    for _, p in ipairs(ps) do p:join(60) end
+    assert.equal(0, bad[1])
+    assert.is_false(m:locked())
+  end)
+
+  it("acts on the lock a method is called with, also once its handle is hot", function()
+    local a, b = lock(), lock.rlock()
+    for _ = 1, 200 do a:acquire() a:release() end -- hot: its methods are bound to it
+    local acquire, release, locked = a.acquire, a.release, a.locked
+    assert.is_true(acquire(b))
+    assert.is_true(locked(b))
+    assert.is_false(locked(a))
+    assert.is_false(a:locked())
+    release(b)
+    assert.is_false(b:locked())
+    local c = lock.condition(a)
+    assert.is_true(acquire(c))
+    assert.is_true(a:locked())
+    release(c)
+    assert.is_false(a:locked())
+  end)
+
+  it("refuses wrong receivers to a hot lock's methods with a clear error", function()
+    local a = lock()
+    for _ = 1, 200 do a:acquire() a:release() end
+    local others = {{}, 42, "s", true, print, io.stdout, concur.queue(), concur.shared.array(2)}
+    for _, name in ipairs{"acquire", "release", "locked", "with"} do
+      for _, r in ipairs(others) do
+        local ok, err = pcall(a[name], r, function() end)
+        assert.is_false(ok)
+        assert.matches("lock:" .. name .. ": bad argument #1 %(.* expected, got ", tostring(err))
+      end
+    end
+    assert.is_false(a:locked())
+  end)
+
+  it("keeps tostring, ==, __close and the type name on a hot handle", function()
+    local a = lock()
+    for _ = 1, 200 do a:acquire() a:release() end
+    assert.matches("^concur.lock: ", tostring(a))
+    assert.is_true(a == a)
+    assert.is_false(a == lock())
+    assert.equal("concur.lock", getmetatable(a).__name)
+    a:acquire()
+    getmetatable(a).__close(a)
+    assert.is_false(a:locked())
+    local q = concur.queue()
+    q:put(a)
+    assert.is_true(rawequal(a, q:get()))
+  end)
 end)
 
 describe("lock.rlock", function()
