@@ -213,3 +213,29 @@ clean:
 
 .PHONY: all deps test sanitize valgrind fuzz bench demo install uninstall rock rock-install format clean FORCE
 FORCE:
+
+# concur.cluster (mpi/cluster.c): its own module linked against MPI, built
+# only where pkg-config finds Open MPI (ompi-c) or another MPI (mpi-c); the
+# core library and build/concur never link MPI. It finds the codec in the
+# concur already loaded (see mpi/cluster.c), so it links neither Lua nor concur.
+MPI_PC := $(shell pkg-config --exists ompi-c 2>/dev/null && echo ompi-c || \
+            (pkg-config --exists mpi-c 2>/dev/null && echo mpi-c))
+ifneq ($(MPI_PC),)
+MPI_CFLAGS := $(shell pkg-config --cflags $(MPI_PC))
+MPI_LIBS   := $(shell pkg-config --libs $(MPI_PC))
+CLUSTER_SO := $(B)/lua5.4/concur/cluster.so $(B)/luajit/concur/cluster.so
+all: $(CLUSTER_SO)
+cluster: $(CLUSTER_SO)
+
+$(B)/lua5.4/concur/cluster.so: mpi/cluster.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(BASEFLAGS) $(CFLAGS) -fPIC $(LUA54_CFLAGS) $(MPI_CFLAGS) -shared -o $@ $< $(MPI_LIBS) -ldl
+
+$(B)/luajit/concur/cluster.so: mpi/cluster.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(BASEFLAGS) $(CFLAGS) -fPIC $(LUAJIT_CFLAGS) $(MPI_CFLAGS) -shared -o $@ $< $(MPI_LIBS) -ldl
+else
+cluster:
+	@echo "concur.cluster: no MPI found by pkg-config (ompi-c, mpi-c): not built (make deps installs Open MPI)"
+endif
+.PHONY: cluster
