@@ -105,11 +105,15 @@ static pending *pendings;
 
 /* ------------------------------------------------------------ helpers */
 
+/* printf formats (lua_pushfstring has no %lld or %zu); messages are short */
+static int errorf(lua_State *L, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int errorf(lua_State *L, const char *fmt, ...) {
+    char msg[1024];
     va_list ap;
     va_start(ap, fmt);
-    lua_pushvfstring(L, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    lua_pushstring(L, msg);
     return lua_error(L);
 }
 
@@ -141,9 +145,10 @@ static int check_range(lua_State *L, int idx, int arg, const char *fname, const 
     if (!ok)
         return errorf(L, "%s: bad argument #%d (%s: integer expected, got %s)", fname, arg, what,
                       lua_type(L, idx) == LUA_TNUMBER ? "non-integer number" : luaL_typename(L, idx));
-    if (v < lo || v > hi)
+    if (v < lo || v > hi) {
         return errorf(L, "%s: bad argument #%d (%s %lld out of range %lld..%lld)", fname, arg, what,
                       (long long)v, lo, hi);
+    }
     return (int)v;
 }
 
