@@ -106,7 +106,7 @@ check("bad arguments named", function()
   raises("cluster.recv: bad argument #3 %(timeout must be a non%-negative number%)", cluster.recv, nil, nil, 0/0)
   raises("cluster.recv: bad argument #3 %(timeout must be a non%-negative number%)", cluster.recv, nil, nil, -1)
   raises("cluster.recv: bad argument #1 %(source rank 7 out of range", cluster.recv, 7)
-  raises("cluster.reduce: bad argument #2 %(function expected, got nil%)", cluster.reduce, 1)
+  raises("cluster.reduce: bad argument #2 %(function expected, got no value%)", cluster.reduce, 1)
   raises("cluster.bcast: bad argument #2 %(root rank", cluster.bcast, 1, -1)
 end)
 
