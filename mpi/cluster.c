@@ -76,6 +76,7 @@ static struct {
     cc_obj *(*test)(lua_State *L, int idx);
     const char *(*type_name)(enum cc_type t);
     int (*interrupted)(void);
+    int (*buf_reserve)(cc_buf *b, size_t need);
     int (*stopping)(void);
     double (*now)(void);
     double (*deadline)(double timeout);
@@ -152,12 +153,10 @@ static int check_range(lua_State *L, int idx, int arg, const char *fname, const 
     return (int)v;
 }
 
+static int max_tag = 32767; /* MPI_TAG_UB, read at start */
+
 static int tag_ub(void) {
-    int *ub, flag = 0;
-    LOCK();
-    MPI_Comm_get_attr(MPI_COMM_WORLD, MPI_TAG_UB, &ub, &flag);
-    UNLOCK();
-    return flag ? *ub : 32767;
+    return max_tag;
 }
 
 /* Optional timeout -> absolute deadline (CC_FOREVER for nil / math.huge). */
@@ -331,79 +330,84 @@ static rbox *push_rbox(lua_State *L) {
     return b;
 }
 
-/* Receive one message (from, tag may be MPI_ANY_*); pushes an rbox and
- * returns 1 with *st filled, or returns 0 (nothing pushed) on timeout. */
-static int recv_bytes(lua_State *L, MPI_Comm comm, MPI_Comm chunks, int from, int tag,
+static void decode_box(lua_State *L, const char *fname);
+
+/* Receive one message (from, tag may be MPI_ANY_*) and decode it: pushes
+ * its value and returns 1 with *st filled, or returns 0 (nothing pushed)
+ * when the deadline passes. A small message is taken into the per-state
+ * scratch buffer 1 under the lock it was matched in; a descriptor's chunk
+ * receives are posted in that same critical section (see the top). */
+static int recv_value(lua_State *L, MPI_Comm comm, MPI_Comm chunks, int from, int tag,
                       double deadline, MPI_Status *st, const char *fname) {
-    rbox *box = push_rbox(L);
-    backoff b = {0, 0};
+    backoff bo = {0, 0};
+    const void *frame = __builtin_frame_address(0);
     for (;;) {
-        int found = 0, rc;
+        int found = 0;
         MPI_Message m;
         LOCK();
-        rc = MPI_Improbe(from, tag, comm, &found, &m, st);
-        if (rc == MPI_SUCCESS && found) {
-            MPI_Count n = 0;
-            MPI_Get_elements_x(st, MPI_BYTE, &n);
-            char *p = n >= 0 && n <= (MPI_Count)chunk ? malloc(n > 0 ? (size_t)n : 1) : NULL;
-            if (!p) {
-                /* take the message off anyway, into a small buffer: MPI
-                 * truncates it and we report the failure */
-                char tiny[16];
-                MPI_Mrecv(tiny, 0, MPI_BYTE, &m, MPI_STATUS_IGNORE);
-                UNLOCK();
-                errorf(L, "%s: out of memory for a message of %lld bytes", fname, (long long)n);
-            }
-            rc = MPI_Mrecv(p, (int)n, MPI_BYTE, &m, MPI_STATUS_IGNORE);
-            box->p = p;
-            box->len = (size_t)n;
-            uint32_t mark = 0;
-            if (rc == MPI_SUCCESS && n == 16) memcpy(&mark, p, sizeof mark);
-            if (rc != MPI_SUCCESS || mark != BIG_MARK) {
-                UNLOCK();
-                mpi_check(L, rc, fname, "MPI_Mrecv");
-                return 1;
-            }
-            /* a descriptor: post the chunk receives now, in this critical
-             * section (see the top) */
-            uint64_t total;
-            memcpy(&total, p + 8, sizeof total);
-            size_t nchunks = (total + chunk - 1) / chunk;
-            char *data = total <= ((size_t)1 << 40) ? malloc(total ? total : 1) : NULL;
-            MPI_Request *reqs = malloc((nchunks ? nchunks : 1) * sizeof *reqs);
-            if (!data || !reqs || total == 0) {
-                UNLOCK();
-                free(data);
-                free(reqs);
-                errorf(L, "%s: cannot receive a message of %llu bytes (out of memory)", fname,
-                       (unsigned long long)total);
-            }
-            int src = st->MPI_SOURCE;
-            for (size_t i = 0; rc == MPI_SUCCESS && i < nchunks; i++) {
-                size_t off = i * chunk, len = total - off < chunk ? total - off : chunk;
-                rc = MPI_Irecv(data + off, (int)len, MPI_BYTE, src, 0, chunks, &reqs[i]);
-            }
+        int rc = MPI_Improbe(from, tag, comm, &found, &m, st);
+        if (rc != MPI_SUCCESS || !found) {
             UNLOCK();
-            if (rc != MPI_SUCCESS) {
-                fprintf(stderr, "%s: MPI_Irecv failed in the middle of a message; aborting the job\n",
-                        fname);
-                MPI_Abort(MPI_COMM_WORLD, 1);
+            mpi_check(L, rc, fname, "MPI_Improbe");
+            if (deadline != CC_FOREVER && api.now() >= deadline) return 0;
+            if (backoff_step(&bo) == -EINTR) errorf(L, "%s: interrupted", fname);
+            continue;
+        }
+        MPI_Count n = 0;
+        MPI_Get_elements_x(st, MPI_BYTE, &n);
+        cc_buf *b = api.buf_take_at(L, 1, frame);
+        if (n < 0 || n > (MPI_Count)chunk || api.buf_reserve(b, n > 0 ? (size_t)n : 1) != 0) {
+            char tiny[16]; /* take it off anyway: MPI truncates it */
+            MPI_Mrecv(tiny, 0, MPI_BYTE, &m, MPI_STATUS_IGNORE);
+            UNLOCK();
+            api.buf_give(L, b);
+            errorf(L, "%s: cannot take a message of %lld bytes (%s)", fname, (long long)n,
+                   n > (MPI_Count)chunk ? "longer than a chunk: corrupt" : "out of memory");
+        }
+        rc = MPI_Mrecv(b->data, (int)n, MPI_BYTE, &m, MPI_STATUS_IGNORE);
+        uint32_t mark = 0;
+        if (rc == MPI_SUCCESS && n == 16) memcpy(&mark, b->data, sizeof mark);
+        if (rc != MPI_SUCCESS || mark != BIG_MARK) {
+            UNLOCK();
+            if (rc != MPI_SUCCESS) api.buf_give(L, b);
+            mpi_check(L, rc, fname, "MPI_Mrecv");
+            b->len = (size_t)n;
+            if (b->len < 8 || cc_msg_nrefs(b->data) != 0) {
+                api.buf_give(L, b);
+                errorf(L, "%s: corrupt message (%zu bytes, not a concur value)", fname, (size_t)n);
             }
-            free(box->p);
-            box->p = NULL;
-            wait_all(L, (int)nchunks, reqs, data, fname);
-            free(reqs);
-            box->p = data;
-            box->len = total;
+            /* decode may run require or a finalizer that uses cluster: the
+             * scratch buffer's frame rule keeps a nested call off it */
+            int k = api.decode(L, b->data, b->len, fname);
+            api.buf_give(L, b);
+            if (k != 1) errorf(L, "%s: corrupt message (%d values, expected 1)", fname, k);
             return 1;
         }
-        UNLOCK();
-        mpi_check(L, rc, fname, "MPI_Improbe");
-        if (deadline != CC_FOREVER && api.now() >= deadline) {
-            lua_pop(L, 1);
-            return 0;
+        uint64_t total;
+        memcpy(&total, b->data + 8, sizeof total);
+        size_t nchunks = (total + chunk - 1) / chunk;
+        char *data = total && total <= ((uint64_t)1 << 40) ? malloc(total) : NULL;
+        MPI_Request *reqs = data ? malloc(nchunks * sizeof *reqs) : NULL;
+        int src = st->MPI_SOURCE;
+        for (size_t i = 0; rc == MPI_SUCCESS && reqs && i < nchunks; i++) {
+            size_t off = i * chunk, len = total - off < chunk ? total - off : chunk;
+            rc = MPI_Irecv(data + off, (int)len, MPI_BYTE, src, 0, chunks, &reqs[i]);
         }
-        if (backoff_step(&b) == -EINTR) errorf(L, "%s: interrupted", fname);
+        UNLOCK();
+        api.buf_give(L, b);
+        if (!reqs || rc != MPI_SUCCESS) {
+            /* the chunks would be left for the next descriptor from src */
+            fprintf(stderr, "%s: cannot receive a message of %llu bytes from rank %d (%s); aborting the job\n",
+                    fname, (unsigned long long)total, src, reqs ? "MPI_Irecv failed" : "out of memory");
+            MPI_Abort(MPI_COMM_WORLD, 1);
+        }
+        rbox *box = push_rbox(L); /* owns data once the wait is over */
+        wait_all(L, (int)nchunks, reqs, data, fname);
+        free(reqs);
+        box->p = data;
+        box->len = total;
+        decode_box(L, fname);
+        return 1;
     }
 }
 
@@ -549,16 +553,66 @@ static int l_hostname(lua_State *L) {
     return 1;
 }
 
-/* cluster.send(v, to, [tag]) */
+/* Encode argument 1 into the per-state scratch buffer 0; refuses shared
+ * objects naming where they are. */
+static cc_buf *encode_scratch(lua_State *L, const void *frame, const char *fname) {
+    cc_buf *b = api.buf_take_at(L, 0, frame);
+    api.encode(L, 1, 1, b, fname, 1);
+    if (cc_msg_nrefs(b->data) != 0) {
+        api.msg_release(b->data, b->len);
+        api.buf_give(L, b);
+        lua_newtable(L);
+        const char *where = shared_path(L, 1, lua_gettop(L), 0) ? lua_tostring(L, -1) : "";
+        errorf(L,
+               "%s: cannot send a shared object to another rank: shared objects (queues, locks, "
+               "shared lists, dicts, arrays, pipes) live in one machine's memory (argument 1, at "
+               "value%s)",
+               fname, where);
+    }
+    return b;
+}
+
+/* cluster.send(v, to, [tag]). The hot path sends straight from the scratch
+ * buffer: a small message is usually done at the first test. If the wait is
+ * interrupted, the buffer's memory goes to the pending list (the scratch
+ * buffer starts a new block next time). */
 static int l_send(lua_State *L) {
     const char *fname = "cluster.send";
     check_usable(L, fname);
     int to = check_range(L, 2, 2, fname, "destination rank", 0, my_size - 1);
     int tag = lua_isnoneornil(L, 3) ? 0 : check_range(L, 3, 3, fname, "tag", 0, tag_ub());
-    size_t len;
-    char *p = encode_value(L, 1, 1, &len, fname);
-    char **owned = own(L, p, len);
-    send_bytes(L, comm_p2p, comm_p2p_chunks, to, tag, owned, len, fname);
+    lua_settop(L, 1);
+    cc_buf *b = encode_scratch(L, __builtin_frame_address(0), fname);
+    if (b->len > chunk) { /* a copy the long path owns */
+        char *p = malloc(b->len);
+        if (!p) errorf(L, "%s: out of memory", fname);
+        memcpy(p, b->data, b->len);
+        size_t len = b->len;
+        api.buf_give(L, b);
+        send_bytes(L, comm_p2p, comm_p2p_chunks, to, tag, own(L, p, len), len, fname);
+        return 0;
+    }
+    MPI_Request r;
+    int done = 0;
+    LOCK();
+    if (pendings) free_done_pendings();
+    int rc = MPI_Isend(b->data, (int)b->len, MPI_BYTE, to, tag, comm_p2p, &r);
+    if (rc == MPI_SUCCESS) rc = MPI_Test(&r, &done, MPI_STATUS_IGNORE);
+    UNLOCK();
+    if (rc != MPI_SUCCESS) {
+        api.buf_give(L, b);
+        mpi_check(L, rc, fname, "MPI_Isend");
+    }
+    if (!done) {
+        char *data = b->data;
+        b->data = NULL; /* detached: MPI may still read it */
+        b->cap = b->len = 0;
+        api.buf_give(L, b);
+        wait_all(L, 1, &r, data, fname);
+        free(data);
+        return 0;
+    }
+    api.buf_give(L, b);
     return 0;
 }
 
@@ -571,12 +625,11 @@ static int l_recv(lua_State *L) {
     int tag = lua_isnoneornil(L, 2) ? MPI_ANY_TAG : check_range(L, 2, 2, fname, "tag", 0, tag_ub());
     double deadline = opt_deadline(L, 3, 3, fname);
     MPI_Status st;
-    if (!recv_bytes(L, comm_p2p, comm_p2p_chunks, from, tag, deadline, &st, fname)) {
+    if (!recv_value(L, comm_p2p, comm_p2p_chunks, from, tag, deadline, &st, fname)) {
         lua_pushnil(L);
         lua_pushliteral(L, "timeout");
         return 2;
     }
-    decode_box(L, fname);
     lua_pushinteger(L, st.MPI_SOURCE);
     lua_pushinteger(L, st.MPI_TAG);
     return 3;
@@ -646,9 +699,9 @@ static int gather_to(lua_State *L, int idx, int root, const char *fname) {
             lua_pushvalue(L, t - 1);
         } else {
             MPI_Status st;
-            recv_bytes(L, comm_coll, comm_coll, r, 1, CC_FOREVER, &st, fname);
+            recv_value(L, comm_coll, comm_coll, r, 1, CC_FOREVER, &st, fname);
         }
-        decode_box(L, fname);
+        if (r == root) decode_box(L, fname);
         lua_rawseti(L, t, r + 1);
     }
     lua_remove(L, t - 1);
@@ -810,6 +863,7 @@ static const char *find_api(lua_State *L) {
     SYM(test, "cb_test");
     SYM(type_name, "cb_typename");
     SYM(interrupted, "cc_interrupted");
+    SYM(buf_reserve, "cc_buf_reserve");
     SYM(stopping, "cc_stopping");
     SYM(now, "cc_now");
     SYM(deadline, "cc_deadline");
@@ -906,6 +960,9 @@ static const char *start(lua_State *L) {
     MPI_Comm_set_errhandler(comm_p2p, MPI_ERRORS_RETURN);
     MPI_Comm_set_errhandler(comm_p2p_chunks, MPI_ERRORS_RETURN);
     MPI_Comm_set_errhandler(comm_coll, MPI_ERRORS_RETURN);
+    int *ub, flag = 0;
+    MPI_Comm_get_attr(MPI_COMM_WORLD, MPI_TAG_UB, &ub, &flag);
+    if (flag) max_tag = *ub;
     return handshake(L);
 }
 
