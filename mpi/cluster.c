@@ -77,6 +77,7 @@ static struct {
     const char *(*type_name)(enum cc_type t);
     int (*interrupted)(void);
     int (*buf_reserve)(cc_buf *b, size_t need);
+    pid_t (*pid)(void); /* cached getpid, refreshed in forked children */
     int (*stopping)(void);
     double (*now)(void);
     double (*deadline)(double timeout);
@@ -129,7 +130,7 @@ static void mpi_check(lua_State *L, int rc, const char *fname, const char *what)
 
 /* Communication belongs to the process that initialised MPI. */
 static void check_usable(lua_State *L, const char *fname) {
-    if (getpid() != init_pid)
+    if (api.pid() != init_pid)
         errorf(L,
                "%s: not available in a forked child (pid %d) of rank %d: MPI belongs to the "
                "rank's own process; send results back with the child's return value",
@@ -864,6 +865,7 @@ static const char *find_api(lua_State *L) {
     SYM(type_name, "cb_typename");
     SYM(interrupted, "cc_interrupted");
     SYM(buf_reserve, "cc_buf_reserve");
+    SYM(pid, "cc_pid");
     SYM(stopping, "cc_stopping");
     SYM(now, "cc_now");
     SYM(deadline, "cc_deadline");
