@@ -27,6 +27,14 @@ local cref = out .. "c_ref"
 local has_c = os.execute(cc .. " -O2 -pthread -o " .. cref .. " " .. here .. "c_ref.c 2>/dev/null")
 if not has_c then print("notice: could not build the C reference: the C column is skipped") end
 
+-- concur.cluster rows (issue 14): 2 MPI ranks on this machine, beside
+-- mpi_ref.c; skipped with a notice where MPI or the module is missing
+local mpi_env = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 LUA_CPATH='build/lua5.4/?.so;;' "
+local has_mpi = (sh("command -v mpirun") or "") ~= "" and io.open("build/lua5.4/concur/cluster.so") ~= nil
+local mpi_ref = out .. "mpi_ref"
+local has_mpi_c = has_mpi and os.execute("mpicc -O2 -o " .. mpi_ref .. " " .. here .. "mpi_ref.c 2>/dev/null")
+if not has_mpi then print("notice: mpirun or build/lua5.4/concur/cluster.so missing: the cluster rows are skipped") end
+
 -- name, label, unit, higher-is-better, {concur workload, size, quick size},
 -- {python ...} or false, {c ...} or false, target
 local P, Q = 3000000, 200000
@@ -58,6 +66,11 @@ local rows = {
   {"array_add_local", "shared.array add(a, i, 1), method in a local", "/s", true, {"array_add_local", 5000000, 500000}, {"array_add", 500000, 100000}, {"array_add", 20000000, 2000000}},
   {"array_hist4p", "shared.array histogram, 4 processes", "/s", true, {"array_hist4p", 1000000, 200000}, {"array_hist4p", 1000000, 100000}, {"array_hist4p", 1000000, 200000},
     {">=", 30, "vs_py"}},
+  -- concur.cluster (issue 14): small values between 2 ranks; target 30% of C's rate
+  {"cluster_pingpong", "cluster.send/recv ping-pong, 2 MPI ranks", "/s", true, {"pingpong", 200000, 20000, "mpi"}, false, {"pingpong", 200000, 20000, "mpi"},
+    {"<=", 3.33, "vs_c"}},
+  {"cluster_stream", "cluster.send -> recv stream, 2 MPI ranks", "/s", true, {"stream", 500000, 50000, "mpi"}, false, {"stream", 500000, 50000, "mpi"},
+    {"<=", 3.33, "vs_c"}},
   {"array_ptr", "shared.array writes via a:ptr(), LuaJIT", "/s", true, {"array_ptr", 100000000, 10000000, "luajit"}, {"array_ptr", 2000000, 1000000}, {"array_ptr", 100000000, 10000000},
     {">=", 200e6, "abs"}},
 }
@@ -66,7 +79,11 @@ local function run_one(kind, spec)
   if not spec then return nil end
   local size = quick and spec[3] or spec[2]
   local cmd
-  if kind == "concur" and spec[4] == "luajit" then
+  if spec[4] == "mpi" then -- 2 ranks under mpirun; rank 0 prints
+    if not has_mpi or (kind == "c" and not has_mpi_c) then return nil end
+    cmd = kind == "concur" and string.format("%stimeout 300 mpirun -n 2 build/concur %scluster_bench.lua %s %d", mpi_env, here, spec[1], size)
+      or string.format("%stimeout 300 mpirun -n 2 %s %s %d", mpi_env, mpi_ref, spec[1], size)
+  elseif kind == "concur" and spec[4] == "luajit" then
     if not has_luajit then return nil end
     cmd = string.format("LUA_CPATH='build/luajit/?.so' timeout 300 luajit %sluajit_bench.lua %s %d", here, spec[1], size)
   elseif kind == "concur" then cmd = string.format("timeout 300 build/concur %sconcur_bench.lua %s %d", here, spec[1], size)
