@@ -13,6 +13,8 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
+#include <errno.h>
 #include <unistd.h>
 
 #include "pool_lua.h"
@@ -39,7 +41,18 @@ static int l_fnv(lua_State *L) {
     return 1;
 }
 
-static const luaL_Reg helpers[] = {{"isatty", l_isatty}, {"fnv", l_fnv}, {NULL, NULL}};
+/* nap(seconds): a sleep that an interruption does not cut short, for
+ * the few milliseconds terminate waits for a killed worker after Ctrl-C
+ * (every concur wait raises "interrupted" then) */
+static int l_nap(lua_State *L) {
+    double s = luaL_checknumber(L, 1);
+    if (!(s > 0) || s > 1) return 0;
+    struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
+    return 0;
+}
+
+static const luaL_Reg helpers[] = {{"isatty", l_isatty}, {"fnv", l_fnv}, {"nap", l_nap}, {NULL, NULL}};
 
 /* Called by luaopen_concur with the concur table complete but for pool:
  * runs the chunk with (concur, helpers) and leaves the pool table. */

@@ -230,7 +230,10 @@ backends.process = {
   send = queue_send, recv = queue_recv, stop = queue_stop,
   alive = function(pool, w) return w.h:alive() end,
   kill = function(pool, w) w.h:kill("SIGKILL") end,
-  reap = function(pool, w)
+  reap = function(pool, w, quiet)
+    if quiet then -- killed, maybe with the interruption flag up: poll
+      for _ = 1, 1000 do if not w.h:alive() then break end C.nap(0.002) end
+    end
     local ok, err = pcall(w.h.join, w.h)
     local code = w.h.exitcode
     if type(code) == "number" and code < 0 then return SIGNAMES[-code] or ("signal " .. -code) end
@@ -247,8 +250,11 @@ backends.thread = {
   send = queue_send, recv = queue_recv, stop = queue_stop,
   alive = function(pool, w) return w.h:alive() end,
   kill = function(pool, w) w.h:cancel() end,
-  reap = function(pool, w)
-    local ok, r1, r2 = pcall(w.h.join, w.h, 5)
+  reap = function(pool, w, quiet)
+    if quiet then
+      for _ = 1, 400 do if not w.h:alive() then break end C.nap(0.005) end
+    end
+    local ok, r1, r2 = pcall(w.h.join, w.h, quiet and 0 or 5)
     if not ok then return "error: " .. tostring(r1) end
     if r1 == nil and r2 == "cancelled" then return "cancelled" end
     if r1 == nil and r2 == "timeout" then return "did not stop" end
@@ -418,6 +424,24 @@ local function check_pool(p, fname)
   if p.closed then error(fname .. ": the pool is closed", 3) end
 end
 
+-- A finalizer made after each worker: at the end of the state, objects are
+-- finalized newest first, so this runs before the worker's handle would
+-- join a worker still waiting for tasks (a hang) and terminates the pool.
+local function sentinel(p)
+  local function stop() pcall(p.terminate, p) end
+  if rawget(_G, "newproxy") then
+    local u = newproxy(true)
+    getmetatable(u).__gc = stop
+    return u
+  end
+  return setmetatable({}, { __gc = stop })
+end
+
+local function start_worker(p, s)
+  p.workers[s] = p.be.start(p, s)
+  p.sentinels[s] = sentinel(p)
+end
+
 function M.new(opts)
   local fname = "pool.new"
   if opts ~= nil and type(opts) ~= "table" then argerr(fname, 1, "options table expected, got " .. type(opts)) end
@@ -445,7 +469,8 @@ function M.new(opts)
     p.proxy = newproxy(true)
     getmetatable(p.proxy).__gc = function() pcall(p.terminate, p) end
   end
-  for s = 1, n do p.workers[s] = be.start(p, s) end
+  p.sentinels = {}
+  for s = 1, n do start_worker(p, s) end
   return p
 end
 
@@ -506,7 +531,7 @@ local function worker_ended(p, s, why)
     end
     requeue(p, rec, at)
   end
-  if not p.closed and not p.broken then p.workers[s] = p.be.start(p, s) end
+  if not p.closed and not p.broken then start_worker(p, s) end
 end
 
 local function check_workers(p)
@@ -605,7 +630,7 @@ Job.__index = Job
 
 local function chunk_of(p, n, opt)
   if opt then return opt end
-  if not n then return 64 end
+  if not n then return 256 end
   -- four chunks per worker like Python's Pool, at most 2^15 items a message
   local c = math.ceil(n / (4 * p.n))
   if c > 32768 then c = 32768 end
@@ -711,7 +736,7 @@ end
 function Job:item(i, ok, v, who, replay)
   self.ndone = self.ndone + 1
   if ok then
-    self.results[i] = v
+    if not self.on_item then self.results[i] = v end -- imap hands them over
     if self.jfile and not replay then
       local okk, s = pcall(concur.encode, i, v)
       if okk then self.jbuf[#self.jbuf + 1] = #s .. "\n" .. s end
@@ -780,7 +805,10 @@ end
 
 local function run_job(p, job)
   local ok, err = pcall(function()
-    while not job:finished() and not job.first_err do p:_pump(0.25) end
+    while not job:finished() and not job.first_err do
+      p:_pump(0.25)
+      job:journal_flush(false)
+    end
   end)
   if not ok then abort_job(p, job, err) end
   if job.first_err then
@@ -820,8 +848,8 @@ local function imap_iter(self, fname, fn, items, opts, ordered)
   check_pool(self, fname)
   local o = check_opts(fname, opts)
   local job = new_job(self, fname:gsub(":", "."), fn, items, o, false, ordered)
-  if not o.chunksize then job.cs = ordered and 1 or job.cs end
-  if not o.chunksize and not job.src.n then job.cs = 1 end
+  -- lazy: smaller chunks than map so the first results come early
+  if not o.chunksize then job.cs = job.src.n and math.min(job.cs, 256) or 256 end
   local ready, head = {}, {}
   local nexti = 1
   local q, qh, qt = {}, 1, 0
@@ -1111,7 +1139,7 @@ function Pool:terminate()
   end
   for s = 1, self.n do
     local w = self.workers[s]
-    if w then self.workers[s] = nil; pcall(self.be.reap, self, w) end
+    if w then self.workers[s] = nil; pcall(self.be.reap, self, w, true) end
   end
 end
 
