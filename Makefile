@@ -56,11 +56,20 @@ all: $(B)/concur $(B)/lua5.4/concur.so $(B)/luajit/concur.so $(B)/libconcur.a $(
 
 $(B)/obj54/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(CC) $(BASEFLAGS) $(CFLAGS) -fPIC $(LUA54_CFLAGS) -c $< -o $@
+	$(CC) $(BASEFLAGS) -I$(B)/gen $(CFLAGS) -fPIC $(LUA54_CFLAGS) -c $< -o $@
 
 $(B)/objjit/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(CC) $(BASEFLAGS) $(CFLAGS) -fPIC $(LUAJIT_CFLAGS) -c $< -o $@
+	$(CC) $(BASEFLAGS) -I$(B)/gen $(CFLAGS) -fPIC $(LUAJIT_CFLAGS) -c $< -o $@
+
+# Lua written into the library: lib/concur/pool.lua becomes a C string
+# (scripts/embed.lua, run by lua5.4, a build dependency) included by
+# bindings/pool.c
+$(B)/gen/pool_lua.h: lib/concur/pool.lua scripts/embed.lua
+	@mkdir -p $(dir $@)
+	lua5.4 scripts/embed.lua pool_lua $< $@
+
+$(B)/obj54/bindings/pool.o $(B)/objjit/bindings/pool.o: $(B)/gen/pool_lua.h
 
 $(B)/concur: $(OBJHOST) $(OBJ54) $(HOST_EXTRA)
 	$(CC) $(CFLAGS) -pthread -Wl,-E -o $@ $^ $(LUA54_LIBS) -lreadline -lm -ldl
@@ -152,9 +161,9 @@ valgrind: deps all
 FUZZ_SECONDS ?= 60
 FUZZ_CC = clang -std=gnu11 -D_GNU_SOURCE $(WARN) -g -O1 -fsanitize=fuzzer,address,undefined $(LUA54_CFLAGS)
 
-$(B)/fuzz/fuzz_%: tests/fuzz_%.c $(RUNTIME_SRC) $(BIND_SRC) $(HEADERS)
+$(B)/fuzz/fuzz_%: tests/fuzz_%.c $(RUNTIME_SRC) $(BIND_SRC) $(HEADERS) $(B)/gen/pool_lua.h
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $< $(RUNTIME_SRC) $(BIND_SRC) -o $@ $(LUA54_LIBS) -lm -pthread
+	$(FUZZ_CC) -I$(B)/gen $< $(RUNTIME_SRC) $(BIND_SRC) -o $@ $(LUA54_LIBS) -lm -pthread
 
 fuzz: deps $(B)/fuzz/fuzz_codec $(B)/fuzz/fuzz_encode
 	@mkdir -p $(B)/fuzz/corpus $(B)/fuzz/encode_corpus $(B)/fuzz/encode_seeds
