@@ -236,13 +236,25 @@ CLUSTER_SO := $(B)/lua5.4/concur/cluster.so $(B)/luajit/concur/cluster.so
 all: $(CLUSTER_SO)
 cluster: $(CLUSTER_SO)
 
-$(B)/lua5.4/concur/cluster.so: mpi/cluster.c $(HEADERS)
-	@mkdir -p $(dir $@)
-	$(CC) $(BASEFLAGS) $(CFLAGS) -fPIC $(LUA54_CFLAGS) $(MPI_CFLAGS) -shared -o $@ $< $(MPI_LIBS) -ldl
+CLUSTER_SO += $(B)/lua5.4/concur/serve.so $(B)/luajit/concur/serve.so
+all: $(CLUSTER_SO)
 
-$(B)/luajit/concur/cluster.so: mpi/cluster.c $(HEADERS)
+# the pool's mpi backend, Lua compiled into the module
+$(B)/gen/cluster_pool_lua.h: lib/concur/cluster_pool.lua scripts/embed.lua
 	@mkdir -p $(dir $@)
-	$(CC) $(BASEFLAGS) $(CFLAGS) -fPIC $(LUAJIT_CFLAGS) $(MPI_CFLAGS) -shared -o $@ $< $(MPI_LIBS) -ldl
+	lua5.4 scripts/embed.lua cluster_pool_lua $< $@
+
+$(B)/lua5.4/concur/cluster.so: mpi/cluster.c $(HEADERS) $(B)/gen/cluster_pool_lua.h
+	@mkdir -p $(dir $@)
+	$(CC) $(BASEFLAGS) $(CFLAGS) -fPIC $(LUA54_CFLAGS) $(MPI_CFLAGS) -I$(B)/gen -shared -o $@ $< $(MPI_LIBS) -ldl
+
+$(B)/luajit/concur/cluster.so: mpi/cluster.c $(HEADERS) $(B)/gen/cluster_pool_lua.h
+	@mkdir -p $(dir $@)
+	$(CC) $(BASEFLAGS) $(CFLAGS) -fPIC $(LUAJIT_CFLAGS) $(MPI_CFLAGS) -I$(B)/gen -shared -o $@ $< $(MPI_LIBS) -ldl
+
+# `-l concur.serve` finds luaopen_concur_serve in the same object
+$(B)/%/concur/serve.so: $(B)/%/concur/cluster.so
+	ln -sf cluster.so $@
 else
 cluster:
 	@echo "concur.cluster: no MPI found by pkg-config (ompi-c, mpi-c): not built (make deps installs Open MPI)"

@@ -61,6 +61,7 @@
 #endif
 #include "../include/concur.h"
 #include "../runtime/cc.h"
+#include "cluster_pool_lua.h" /* generated from lib/concur/cluster_pool.lua */
 
 #define MOD "concur.cluster"
 #define BIG_MARK 0xFFFFFFFFu
@@ -91,6 +92,8 @@ static char init_error_buf[512];
 static pid_t init_pid;
 static int my_rank, my_size, threads_provided;
 static MPI_Comm comm_p2p, comm_p2p_chunks, comm_coll;
+static MPI_Comm comm_pool, comm_pool_chunks; /* the pool's own channel */
+static int serving;                          /* rank 0 of a pool-serve job */
 static size_t chunk = (size_t)1 << 30;
 static char my_host[MPI_MAX_PROCESSOR_NAME + 1];
 
@@ -340,6 +343,7 @@ static void decode_box(lua_State *L, const char *fname);
  * receives are posted in that same critical section (see the top). */
 static int recv_value(lua_State *L, MPI_Comm comm, MPI_Comm chunks, int from, int tag,
                       double deadline, MPI_Status *st, const char *fname) {
+    /* (on comm_pool, an empty message is rank 0's "leave": returns 2) */
     backoff bo = {0, 0};
     const void *frame = __builtin_frame_address(0);
     for (;;) {
@@ -356,6 +360,12 @@ static int recv_value(lua_State *L, MPI_Comm comm, MPI_Comm chunks, int from, in
         }
         MPI_Count n = 0;
         MPI_Get_elements_x(st, MPI_BYTE, &n);
+        if (n == 0 && comm == comm_pool) {
+            char tiny[1];
+            MPI_Mrecv(tiny, 0, MPI_BYTE, &m, MPI_STATUS_IGNORE);
+            UNLOCK();
+            return 2;
+        }
         cc_buf *b = api.buf_take_at(L, 1, frame);
         if (n < 0 || n > (MPI_Count)chunk || api.buf_reserve(b, n > 0 ? (size_t)n : 1) != 0) {
             char tiny[16]; /* take it off anyway: MPI truncates it */
@@ -577,8 +587,7 @@ static cc_buf *encode_scratch(lua_State *L, const void *frame, const char *fname
  * buffer: a small message is usually done at the first test. If the wait is
  * interrupted, the buffer's memory goes to the pending list (the scratch
  * buffer starts a new block next time). */
-static int l_send(lua_State *L) {
-    const char *fname = "cluster.send";
+static int send_on(lua_State *L, MPI_Comm comm, MPI_Comm chunks, const char *fname) {
     check_usable(L, fname);
     int to = check_range(L, 2, 2, fname, "destination rank", 0, my_size - 1);
     int tag = lua_isnoneornil(L, 3) ? 0 : check_range(L, 3, 3, fname, "tag", 0, tag_ub());
@@ -590,14 +599,14 @@ static int l_send(lua_State *L) {
         memcpy(p, b->data, b->len);
         size_t len = b->len;
         api.buf_give(L, b);
-        send_bytes(L, comm_p2p, comm_p2p_chunks, to, tag, own(L, p, len), len, fname);
+        send_bytes(L, comm, chunks, to, tag, own(L, p, len), len, fname);
         return 0;
     }
     MPI_Request r;
     int done = 0;
     LOCK();
     if (pendings) free_done_pendings();
-    int rc = MPI_Isend(b->data, (int)b->len, MPI_BYTE, to, tag, comm_p2p, &r);
+    int rc = MPI_Isend(b->data, (int)b->len, MPI_BYTE, to, tag, comm, &r);
     if (rc == MPI_SUCCESS) rc = MPI_Test(&r, &done, MPI_STATUS_IGNORE);
     UNLOCK();
     if (rc != MPI_SUCCESS) {
@@ -617,6 +626,34 @@ static int l_send(lua_State *L) {
     return 0;
 }
 
+static int l_send(lua_State *L) {
+    return send_on(L, comm_p2p, comm_p2p_chunks, "cluster.send");
+}
+
+/* The pool's channel (lib/concur/cluster_pool.lua): psend(v, rank);
+ * precv([from], [timeout]) -> v, or nil on timeout or when rank 0 left */
+static int l_psend(lua_State *L) {
+    lua_settop(L, 2);
+    return send_on(L, comm_pool, comm_pool_chunks, "pool (mpi)");
+}
+
+static int l_precv(lua_State *L) {
+    const char *fname = "pool (mpi)";
+    check_usable(L, fname);
+    int from = lua_isnoneornil(L, 1) ? MPI_ANY_SOURCE
+                                     : check_range(L, 1, 1, fname, "source rank", 0, my_size - 1);
+    double deadline = opt_deadline(L, 2, 2, fname);
+    MPI_Status st;
+    if (recv_value(L, comm_pool, comm_pool_chunks, from, 0, deadline, &st, fname) != 1) lua_pushnil(L);
+    return 1;
+}
+
+/* serving(true): at a clean exit, rank 0 tells every other rank to leave */
+static int l_serving(lua_State *L) {
+    serving = lua_toboolean(L, 1);
+    return 0;
+}
+
 /* cluster.recv([from], [tag], [timeout]) -> v, from, tag | nil, "timeout" */
 static int l_recv(lua_State *L) {
     const char *fname = "cluster.recv";
@@ -626,7 +663,7 @@ static int l_recv(lua_State *L) {
     int tag = lua_isnoneornil(L, 2) ? MPI_ANY_TAG : check_range(L, 2, 2, fname, "tag", 0, tag_ub());
     double deadline = opt_deadline(L, 3, 3, fname);
     MPI_Status st;
-    if (!recv_value(L, comm_p2p, comm_p2p_chunks, from, tag, deadline, &st, fname)) {
+    if (recv_value(L, comm_p2p, comm_p2p_chunks, from, tag, deadline, &st, fname) != 1) {
         lua_pushnil(L);
         lua_pushliteral(L, "timeout");
         return 2;
@@ -814,6 +851,10 @@ static void at_exit(int status, void *arg) {
     if (fin) return;
     if (status == 0 && !(api.stopping && api.stopping())) {
         pthread_mutex_lock(&mpi_lock);
+        if (serving && my_rank == 0) { /* the workers' "leave" */
+            char none = 0;
+            for (int r = 1; r < my_size; r++) MPI_Send(&none, 0, MPI_BYTE, r, 0, comm_pool);
+        }
         for (pending *p = pendings; p; p = p->next)
             for (int i = 0; i < p->n; i++)
                 if (p->reqs[i] != MPI_REQUEST_NULL) MPI_Request_free(&p->reqs[i]);
@@ -959,6 +1000,10 @@ static const char *start(lua_State *L) {
     MPI_Comm_dup(MPI_COMM_WORLD, &comm_p2p);
     MPI_Comm_dup(MPI_COMM_WORLD, &comm_p2p_chunks);
     MPI_Comm_dup(MPI_COMM_WORLD, &comm_coll);
+    MPI_Comm_dup(MPI_COMM_WORLD, &comm_pool);
+    MPI_Comm_dup(MPI_COMM_WORLD, &comm_pool_chunks);
+    MPI_Comm_set_errhandler(comm_pool, MPI_ERRORS_RETURN);
+    MPI_Comm_set_errhandler(comm_pool_chunks, MPI_ERRORS_RETURN);
     MPI_Comm_set_errhandler(comm_p2p, MPI_ERRORS_RETURN);
     MPI_Comm_set_errhandler(comm_p2p_chunks, MPI_ERRORS_RETURN);
     MPI_Comm_set_errhandler(comm_coll, MPI_ERRORS_RETURN);
@@ -975,6 +1020,11 @@ static const luaL_Reg funcs[] = {
     {NULL, NULL},
 };
 
+static const luaL_Reg private_funcs[] = {
+    {"psend", l_psend}, {"precv", l_precv}, {"serving", l_serving}, {NULL, NULL},
+};
+
+int luaopen_concur_serve(lua_State *L);
 int luaopen_concur_cluster(lua_State *L) {
     static pthread_mutex_t once = PTHREAD_MUTEX_INITIALIZER;
     pthread_mutex_lock(&once);
@@ -988,5 +1038,29 @@ int luaopen_concur_cluster(lua_State *L) {
     cb_newlib(L, funcs);
     lua_pushliteral(L, CONCUR_VERSION);
     lua_setfield(L, -2, "version");
+    int lib = lua_gettop(L);
+    /* the pool's "mpi" and "auto" kinds (lib/concur/cluster_pool.lua) */
+    if (luaL_loadbuffer(L, cluster_pool_lua, sizeof cluster_pool_lua - 1, "=concur/cluster_pool.lua"))
+        return lua_error(L);
+    lua_pushvalue(L, lib);
+    cb_newlib(L, private_funcs);
+    lua_call(L, 2, 1);
+    lua_setfield(L, lib, "_pool");
+    return 1;
+}
+
+/* concur.serve (`-l concur.serve`): ranks other than 0 serve the pool of
+ * rank 0 and leave when it ends; rank 0 goes on to run the script. */
+int luaopen_concur_serve(lua_State *L) {
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "concur.cluster");
+    lua_call(L, 1, 1);
+    if (my_rank != 0) {
+        lua_getfield(L, -1, "_pool");
+        lua_getfield(L, -1, "serve");
+        lua_call(L, 0, 0); /* does not return: the rank exits when rank 0 ends */
+    }
+    serving = 1;
+    lua_pushboolean(L, 1);
     return 1;
 }
