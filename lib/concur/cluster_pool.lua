@@ -20,7 +20,8 @@ Backend (the seam in lib/concur/pool.lua). Worker slot s is rank s; slots
 past size - 1 are placeholders that get no work, so the pool's default
 size (cpu_count) does not matter. Hand-out is dynamic with one message in
 flight per rank (a rank that ends after maxtasks then never holds an
-unanswered message); the rest wait in rank 0's backlog. A chunk's function
+unanswered message; with maxtasks, rank 0 counts what it sent and sends a
+worker nothing past its quota); the rest wait in rank 0's backlog. A chunk's function
 spec is sent to a rank once per generation, before its first chunk.
 
 Failure model. A rank that dies ends the MPI job (mpirun aborts the others),
@@ -116,7 +117,7 @@ local function state(p)
   C.serving(true)
   epoch_counter = epoch_counter + 1
   s = { epoch = epoch_counter, ranks = cluster.size() - 1, backlog = {}, bfirst = 1, blast = 0,
-        busy = {}, wid = {}, ended = {}, sentfn = {}, nextwid = 0 }
+        busy = {}, wid = {}, ended = {}, sentfn = {}, count = {}, nextwid = 0 }
   p._mpi = s
   return s
 end
@@ -139,6 +140,10 @@ local function dispatch(p, s, r, msg)
     end
   end
   s.busy[r] = true
+  if p.maxtasks then -- it ends after maxtasks items: send it no more
+    s.count[r] = s.count[r] + (gen ~= 0 and msg[5] or #msg[4])
+    if s.count[r] >= p.maxtasks then s.ended[r] = "soon" end
+  end
   C.psend({ "task", msg }, r)
 end
 
@@ -147,10 +152,14 @@ local function pump(p, s)
   for r = 1, math.min(s.ranks, p.n) do
     if s.bfirst > s.blast then break end
     if s.wid[r] and not s.busy[r] and not s.ended[r] then
-      local msg = s.backlog[s.bfirst]
-      s.backlog[s.bfirst] = nil
-      s.bfirst = s.bfirst + 1
-      dispatch(p, s, r, msg)
+      local msg
+      repeat -- chunks of a call that is over (an error, a cancel) are dropped
+        msg = s.backlog[s.bfirst]
+        s.backlog[s.bfirst] = nil
+        s.bfirst = s.bfirst + 1
+        if msg[1] ~= 0 and p.live[msg[1]] == nil then msg = nil end
+      until msg or s.bfirst > s.blast
+      if msg then dispatch(p, s, r, msg) end
     end
   end
   set_idle(p, s)
@@ -163,7 +172,7 @@ function backend.start(p, slot)
   if slot > s.ranks then return { id = "unused slot " .. slot, placeholder = true } end
   s.nextwid = s.nextwid + 1
   local wid = s.nextwid
-  s.wid[slot], s.busy[slot], s.ended[slot], s.sentfn[slot] = wid, false, false, {}
+  s.wid[slot], s.busy[slot], s.ended[slot], s.sentfn[slot], s.count[slot] = wid, false, false, {}, 0
   local o = { init = p.init, init_args = p.init_args, maxtasks = p.maxtasks }
   C.psend({ "pool", s.epoch, wid, slot, p.n, o }, slot)
   pump(p, s)
@@ -203,7 +212,7 @@ end
 function backend.alive(p, w)
   if w.placeholder then return true end
   local s = p._mpi
-  return not (s and s.wid[w.slot] == w.wid and s.ended[w.slot])
+  return not (s and s.wid[w.slot] == w.wid and s.ended[w.slot] == true)
 end
 
 function backend.kill(p, w)
