@@ -11,6 +11,8 @@ local flavour = os.getenv("CONCUR_TEST_FLAVOUR") or "concur"
 local interp = ({concur = "build/concur", asan = "build/asan/concur", tsan = "build/tsan/concur",
                  ["lua5.4"] = "lua5.4", luajit = "luajit"})[flavour] or "build/concur"
 local moddir = flavour == "luajit" and "build/luajit" or "build/lua5.4"
+local sanitized = ({asan = "build/asan/lua5.4", tsan = "build/tsan/lua5.4"})[flavour]
+if sanitized and io.open(sanitized .. "/concur/cluster.so") then moddir = sanitized end
 
 local function exists(path)
   local f = io.open(path) if f then f:close() return true end return false
