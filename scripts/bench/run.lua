@@ -71,6 +71,10 @@ local rows = {
     {"<=", 3.33, "vs_c"}},
   {"cluster_stream", "cluster.send -> recv stream, 2 MPI ranks", "/s", true, {"stream", 500000, 50000, "mpi"}, false, {"stream", 500000, 50000, "mpi"},
     {"<=", 3.33, "vs_c"}},
+  -- the MPI pool: rank 0 runs the script (-l concur.serve), the others work
+  {"cluster_pool_map", "pool kind=mpi map, small items, 2 worker ranks", "/s", true, {"pool_map", 100000, 20000, "mpi", 3}, false, false},
+  {"cluster_pool_primes1", "pool kind=mpi primes < 3e6, 1 worker rank", "s", false, {"pool_primes", P, Q, "mpi", 2}, false, false},
+  {"cluster_pool_primes2", "pool kind=mpi primes < 3e6, 2 worker ranks", "s", false, {"pool_primes", P, Q, "mpi", 3}, false, false},
   {"array_ptr", "shared.array writes via a:ptr(), LuaJIT", "/s", true, {"array_ptr", 100000000, 10000000, "luajit"}, {"array_ptr", 2000000, 1000000}, {"array_ptr", 100000000, 10000000},
     {">=", 200e6, "abs"}},
 }
@@ -81,7 +85,10 @@ local function run_one(kind, spec)
   local cmd
   if spec[4] == "mpi" then -- 2 ranks under mpirun; rank 0 prints
     if not has_mpi or (kind == "c" and not has_mpi_c) then return nil end
-    cmd = kind == "concur" and string.format("%stimeout 300 mpirun -n 2 build/concur %scluster_bench.lua %s %d", mpi_env, here, spec[1], size)
+    local ranks = spec[5] or 2
+    local serve = spec[1]:match("^pool_") and "-l concur.serve " or ""
+    cmd = kind == "concur" and string.format("%stimeout 300 mpirun --oversubscribe -n %d build/concur %s%scluster_bench.lua %s %d",
+        mpi_env, ranks, serve, here, spec[1], size)
       or string.format("%stimeout 300 mpirun -n 2 %s %s %d", mpi_env, mpi_ref, spec[1], size)
   elseif kind == "concur" and spec[4] == "luajit" then
     if not has_luajit then return nil end
@@ -149,6 +156,14 @@ end
 
 -- derived: the prime count's scaling, 2 threads and 2 processes against 1
 local function find(name) for _, r in ipairs(results) do if r.name == name then return r end end end
+do -- the MPI pool: 2 worker ranks against 1
+  local one, two = find("cluster_pool_primes1"), find("cluster_pool_primes2")
+  if one and two and one.concur and two.concur then
+    local s = one.concur.median / two.concur.median
+    results[#results + 1] = {name = "cluster_pool_speedup", label = "speed-up, 2 worker ranks vs 1 (pool mpi)", unit = "x",
+      higher_is_better = true, concur = {median = s, min = s, max = s, runs = 1}, target = ">= 1.8", status = s >= 1.8 and "PASS" or "MISS"}
+  end
+end
 for _, pair in ipairs{{"primes_t2", "speed-up, 2 threads vs 1 (C kernel)"}, {"primes_p2", "speed-up, 2 processes vs 1 (C kernel)"}} do
   local one, two = find("primes_t1"), find(pair[1])
   if one and two and one.concur and two.concur then
