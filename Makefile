@@ -255,6 +255,21 @@ $(B)/luajit/concur/cluster.so: mpi/cluster.c $(HEADERS) $(B)/gen/cluster_pool_lu
 # `-l concur.serve` finds luaopen_concur_serve in the same object
 $(B)/%/concur/serve.so: $(B)/%/concur/cluster.so
 	ln -sf cluster.so $@
+
+# make install / uninstall also place the module beside concur.so
+install: install-cluster
+uninstall: uninstall-cluster
+install-cluster: $(CLUSTER_SO)
+	install -d $(DESTDIR)$(LUA54_CMOD)/concur $(DESTDIR)$(LUAJIT_CMOD)/concur
+	install -m 755 $(B)/lua5.4/concur/cluster.so $(DESTDIR)$(LUA54_CMOD)/concur/cluster.so
+	ln -sf cluster.so $(DESTDIR)$(LUA54_CMOD)/concur/serve.so
+	install -m 755 $(B)/luajit/concur/cluster.so $(DESTDIR)$(LUAJIT_CMOD)/concur/cluster.so
+	ln -sf cluster.so $(DESTDIR)$(LUAJIT_CMOD)/concur/serve.so
+uninstall-cluster:
+	rm -f $(DESTDIR)$(LUA54_CMOD)/concur/cluster.so $(DESTDIR)$(LUA54_CMOD)/concur/serve.so \
+	  $(DESTDIR)$(LUAJIT_CMOD)/concur/cluster.so $(DESTDIR)$(LUAJIT_CMOD)/concur/serve.so
+	-rmdir $(DESTDIR)$(LUA54_CMOD)/concur $(DESTDIR)$(LUAJIT_CMOD)/concur 2>/dev/null
+.PHONY: install-cluster uninstall-cluster
 else
 cluster:
 	@echo "concur.cluster: no MPI found by pkg-config (ompi-c, mpi-c): not built (make deps installs Open MPI)"

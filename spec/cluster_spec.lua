@@ -18,6 +18,22 @@ local sanitized = ({asan = "build/asan/lua5.4", ["asan-lua5.4"] = "build/asan/lu
 if sanitized and io.open(sanitized .. "/concur/cluster.so") then moddir = sanitized end
 local other = moddir == "build/luajit" and {"lua5.4", "build/lua5.4"} or {"luajit", "build/luajit"}
 
+-- under TSan, the ranks also need scripts/tsan-mpi.supp (Open MPI's own
+-- lock orders); TSan takes one suppressions file, so both go into one
+local function tsan_env()
+  if flavour ~= "tsan" then return nil end
+  local path = os.tmpname()
+  local out = assert(io.open(path, "w"))
+  for _, f in ipairs{"scripts/tsan.supp", "scripts/tsan-mpi.supp"} do
+    local h = io.open(f)
+    if h then out:write(h:read("*a"), "\n") h:close() end
+  end
+  out:close()
+  local opts = (os.getenv("TSAN_OPTIONS") or ""):gsub("suppressions=%S*", "")
+  return "TSAN_OPTIONS=" .. opts .. " suppressions=" .. path
+end
+local TSAN_ENV = tsan_env()
+
 local function exists(path)
   local f = io.open(path) if f then f:close() return true end return false
 end
@@ -40,7 +56,7 @@ local function mpirun(opts)
   local cmd = {"timeout", "-k", "5", tostring(opts.limit or 40), "env",
     "OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1",
     "LUA_CPATH=" .. moddir .. "/?.so;;", "CONCUR_CLUSTER_CHUNK=65536",
-    "CLUSTER_PROBE=" .. (opts.probe or "ok"),
+    "CLUSTER_PROBE=" .. (opts.probe or "ok"), TSAN_ENV or "CONCUR_TSAN=0",
     "mpirun", "--oversubscribe"}
   for _, a in ipairs(opts.mca or {}) do cmd[#cmd + 1] = a end
   for _, a in ipairs(opts.ranks or {"-n", "3", interp, opts.script or "spec/cluster/probe.lua"}) do
