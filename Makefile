@@ -244,13 +244,17 @@ $(B)/gen/cluster_pool_lua.h: lib/concur/cluster_pool.lua scripts/embed.lua
 	@mkdir -p $(dir $@)
 	lua5.4 scripts/embed.lua cluster_pool_lua $< $@
 
-$(B)/lua5.4/concur/cluster.so: mpi/cluster.c $(HEADERS) $(B)/gen/cluster_pool_lua.h
-	@mkdir -p $(dir $@)
-	$(CC) $(BASEFLAGS) $(CFLAGS) -fPIC $(LUA54_CFLAGS) $(MPI_CFLAGS) -I$(B)/gen -shared -o $@ $< $(MPI_LIBS) -ldl
+# only luaopen_concur_cluster and luaopen_concur_serve are exported
+CLUSTER_SRC := mpi/cluster.c mpi/wire.c
+CLUSTER_CFLAGS = $(BASEFLAGS) $(CFLAGS) -fPIC -fvisibility=hidden $(MPI_CFLAGS) -I$(B)/gen -shared
 
-$(B)/luajit/concur/cluster.so: mpi/cluster.c $(HEADERS) $(B)/gen/cluster_pool_lua.h
+$(B)/lua5.4/concur/cluster.so: $(CLUSTER_SRC) mpi/cluster.h $(HEADERS) $(B)/gen/cluster_pool_lua.h
 	@mkdir -p $(dir $@)
-	$(CC) $(BASEFLAGS) $(CFLAGS) -fPIC $(LUAJIT_CFLAGS) $(MPI_CFLAGS) -I$(B)/gen -shared -o $@ $< $(MPI_LIBS) -ldl
+	$(CC) $(CLUSTER_CFLAGS) $(LUA54_CFLAGS) -o $@ $(CLUSTER_SRC) $(MPI_LIBS) -ldl
+
+$(B)/luajit/concur/cluster.so: $(CLUSTER_SRC) mpi/cluster.h $(HEADERS) $(B)/gen/cluster_pool_lua.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CLUSTER_CFLAGS) $(LUAJIT_CFLAGS) -o $@ $(CLUSTER_SRC) $(MPI_LIBS) -ldl
 
 # `-l concur.serve` finds luaopen_concur_serve in the same object
 $(B)/%/concur/serve.so: $(B)/%/concur/cluster.so
