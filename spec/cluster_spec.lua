@@ -12,9 +12,9 @@ local interp = ({concur = "build/concur", asan = "build/asan/concur", tsan = "bu
                  ["lua5.4"] = "lua5.4", luajit = "luajit", ["asan-lua5.4"] = "lua5.4",
                  ["asan-luajit"] = "luajit"})[flavour] or "build/concur"
 local moddir = (flavour == "luajit" or flavour == "asan-luajit") and "build/luajit" or "build/lua5.4"
--- under a sanitizer build, its own instrumented module when it was built
-local sanitized = ({asan = "build/asan/lua5.4", ["asan-lua5.4"] = "build/asan/lua5.4",
-                    ["asan-luajit"] = "build/asan/luajit", tsan = "build/tsan/lua5.4"})[flavour]
+-- under a sanitizer host, its own instrumented module when it was built (not
+-- for the asan-lua5.4/luajit flavours: the ranks run without the preload)
+local sanitized = ({asan = "build/asan/lua5.4", tsan = "build/tsan/lua5.4"})[flavour]
 if sanitized and io.open(sanitized .. "/concur/cluster.so") then moddir = sanitized end
 local other = moddir == "build/luajit" and {"lua5.4", "build/lua5.4"} or {"luajit", "build/luajit"}
 
