@@ -92,6 +92,7 @@ double opt_deadline(lua_State *L, int idx, int arg, const char *fname) {
 typedef struct backoff {
     double start;
     long sleep_ns;
+    double yield_for; /* 0: 2 ms */
 } backoff;
 
 static int backoff_step(backoff *b) {
@@ -100,7 +101,10 @@ static int backoff_step(backoff *b) {
     if (b->start == 0) b->start = now;
     double waited = now - b->start;
     if (waited < 50e-6) return 0;
-    if (waited < 2e-3) {
+    /* yielding keeps a ping-pong between two ranks on a busy machine fast
+     * (the peer may be off its core for a while); a pool's rank 0 waiting
+     * for results of work that takes ms gives its core to the workers */
+    if (waited < (b->yield_for > 0 ? b->yield_for : 2e-3)) {
         sched_yield();
         return 0;
     }
@@ -134,7 +138,7 @@ void free_done_pendings(void) { /* under mpi_lock */
  * buffers are left to the caller. */
 static void wait_all2(lua_State *L, int n, MPI_Request *reqs, void *buf, void *buf2,
                       const char *fname) {
-    backoff b = {0, 0};
+    backoff b = {0, 0, 0};
     for (;;) {
         int done = 0;
         LOCK();
@@ -249,7 +253,7 @@ void decode_box(lua_State *L, const char *fname);
 int recv_value(lua_State *L, MPI_Comm comm, MPI_Comm chunks, int from, int tag,
                       double deadline, MPI_Status *st, const char *fname) {
     /* (on comm_pool, an empty message is rank 0's "leave": returns 2) */
-    backoff bo = {0, 0};
+    backoff bo = {0, 0, comm == comm_pool ? 100e-6 : 0};
     const void *frame = __builtin_frame_address(0);
     for (;;) {
         int found = 0;
