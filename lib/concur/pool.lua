@@ -18,10 +18,20 @@ How work moves.
     so workers skip the chunks of a cancelled call without running them.
   * submit() buffers tasks in the caller and hands them out in batches,
     each batch one message with its distinct functions once. The buffer is
-    flushed whenever the task queue is short (fewer than 2 messages per
-    worker waiting), when it holds 64 tasks, and before every call that
-    waits (result, done, wait, as_completed, map, close). So a submitted
-    task waits in the caller only while every worker has queued work.
+    flushed at once when there are more idle workers than messages
+    waiting in the task queue (workers count themselves in the last slot
+    of `st` around each task-queue wait), when it holds 64 tasks, and
+    before every call that waits (result, done, wait, as_completed, map,
+    close). So a task is held back only while every idle worker already
+    has a message on its way; the batches grow with the time a worker
+    takes to wake up, which is what makes 10^5 submits cheap. (A caller
+    that submits and then computes for a long time without touching the
+    pool can leave up to 63 tasks in its buffer after the workers drain
+    the queue: call pool:flush() or any wait before long work.)
+  * Messages made only of scalars (the usual map chunk of numbers or
+    strings, a batch of tasks whose functions are registered) travel as
+    one string packed by pool.c, which the codec copies instead of
+    walking value by value.
   * Each worker owns four f64 slots of a shared.array `st`: the chunk id it
     runs, the item index it runs (stored before each item), the item's start
     time (only when a per-item timeout is set), and a spare. The caller
@@ -83,9 +93,11 @@ local function worker_main(ctx)
     get = function() return tq:get() end
     put = function(m) return rq:put(m) end
   end
+  local C = require("concur.pool")._C
   local st, live, fns = ctx.st, ctx.live, ctx.fns
   local slot = ctx.slot
   local b = (slot - 1) * 4
+  local idle = #st
   local me
   if ctx.kind == "thread" then me = "thread " .. concur.thread.id()
   else me = "process " .. concur.process.pid() end
@@ -103,10 +115,16 @@ local function worker_main(ctx)
     end
   end
   local cache = {}
+  local fcache = {}
+  local NOFNS = {}
   local count = 0
   -- send a result message; a result that cannot cross becomes that
   -- item's error instead of killing the worker
   local function reply(cid, res, errs, n)
+    if not errs and type(res) == "string" then
+      put(C.pack({ slot, cid, n, me, res }, 1, 5))
+      return
+    end
     local ok, err = pcall(put, { slot, cid, res, errs, me, n })
     if ok then return end
     errs = errs or {}
@@ -123,8 +141,15 @@ local function worker_main(ctx)
     end
   end
   while true do
+    st:add(idle, 1) -- the caller hands out submits at once while one is idle
     local m = get()
+    st:add(idle, -1)
     if m == nil then break end
+    if type(m) == "string" then -- a message of scalars travels packed
+      local u = C.unpack(m)
+      if u[1] == 0 then m = { 0, u[2], NOFNS, u[4], u[3] }
+      else m = { u[1], u[2], u[3], u[5], u[4] } end
+    end
     local gen, cid = m[1], m[2]
     st[b + 1] = cid
     if gen ~= 0 then
@@ -136,8 +161,9 @@ local function worker_main(ctx)
       if spec and live[gen] then
         local fn, star, S, timed = spec.fn, spec.star, spec.seed, spec.timeout
         local first, items, n = m[3], m[4], m[5]
+        if type(items) == "string" then items = C.unpack(items) end
         local idx = type(first) == "table" and first or nil
-        local res, errs = {}, nil
+        local res, errs = C.table(n), nil
         local k = 0
         -- one protected call runs the whole chunk; a failure records that
         -- item's error and resumes after it
@@ -156,36 +182,76 @@ local function worker_main(ctx)
             end
           end
         end
-        while k < n do
-          local ok, err = xpcall(run, traceback)
-          if not ok then
-            errs = errs or {}
-            errs[k] = err == nil and "nil" or err
+        if star or S or timed then
+          while k < n do
+            local ok, err = xpcall(run, traceback)
+            if not ok then
+              errs = errs or {}
+              errs[k] = err == nil and "nil" or err
+            end
+          end
+        else -- the plain case loops in C (pool.c: run)
+          while k < n do
+            local ok, err = xpcall(C.run, traceback, fn, items, n, res, st, b, first, k)
+            if ok then k = n
+            else
+              k = st[b + 4]
+              errs = errs or {}
+              errs[k] = err == nil and "nil" or err
+            end
           end
         end
-        reply(cid, res, errs, n)
+        reply(cid, not errs and C.pack(res, 1, n) or res, errs, n)
         count = count + n
       else
         cache[gen] = false
         put({ slot, cid, false, nil, me, 0 }) -- skipped: its call is over
       end
     else
-      -- a batch of submitted tasks: m = {0, cid, fns, tasks}
+      -- a batch of submitted tasks: m = {0, cid, fns, tasks}; tasks is
+      -- packed {j, nargs, args..., j, nargs, ...} or a table of {j, args};
+      -- j > 0 is fns[j], j < 0 a function registered in the shared dict
       local fl, tasks = m[3], m[4]
-      local n = #tasks
+      local packed = type(tasks) == "string"
+      local flat = packed and C.unpack(tasks)
+      local n = m[5]
       local res, errs = {}, nil
+      local out, no = {}, 0 -- packed results: {nres, values..., nres, ...}
+      local pos = 1
       for k = 1, n do
-        local t = tasks[k]
+        local j, r
         st[b + 2] = k
-        local r = { xpcall(fl[t[1]], traceback, unpack(t, 2, t.n)) }
+        if packed then
+          j = flat[pos]
+          local na = flat[pos + 1]
+          local fn = j > 0 and fl[j] or fcache[j]
+          if not fn then fn = fns[j]; fcache[j] = fn end
+          r = { xpcall(fn, traceback, unpack(flat, pos + 2, pos + 1 + na)) }
+          pos = pos + 2 + na
+        else
+          local t = tasks[k]
+          j = t[1]
+          local fn = j > 0 and fl[j] or fcache[j]
+          if not fn then fn = fns[j]; fcache[j] = fn end
+          local a = t[2]
+          r = { xpcall(fn, traceback, unpack(a, 1, a.n)) }
+        end
         if r[1] then
-          r[1] = select("#", unpack(r)) - 1 -- r = {count, values...}
+          local nr = select("#", unpack(r)) - 1
+          r[1] = nr -- r = {count, values...}
           res[k] = r
+          no = no + 1
+          out[no] = nr
+          for x = 2, nr + 1 do out[no + x - 1] = r[x] end
+          no = no + nr
         else
           errs = errs or {}
           errs[k] = r[2] == nil and "nil" or r[2]
+          no = no + 1
+          out[no] = -1
         end
       end
+      res = C.pack(out, 1, no) or res
       reply(cid, res, errs, n)
       count = count + n
     end
@@ -321,7 +387,7 @@ local function source(fname, items)
   local t = type(items)
   if t == "table" then
     local n = #items
-    return { n = n, take = function(s, i0, k)
+    return { n = n, arr = items, take = function(s, i0, k)
       local out = {}
       local last = i0 + k - 1
       if last > n then last = n end
@@ -427,8 +493,11 @@ end
 -- A finalizer made after each worker: at the end of the state, objects are
 -- finalized newest first, so this runs before the worker's handle would
 -- join a worker still waiting for tasks (a hang) and terminates the pool.
-local function sentinel(p)
-  local function stop() pcall(p.terminate, p) end
+-- A replaced worker's finalizer is disarmed: only the newest of a slot acts.
+local function sentinel(p, s)
+  local token = {}
+  p.tokens[s] = token
+  local function stop() if p.tokens[s] == token then pcall(p.terminate, p) end end
   if rawget(_G, "newproxy") then
     local u = newproxy(true)
     getmetatable(u).__gc = stop
@@ -439,7 +508,7 @@ end
 
 local function start_worker(p, s)
   p.workers[s] = p.be.start(p, s)
-  p.sentinels[s] = sentinel(p)
+  p.sentinels[s] = sentinel(p, s)
 end
 
 function M.new(opts)
@@ -459,9 +528,9 @@ function M.new(opts)
   local p = setmetatable({
     n = n, kind = type(kind) == "string" and kind or (kind.name or "custom"), be = be,
     init = opts.init, init_args = opts.init_args, maxtasks = mt,
-    tq = queue(), rq = queue(), st = shared.array(4 * n, "f64"),
+    tq = queue(), rq = queue(), st = shared.array(4 * n + 1, "f64"),
     live = shared.dict(), fns = shared.dict(),
-    workers = {}, waitset = {}, out = {}, inflight = 0, nextcid = 0, nextgen = 0,
+    workers = {}, waitset = {}, idlei = 4 * n + 1, fcache = setmetatable({}, { __mode = "k" }), nfids = 0, out = {}, inflight = 0, nextcid = 0, nextgen = 0,
     jobs = {}, sub = {}, nsub = 0, futs = 0, lastcheck = clock(),
   }, Pool)
   if p.init_args then p.init_args.n = p.init_args.n or #p.init_args end
@@ -469,7 +538,7 @@ function M.new(opts)
     p.proxy = newproxy(true)
     getmetatable(p.proxy).__gc = function() pcall(p.terminate, p) end
   end
-  p.sentinels = {}
+  p.sentinels, p.tokens = {}, {}
   for s = 1, n do start_worker(p, s) end
   return p
 end
@@ -480,8 +549,18 @@ local function send_chunk(p, job, rec)
   p.out[cid] = rec
   p.inflight = p.inflight + 1
   rec.job = job
-  if rec.batch then p.be.send(p, { 0, cid, rec.fl, rec.tasks })
-  else p.be.send(p, { job.gen, cid, rec.first, rec.items, rec.n }) end
+  -- scalars only: one string, which the codec copies instead of walking
+  local m
+  if rec.batch then
+    if rec.packed and next(rec.fl) == nil then m = C.pack({ 0, cid, #rec.tasks, rec.packed }, 1, 4) end
+    m = m or { 0, cid, rec.fl, rec.packed or rec.tasks, #rec.tasks }
+  else
+    if type(rec.first) == "number" and type(rec.items) == "string" then
+      m = C.pack({ job.gen, cid, rec.first, rec.n, rec.items }, 1, 5)
+    end
+    m = m or { job.gen, cid, rec.first, rec.items, rec.n }
+  end
+  p.be.send(p, m)
 end
 
 -- a chunk that lost its worker: item `at` failed, the rest go again
@@ -491,10 +570,11 @@ local function requeue(p, rec, at)
     for k = 1, #rec.tasks do
       if k ~= at then tasks[#tasks + 1] = rec.tasks[k]; futs[#futs + 1] = rec.futs[k] end
     end
-    if #tasks > 0 then send_chunk(p, rec.job, { batch = true, fl = rec.fl, tasks = tasks, futs = futs }) end
+    if #tasks > 0 then send_chunk(p, rec.job, { batch = true, fl = rec.fl, tasks = tasks, futs = futs }) end -- as a table
     return
   end
   local idx, items = {}, {}
+  if type(rec.items) == "string" then rec.items = C.unpack(rec.items) end
   for k = 1, rec.n do
     local i = type(rec.first) == "table" and rec.first[k] or rec.first + k - 1
     if i ~= at then idx[#idx + 1] = i; items[#items + 1] = rec.items[k] end
@@ -557,6 +637,10 @@ local function check_workers(p)
 end
 
 local function deliver(p, m)
+  if type(m) == "string" then
+    local u = C.unpack(m)
+    m = { u[1], u[2], u[5], nil, u[4], u[3] }
+  end
   local slot, cid = m[1], m[2]
   if cid == -1 then
     p.broken = ("pool: init failed in %s: %s"):format(m[4], m[3])
@@ -568,10 +652,19 @@ local function deliver(p, m)
   p.inflight = p.inflight - 1
   local res, errs, me, n = m[3], m[4], m[5], m[6]
   if rec.batch then
+    local flat, pos = type(res) == "string" and C.unpack(res), 1
     for k = 1, #rec.futs do
       local f = rec.futs[k]
+      local r
+      if flat then
+        local nr = flat[pos]
+        if nr >= 0 then r = { nr, unpack(flat, pos + 1, pos + nr) } end
+        pos = pos + 1 + (nr >= 0 and nr or 0)
+      else
+        r = res[k]
+      end
       if errs and errs[k] ~= nil then f:_settle(false, errs[k], me)
-      else f:_settle(true, res[k], me) end
+      else f:_settle(true, r, me) end
     end
     return
   end
@@ -583,26 +676,99 @@ local function deliver(p, m)
   job:chunk_done(rec, res, errs, me, n)
 end
 
+-- Functions submitted again and again are registered once in the shared
+-- dict (key -id) and sent by id. Only when that cannot change what the
+-- task sees: a Lua function whose upvalues are scalars, shared objects,
+-- loaded modules, _ENV, or functions without upvalues of their own; each
+-- submit re-checks that every upvalue is still the same value.
+local function cacheable(fn)
+  local info = debug.getinfo(fn, "Su")
+  if info.what == "C" then return nil end
+  local ups = {}
+  for i = 1, info.nups do
+    local name, v = debug.getupvalue(fn, i)
+    local t = type(v)
+    if t == "table" then
+      if name ~= "_ENV" and not package.loaded[name] and not (function()
+        for _, m in pairs(package.loaded) do if m == v then return true end end
+      end)() then return nil end
+    elseif t == "function" then
+      local fi = debug.getinfo(v, "u")
+      if fi.nups > 1 or (fi.nups == 1 and debug.getupvalue(v, 1) ~= "_ENV") then return nil end
+    elseif t == "thread" then
+      return nil
+    end
+    ups[i] = v
+  end
+  return { seen = 0, ups = ups, n = info.nups }
+end
+
+local function fn_id(p, fn)
+  local e = p.fcache[fn]
+  if e == nil then
+    e = cacheable(fn) or false
+    p.fcache[fn] = e
+  end
+  if not e then return nil end
+  local getupvalue = debug.getupvalue
+  for i = 1, e.n do
+    local _, v = getupvalue(fn, i)
+    if not rawequal(v, e.ups[i]) then p.fcache[fn] = false; return nil end
+  end
+  if e.id then return e.id end
+  e.seen = e.seen + 1
+  if e.seen < 2 or p.nfids >= 256 then return nil end
+  p.nfids = p.nfids + 1
+  e.id = -p.nfids
+  p.fns[e.id] = fn
+  return e.id
+end
+
 local function flush(p)
   if p.nsub == 0 then return end
   local sub = p.sub
   p.sub, p.nsub = {}, 0
   local fl, fidx, tasks, futs = {}, {}, {}, {}
+  local flat, nf = {}, 0
   for k = 1, #sub do
     local f = sub[k]
     if f.state == "pending" then
       local fn = f.fn
       local j = fidx[fn]
-      if not j then j = #fl + 1; fl[j] = fn; fidx[fn] = j end
-      local t = { j, unpack(f.args, 1, f.args.n) }
-      t.n = f.args.n + 1
-      tasks[#tasks + 1] = t
+      if not j then
+        j = fn_id(p, fn)
+        if not j then j = #fl + 1; fl[j] = fn end
+        fidx[fn] = j
+      end
+      local a = f.args
+      tasks[#tasks + 1] = { j, a }
       futs[#futs + 1] = f
+      flat[nf + 1], flat[nf + 2] = j, a.n
+      for x = 1, a.n do flat[nf + 2 + x] = a[x] end
+      nf = nf + 2 + a.n
       f.state = "running"
       f.fn, f.args = nil, nil
     end
   end
-  if #tasks > 0 then send_chunk(p, nil, { batch = true, fl = fl, tasks = tasks, futs = futs }) end
+  if #tasks == 0 then return end
+  -- one batch per worker, so tasks buffered while the workers started or
+  -- were busy are spread, not all queued behind one worker
+  local parts = #tasks < p.n and #tasks or p.n
+  if parts <= 1 then
+    send_chunk(p, nil, { batch = true, fl = fl, tasks = tasks, futs = futs, packed = C.pack(flat, 1, nf) })
+    return
+  end
+  local per = math.ceil(#tasks / parts)
+  local pos = 1
+  for k0 = 1, #tasks, per do
+    local ts, fs = {}, {}
+    local start = pos
+    for k = k0, math.min(k0 + per - 1, #tasks) do
+      ts[#ts + 1], fs[#fs + 1] = tasks[k], futs[k]
+      pos = pos + 2 + tasks[k][2].n
+    end
+    send_chunk(p, nil, { batch = true, fl = fl, tasks = ts, futs = fs, packed = C.pack(flat, start, pos - start) })
+  end
 end
 
 -- let every active job top up its chunks in flight
@@ -631,9 +797,9 @@ Job.__index = Job
 local function chunk_of(p, n, opt)
   if opt then return opt end
   if not n then return 256 end
-  -- four chunks per worker like Python's Pool, at most 2^15 items a message
+  -- four chunks per worker like Python's Pool, at most 2^16 items a message
   local c = math.ceil(n / (4 * p.n))
-  if c > 32768 then c = 32768 end
+  if c > 65536 then c = 65536 end
   if c < 1 then c = 1 end
   return c
 end
@@ -665,7 +831,7 @@ local function new_job(p, fname, fn, items, o, star, ordered)
   p.nextgen = p.nextgen + 1
   local job = setmetatable({
     pool = p, fname = fname, gen = p.nextgen, src = src, next = 1, cs = chunk_of(p, src.n, o.chunksize),
-    results = {}, errors = nil, nerr = 0, ndone = 0, collect = o.errors == "collect", timeout = o.timeout,
+    results = C.table(src.n), errors = nil, nerr = 0, ndone = 0, collect = o.errors == "collect", timeout = o.timeout,
     first_err = nil, ordered = ordered, ready = {}, maxin = 2 * p.n + 2, inflight = 0,
   }, Job)
   if o.journal then
@@ -697,7 +863,14 @@ function Job:feed()
   while self.inflight < self.maxin and not self.exhausted do
     if self.ordered and self.limit and self.next > self.limit then break end
     local i0 = self.next
-    local items, c = self.src:take(i0, self.cs)
+    local items, c
+    local arr = self.src.arr
+    if arr and not self.jdone then -- numbers travel packed (pool.c: pack)
+      c = self.cs
+      if i0 + c - 1 > self.src.n then c = self.src.n - i0 + 1 end
+      items = c > 0 and C.pack(arr, i0, c)
+    end
+    if not items then items, c = self.src:take(i0, self.cs) end
     if c == 0 then self.exhausted = true; break end
     self.next = i0 + c
     if self.src.n and self.next > self.src.n then self.exhausted = true end
@@ -761,6 +934,15 @@ function Job:chunk_done(rec, res, errs, me, n)
   self.inflight = self.inflight - 1
   local first = rec.first
   local idx = type(first) == "table" and first
+  if type(res) == "string" then
+    if not idx and not self.on_item and not self.jfile then
+      C.unpack(res, self.results, first)
+      self.ndone = self.ndone + n
+      if self.progress then self.progress:step(n) end
+      return
+    end
+    res = C.unpack(res)
+  end
   for k = 1, n do
     local i = idx and idx[k] or first + k - 1
     if errs and errs[k] ~= nil then self:item(i, false, errs[k], me)
@@ -923,6 +1105,12 @@ function Pool:imap_unordered(fn, items, opts) return imap_iter(self, "pool:imap_
 
 -- ------------------------------------------------------------------ futures
 
+-- hand buffered submits to the workers now
+function Pool:flush()
+  check_pool(self, "pool:flush")
+  flush(self)
+end
+
 function Pool:submit(fn, ...)
   check_pool(self, "pool:submit")
   if type(fn) ~= "function" then argerr("pool:submit", 1, "function expected, got " .. type(fn)) end
@@ -930,7 +1118,7 @@ function Pool:submit(fn, ...)
   local f = setmetatable({ pool = self, fn = fn, args = { n = select("#", ...), ... }, state = "pending" }, Future)
   self.nsub = self.nsub + 1
   self.sub[self.nsub] = f
-  if self.nsub >= 64 or #self.tq < 2 * self.n then flush(self) end
+  if self.nsub >= 64 or self.st[self.idlei] > #self.tq then flush(self) end
   return f
 end
 
@@ -1170,6 +1358,7 @@ function Pool:worker_ids()
   return t
 end
 
+M._C = C
 M.Pool = Pool
 M.Future = Future
 return M
