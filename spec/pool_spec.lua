@@ -164,6 +164,21 @@ for _, kind in ipairs { "process", "thread" } do
       assert.same({ 1, 2 }, got)
     end)
 
+    it("leaving an imap loop early cancels the rest of its items", function()
+      local ran = shared.value("i64")
+      for _, r in p:imap(function(x) ran:add(1) concur.sleep(0.002) return x end, squares(2000), { chunksize = 1 }) do
+        break
+      end
+      collectgarbage() -- LuaJIT: the abandoned iterator stops being fed when collected
+      collectgarbage()
+      assert.same({ 1, n = 1 }, p:map(function(x) return x end, { 1 }))
+      concur.sleep(0.1)
+      local n = ran:get()
+      concur.sleep(0.2)
+      assert.equal(n, ran:get())
+      assert.is_true(n < 200, "ran " .. n)
+    end)
+
     it("runs init once in each worker", function()
       local q = queue()
       local p2 = pool.new { workers = 2, kind = kind, init = function(qq, tag) qq:put(tag) end, init_args = { q, "hi" } }

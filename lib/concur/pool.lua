@@ -531,7 +531,7 @@ function M.new(opts)
     tq = queue(), rq = queue(), st = shared.array(4 * n + 1, "f64"),
     live = shared.dict(), fns = shared.dict(),
     workers = {}, waitset = {}, idlei = 4 * n + 1, fcache = setmetatable({}, { __mode = "k" }), nfids = 0, out = {}, inflight = 0, nextcid = 0, nextgen = 0,
-    jobs = {}, sub = {}, nsub = 0, futs = 0, lastcheck = clock(),
+    jobs = setmetatable({}, { __mode = "k" }), sub = {}, nsub = 0, futs = 0, lastcheck = clock(),
   }, Pool)
   if p.init_args then p.init_args.n = p.init_args.n or #p.init_args end
   if rawget(_G, "newproxy") then -- LuaJIT: tables have no __gc
@@ -773,7 +773,7 @@ end
 
 -- let every active job top up its chunks in flight
 local function feed(p)
-  for _, job in ipairs(p.jobs) do job:feed() end
+  for job in pairs(p.jobs) do job:feed() end
 end
 
 -- take results for up to `timeout` seconds (0: only what is there)
@@ -853,7 +853,7 @@ local function new_job(p, fname, fn, items, o, star, ordered)
   if o.progress then
     job.progress = new_progress(job.src.n, type(o.progress) == "string" and o.progress or fname)
   end
-  p.jobs[#p.jobs + 1] = job
+  p.jobs[job] = true -- weakly: an abandoned imap stops being fed once collected
   return job
 end
 
@@ -971,7 +971,7 @@ function Job:finish()
   for cid, rec in pairs(p.out) do
     if rec.job == self then p.out[cid] = nil; p.inflight = p.inflight - 1 end
   end
-  for k = #p.jobs, 1, -1 do if p.jobs[k] == self then table.remove(p.jobs, k) end end
+  p.jobs[self] = nil
   self:journal_flush(true)
   if self.jfile then self.jfile:close(); self.jfile = nil end
   if self.progress then pcall(self.progress.done, self.progress); self.progress = nil end
@@ -1097,7 +1097,9 @@ local function imap_iter(self, fname, fn, items, opts, ordered)
     return ("%s: item %d failed in %s: %s"):format(job.fname, i, job.who and job.who[i] or "?",
       tostring(job.errors and job.errors[i]))
   end
-  return step
+  -- Lua 5.4 closes the 4th value of a generic for when the loop is left
+  -- (break, error, return): the call is cancelled at once
+  return step, nil, nil, setmetatable({}, { __close = function() job:finish() end })
 end
 
 function Pool:imap(fn, items, opts) return imap_iter(self, "pool:imap", fn, items, opts, true) end
@@ -1314,7 +1316,7 @@ function Pool:terminate()
   if self.terminated then return end
   self.terminated = true
   self.closed = true
-  for _, job in ipairs(self.jobs) do pcall(job.finish, job) end
+  for job in pairs(self.jobs) do pcall(job.finish, job) end
   for _, f in ipairs(self.sub) do if f.state == "pending" then f.state = "cancelled" end end
   for _, rec in pairs(self.out) do
     if rec.batch then for _, f in ipairs(rec.futs) do f:_settle(false, "pool terminated") end end
