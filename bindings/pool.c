@@ -85,6 +85,36 @@ static int l_pack(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_Integer first = luaL_checkinteger(L, 2), n = luaL_checkinteger(L, 3);
     if (n < 0 || n > (lua_Integer)1 << 28) return luaL_error(L, "pool.pack: bad count");
+    /* all numbers (the usual map chunk): one pass */
+    if (n > 0) {
+        char *out = lua_newuserdata(L, 1 + 8 * (size_t)n); /* scratch, collected */
+        int ints = 0, dbls = 0;
+        lua_Integer k = 0;
+        for (; k < n; k++) {
+            lua_rawgeti(L, 1, (int)(first + k));
+            if (lua_type(L, -1) != LUA_TNUMBER) {
+                lua_pop(L, 1);
+                break;
+            }
+            if (cb_isinteger(L, -1)) {
+                int64_t v = (int64_t)lua_tointeger(L, -1);
+                memcpy(out + 1 + 8 * k, &v, 8);
+                ints = 1;
+            } else {
+                double v = (double)lua_tonumber(L, -1);
+                memcpy(out + 1 + 8 * k, &v, 8);
+                dbls = 1;
+            }
+            lua_pop(L, 1);
+            if (ints && dbls) break;
+        }
+        if (k == n) {
+            out[0] = ints ? 'i' : 'd';
+            lua_pushlstring(L, out, 1 + 8 * (size_t)n);
+            return 1;
+        }
+        lua_pop(L, 1);
+    }
     /* pass 1: the format and the size */
     int ints = 0, dbls = 0, others = 0;
     size_t size = 1;

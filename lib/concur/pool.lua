@@ -264,20 +264,13 @@ M._worker_main = worker_main
 -- ------------------------------------------------------------------ backends
 
 local function queue_send(pool, msg) pool.tq:put(msg) end
+-- Blocks on the result queue itself (woken by the put, no polling); a
+-- worker's death is noticed by the caller's periodic check (every 50 ms).
 local function queue_recv(pool, max, timeout)
   local got = pool.rq:get_many(max, 0)
   if got then return got end
   if timeout <= 0 then return {} end
-  local set = pool.waitset
-  set[1] = pool.rq
-  local n = 1
-  for s = 1, pool.n do
-    local w = pool.workers[s]
-    if w then n = n + 1; set[n] = w.h end
-  end
-  for j = #set, n + 1, -1 do set[j] = nil end
-  concur.wait(set, timeout)
-  return pool.rq:get_many(max, 0) or {}
+  return pool.rq:get_many(max, timeout < 0.05 and timeout or 0.05) or {}
 end
 local function queue_stop(pool) pool.tq:close() end
 
