@@ -587,6 +587,7 @@ local function worker_ended(p, s, why)
   local w = p.workers[s]
   local b = (s - 1) * 4
   local cid, at = p.st[b + 1], p.st[b + 2]
+  p.had_death = true
   local reason = why or p.be.reap(p, w)
   if why then p.be.reap(p, w) end
   p.st[b + 1], p.st[b + 2], p.st[b + 3] = 0, 0, 0
@@ -607,8 +608,31 @@ local function worker_ended(p, s, why)
   if not p.closed and not p.broken then start_worker(p, s) end
 end
 
+-- A worker killed between taking a message and recording its chunk id
+-- leaves a chunk nobody holds. After a death, when the pool has been quiet
+-- for three checks in a row (no message queued either way, every worker
+-- without a chunk) while chunks are still out, those were lost: send them
+-- again (nothing of them ran, or it ran on the dead worker).
+local function find_lost(p)
+  if not next(p.out) then p.had_death, p.quiet = false, 0; return end
+  local quiet = #p.tq == 0 and #p.rq == 0
+  for s = 1, p.n do
+    if quiet and p.st[(s - 1) * 4 + 1] ~= 0 then quiet = false end
+  end
+  p.quiet = quiet and (p.quiet or 0) + 1 or 0
+  if p.quiet < 3 then return end
+  p.quiet = 0
+  local lost = {}
+  for cid, rec in pairs(p.out) do lost[#lost + 1] = rec; p.out[cid] = nil end
+  for _, rec in ipairs(lost) do
+    p.inflight = p.inflight - 1
+    requeue(p, rec, nil)
+  end
+end
+
 local function check_workers(p)
   p.lastcheck = clock()
+  if p.had_death then find_lost(p) end
   local now = p.lastcheck
   for s = 1, p.n do
     local w = p.workers[s]
@@ -841,6 +865,9 @@ local function new_job(p, fname, fn, items, o, star, ordered)
     job.jdone, job.jfile, job.jbuf, job.jt = done, f, {}, clock()
     job.cs = chunk_of(p, n, o.chunksize)
   end
+  -- in flight: two chunks a worker, more when chunks are small (up to
+  -- ~2048 items), so workers find the next message waiting, not asleep
+  job.maxin = math.max(2 * p.n + 2, math.min(128, math.floor(2048 / job.cs)))
   p.fns[job.gen] = { fn = fn, star = star or nil, seed = o.seed, timeout = o.timeout }
   p.live[job.gen] = true
   if o.progress then
@@ -852,6 +879,10 @@ end
 
 function Job:feed()
   if self.over then return end
+  if self.iter and self.iter[1] == nil then -- an imap whose loop was left
+    self:finish()
+    return
+  end
   local p = self.pool
   while self.inflight < self.maxin and not self.exhausted do
     if self.ordered and self.limit and self.next > self.limit then break end
@@ -1025,6 +1056,7 @@ local function imap_iter(self, fname, fn, items, opts, ordered)
   local job = new_job(self, fname:gsub(":", "."), fn, items, o, false, ordered)
   -- lazy: smaller chunks than map so the first results come early
   if not o.chunksize then job.cs = job.src.n and math.min(job.cs, 256) or 256 end
+  job.maxin = math.max(2 * self.n + 2, math.min(128, math.floor(2048 / job.cs)))
   local ready, head = {}, {}
   local nexti = 1
   local q, qh, qt = {}, 1, 0
@@ -1090,6 +1122,7 @@ local function imap_iter(self, fname, fn, items, opts, ordered)
     return ("%s: item %d failed in %s: %s"):format(job.fname, i, job.who and job.who[i] or "?",
       tostring(job.errors and job.errors[i]))
   end
+  job.iter = setmetatable({ step }, { __mode = "v" }) -- gone with the loop (LuaJIT)
   -- Lua 5.4 closes the 4th value of a generic for when the loop is left
   -- (break, error, return): the call is cancelled at once
   return step, nil, nil, setmetatable({}, { __close = function() job:finish() end })
