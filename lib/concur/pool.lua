@@ -741,7 +741,7 @@ local function fn_id(p, fn)
   return e.id
 end
 
-local function flush(p)
+local function flush(p, parts)
   if p.nsub == 0 then return end
   local sub = p.sub
   p.sub, p.nsub = {}, 0
@@ -770,7 +770,8 @@ local function flush(p)
   if #tasks == 0 then return end
   -- one batch per worker, so tasks buffered while the workers started or
   -- were busy are spread, not all queued behind one worker
-  local parts = #tasks < p.n and #tasks or p.n
+  parts = parts or p.n
+  if parts > #tasks then parts = #tasks end
   if parts <= 1 then
     send_chunk(p, nil, { batch = true, fl = fl, tasks = tasks, futs = futs, packed = C.pack(flat, 1, nf) })
     return
@@ -1146,7 +1147,12 @@ function Pool:submit(fn, ...)
   local f = setmetatable({ pool = self, fn = fn, args = { n = select("#", ...), ... }, state = "pending" }, Future)
   self.nsub = self.nsub + 1
   self.sub[self.nsub] = f
-  if self.nsub >= 64 or self.st[self.idlei] > #self.tq then flush(self) end
+  if self.nsub >= 64 then flush(self)
+  else
+    -- idle workers without a message waiting: one batch each
+    local want = self.st[self.idlei] - #self.tq
+    if want > 0 then flush(self, want) end
+  end
   return f
 end
 
