@@ -23,6 +23,37 @@ for _, kind in ipairs { "process", "thread" } do
       for i = 1, 10000 do assert(big[i] == i + 1) end
     end)
 
+    it("carries values exactly: integers, floats, NaN, infinities, strings, tables, nil results", function()
+      local items = { 1, 2.0, -0.0, 0 / 0, math.huge, -math.huge, math.maxinteger, math.mininteger, 2 ^ 63, 0.1,
+        "a\0b", true, false, { x = { 1, 2 } } }
+      local r = p:map(function(x) return x end, items, { chunksize = 3 })
+      assert.equal(#items, r.n)
+      for i = 1, #items do
+        local a, b = items[i], r[i]
+        if a ~= a then assert.is_true(b ~= b)
+        elseif type(a) == "table" then assert.same(a, b)
+        else
+          assert.equal(a, b)
+          if math.type then assert.equal(math.type(a), math.type(b)) end
+        end
+      end
+      assert.equal(1 / -0.0, 1 / r[3]) -- the sign of zero too
+      local holes = p:map(function(x) if x % 2 == 0 then return nil end return x, "second" end, squares(6))
+      assert.same({ 1, nil, 3, nil, 5, nil, n = 6 }, holes)
+    end)
+
+    it("an iterator that raises stops the call with its error, the pool goes on", function()
+      local i = 0
+      local ok, err = pcall(p.map, p, function(x) return x end, function()
+        i = i + 1
+        if i == 50 then error("source broke") end
+        return i
+      end, { chunksize = 4 })
+      assert.is_false(ok)
+      assert.matches("source broke", err)
+      assert.same({ 7, n = 1 }, p:map(function(x) return x end, { 7 }))
+    end)
+
     it("maps an empty array to an empty result", function()
       assert.same({ n = 0 }, p:map(function(x) return x end, {}))
     end)
