@@ -266,6 +266,23 @@ for _, kind in ipairs { "process", "thread" } do
       assert.same({ 9, n = 1 }, p:map(function(x) return x * x end, { 3 }))
     end)
 
+    it("a forked child cannot use or stop its parent's pool", function()
+      -- a pool cannot be sent (its worker handles cannot), but a fork
+      -- reaches everything its parent had, here through package.loaded
+      package.loaded.pool_spec_pool = p
+      local child = process.spawn(function()
+        local q = package.loaded.pool_spec_pool
+        local ok, err = pcall(q.map, q, function(x) return x end, { 1 })
+        q:terminate() -- a no-op here: the workers are the parent's
+        return ok, err
+      end)
+      package.loaded.pool_spec_pool = nil
+      local ok, err = child:join(20)
+      assert.is_false(ok)
+      assert.matches("the pool belongs to process %d+", err)
+      assert.same({ 5, n = 1 }, p:map(function(x) return x end, { 5 }))
+    end)
+
     it("refuses bad arguments naming the function", function()
       assert.has_error(function() p:map(42, {}) end, "pool.map: bad argument #1 (function expected, got number)")
       assert.has_error(function() p:map(print, 42) end)

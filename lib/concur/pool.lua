@@ -479,6 +479,9 @@ Future.__index = Future
 
 local function check_pool(p, fname)
   if getmetatable(p) ~= Pool then error(("%s: bad self (pool expected, got %s)"):format(fname, type(p)), 3) end
+  if p.owner ~= process.pid() then
+    error(("%s: the pool belongs to process %d (a forked child cannot use its parent's pool)"):format(fname, p.owner), 3)
+  end
   if p.broken then error(p.broken, 3) end
   if p.closed then error(fname .. ": the pool is closed", 3) end
 end
@@ -519,7 +522,7 @@ function M.new(opts)
   local mt = opts.maxtasks
   if mt ~= nil and (not is_int(mt) or mt < 1) then argerr(fname, 1, "maxtasks must be an integer >= 1, got " .. tostring(mt)) end
   local p = setmetatable({
-    n = n, kind = type(kind) == "string" and kind or (kind.name or "custom"), be = be,
+    owner = process.pid(), n = n, kind = type(kind) == "string" and kind or (kind.name or "custom"), be = be,
     init = opts.init, init_args = opts.init_args, maxtasks = mt,
     tq = queue(), rq = queue(), st = shared.array(4 * n + 1, "f64"),
     live = shared.dict(), fns = shared.dict(),
@@ -1317,7 +1320,7 @@ end
 -- no more tasks; workers finish what is queued (submitted futures included)
 function Pool:close()
   if getmetatable(self) ~= Pool then error("pool:close: bad self", 2) end
-  if self.closed then return end
+  if self.closed or self.owner ~= process.pid() then return end
   pcall(flush, self)
   self.closing = true
   -- wait for submitted work to come back before closing the queue
@@ -1345,7 +1348,7 @@ end
 -- stop now: pending work is dropped, workers are killed and reaped
 function Pool:terminate()
   if getmetatable(self) ~= Pool then error("pool:terminate: bad self", 2) end
-  if self.terminated then return end
+  if self.terminated or self.owner ~= process.pid() then return end -- a forked copy owns nothing
   self.terminated = true
   self.closed = true
   for job in pairs(self.jobs) do pcall(job.finish, job) end
