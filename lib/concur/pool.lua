@@ -120,12 +120,14 @@ local function worker_main(ctx)
   local count = 0
   -- send a result message; a result that cannot cross becomes that
   -- item's error instead of killing the worker
+  local t0 = 0 -- when the current message started: replies say how long it ran
   local function reply(cid, res, errs, n)
+    local dt = clock() - t0
     if not errs and type(res) == "string" then
-      put(C.pack({ slot, cid, n, me, res }, 1, 5))
+      put(C.pack({ slot, cid, n, me, res, dt }, 1, 6))
       return
     end
-    local ok, err = pcall(put, { slot, cid, res, errs, me, n })
+    local ok, err = pcall(put, { slot, cid, res, errs, me, n, dt })
     if ok then return end
     errs = errs or {}
     for k = 1, n do
@@ -145,6 +147,7 @@ local function worker_main(ctx)
     local m = get()
     st:add(idle, -1)
     if m == nil then break end
+    t0 = clock()
     if type(m) == "string" then -- a message of scalars travels packed
       local u = C.unpack(m)
       if u[1] == 0 then m = { 0, u[2], NOFNS, u[4], u[3] }
@@ -659,7 +662,7 @@ end
 local function deliver(p, m)
   if type(m) == "string" then
     local u = C.unpack(m)
-    m = { u[1], u[2], u[5], nil, u[4], u[3] }
+    m = { u[1], u[2], u[5], nil, u[4], u[3], u[6] }
   end
   local slot, cid = m[1], m[2]
   if cid == -1 then
@@ -692,6 +695,11 @@ local function deliver(p, m)
   if res == false then
     if not job.over then requeue(p, rec, nil) end
     return
+  end
+  local dt = m[7]
+  if dt and n > 0 then -- seconds per item, smoothed: sizes the next messages
+    local per = dt / n
+    job.per = job.per and 0.7 * job.per + 0.3 * per or per
   end
   job:chunk_done(rec, res, errs, me, n)
 end
@@ -893,12 +901,27 @@ function Job:feed()
     local i0 = self.next
     local items, c
     local arr = self.src.arr
+    -- chunksize is the smallest hand-out: once items prove quick, one
+    -- message carries several chunks' worth (up to ~2 ms of work and 2048
+    -- items), so messaging does not dominate, and the imbalance at the end
+    -- stays small
+    local cs = self.cs
+    if self.per and self.per * cs < 0.002 then
+      local k = floor(0.002 / (self.per * cs))
+      if k > 256 then k = 256 end
+      if cs * k > 2048 then k = floor(2048 / cs) end -- only small chunks grow
+      if self.src.n then -- near the end, smaller again (guided hand-out)
+        local g = floor((self.src.n - i0 + 1) / (2 * self.pool.n * cs))
+        if g < k then k = g end
+      end
+      if k > 1 then cs = cs * k end
+    end
     if arr and not self.jdone then -- numbers travel packed (pool.c: pack)
-      c = self.cs
+      c = cs
       if i0 + c - 1 > self.src.n then c = self.src.n - i0 + 1 end
       items = c > 0 and C.pack(arr, i0, c)
     end
-    if not items then items, c = self.src:take(i0, self.cs) end
+    if not items then items, c = self.src:take(i0, cs) end
     if c == 0 then self.exhausted = true; break end
     self.next = i0 + c
     if self.src.n and self.next > self.src.n then self.exhausted = true end
