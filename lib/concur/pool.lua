@@ -1176,8 +1176,11 @@ function Pool:submit(fn, ...)
   if self.nsub >= 64 then flush(self)
   else
     -- idle workers without a message waiting: one batch each
-    local want = self.st[self.idlei] - #self.tq
-    if want > 0 then flush(self, want) end
+    local idle = self.st[self.idlei]
+    if idle > 0 then
+      local want = idle - #self.tq
+      if want > 0 then flush(self, want) end
+    end
   end
   return f
 end
