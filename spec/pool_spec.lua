@@ -191,8 +191,18 @@ for _, kind in ipairs { "process", "thread" } do
         end
       end)
       assert.is_false(ok)
-      assert.matches("item 3 failed", err)
+      assert.matches("^pool%.imap: item 3 failed in " .. kind .. " %d+: .*three", err)
       assert.same({ 1, 2 }, got)
+    end)
+
+    it("imap and imap_unordered yield i, nil, err for a failed item with errors = \"collect\"", function()
+      for _, how in ipairs { "imap", "imap_unordered" } do
+        local seen = {}
+        for i, r, err in p[how](p, function(x) if x == 2 then error("two") end return x end, squares(3), { errors = "collect" }) do
+          seen[i] = err and ("err:" .. err:match("two")) or r
+        end
+        assert.same({ 1, "err:two", 3 }, seen)
+      end
     end)
 
     it("leaving an imap loop early cancels the rest of its items", function()

@@ -529,7 +529,7 @@ function M.new(opts)
     init = opts.init, init_args = opts.init_args, maxtasks = mt,
     tq = queue(), rq = queue(), st = shared.array(4 * n + 1, "f64"),
     live = shared.dict(), fns = shared.dict(),
-    workers = {}, waitset = {}, idlei = 4 * n + 1, fcache = setmetatable({}, { __mode = "k" }), nfids = 0, out = {}, inflight = 0, nextcid = 0, nextgen = 0,
+    workers = {}, idlei = 4 * n + 1, fcache = setmetatable({}, { __mode = "k" }), nfids = 0, out = {}, inflight = 0, nextcid = 0, nextgen = 0,
     jobs = setmetatable({}, { __mode = "k" }), sub = {}, nsub = 0, futs = 0, lastcheck = clock(),
   }, Pool)
   if p.init_args then p.init_args.n = p.init_args.n or #p.init_args end
@@ -581,11 +581,6 @@ local function requeue(p, rec, at)
   if #idx > 0 and not rec.job.over then
     send_chunk(p, rec.job, { first = idx, items = items, n = #idx })
   end
-end
-
-local function item_of(rec, at)
-  if rec.batch then return at end
-  return at
 end
 
 -- a worker ended: fail what it ran, re-queue the rest, start another
@@ -976,7 +971,7 @@ function Job:item(i, ok, v, who, replay)
     end
   end
   if self.progress then self.progress:step(1) end
-  if self.on_item then self.on_item(i, ok, v) end
+  if self.on_item then self.on_item(i, ok, v, who) end
 end
 
 function Job:fail(i, msg, who) self:item(i, false, msg, who) end
@@ -1002,11 +997,6 @@ function Job:chunk_done(rec, res, errs, me, n)
   self:journal_flush(false)
 end
 
--- rec.job:fail from worker_ended also needs the in-flight count right
-local base_fail = Job.fail
-function Job:fail(i, msg, who)
-  base_fail(self, i, msg, who)
-end
 
 function Job:finished()
   return self.exhausted and self.ndone >= (self.src.n or 0) - (self.skipped or 0)
@@ -1077,35 +1067,38 @@ function Pool:starmap(fn, items, opts)
   return job.results
 end
 
+-- In raise mode a failed item raises when the loop reaches it (in order
+-- for imap, as it arrives for imap_unordered); in collect mode it is
+-- yielded as `i, nil, err`.
 local function imap_iter(self, fname, fn, items, opts, ordered)
   check_pool(self, fname)
   local o = check_opts(fname, opts)
-  local job = new_job(self, fname:gsub(":", "."), fn, items, o, false, ordered)
+  local job = new_job(self, (fname:gsub(":", ".")), fn, items, o, false, ordered)
   -- lazy: smaller chunks than map so the first results come early
   if not o.chunksize then job.cs = job.src.n and math.min(job.cs, 256) or 256 end
   job.maxin = math.max(2 * self.n + 2, math.min(128, math.floor(2048 / job.cs)))
-  local ready, head = {}, {}
+  local ready = {}      -- imap: index -> {ok, value, who}
   local nexti = 1
-  local q, qh, qt = {}, 1, 0
-  job.on_item = function(i, ok, v)
-    if ordered then ready[i] = { ok, v }
-    else qt = qt + 1; q[qt] = { i, ok, v } end
+  local q, qh, qt = {}, 1, 0 -- imap_unordered: arrivals {i, ok, value, who}
+  job.on_item = function(i, ok, v, who)
+    if ordered then ready[i] = { ok, v, who }
+    else qt = qt + 1; q[qt] = { i, ok, v, who } end
   end
   local p = self
+  local function yield(i, ok, v, who)
+    if ok then return i, v end
+    if job.collect then return i, nil, v end
+    job:finish()
+    error(("%s: item %d failed in %s: %s"):format(job.fname, i, who or "?", tostring(v)), 0)
+  end
   local function step()
     while true do
       if ordered then
         local r = ready[nexti]
         if r then
           ready[nexti] = nil
-          local i = nexti
           nexti = nexti + 1
-          if not r[1] and not job.collect then
-            job:finish()
-            error(job.first_msg_for and job.first_msg_for(i) or
-              ("%s: item %d failed: %s"):format(job.fname, i, tostring(r[2])), 0)
-          end
-          return i, r[2], r[1] == false and r[2] or nil
+          return yield(nexti - 1, r[1], r[2], r[3])
         end
         if job.exhausted and job.src.n and nexti > job.src.n then job:finish(); return nil end
       else
@@ -1113,41 +1106,13 @@ local function imap_iter(self, fname, fn, items, opts, ordered)
           local r = q[qh]
           q[qh] = nil
           qh = qh + 1
-          if not r[2] and not job.collect then
-            job:finish()
-            error(("%s: item %d failed: %s"):format(job.fname, r[1], tostring(r[3])), 0)
-          end
-          return r[1], r[3]
+          return yield(r[1], r[2], r[3], r[4])
         end
         if job:finished() then job:finish(); return nil end
       end
       local ok, err = pcall(p._pump, p, 0.25)
       if not ok then abort_job(p, job, err) end
-      if job.first_err and not ordered then
-        -- an unordered error surfaces as soon as it arrives (queued above)
-      end
     end
-  end
-  -- errors in raise mode are raised when that item's turn comes
-  job.collect_real = job.collect
-  job.collect = true
-  local orig_item = job.item
-  job.collect = job.collect_real
-  job.item = function(j, i, ok, v, who, replay)
-    if not ok then
-      local c = j.collect
-      j.collect = true
-      orig_item(j, i, ok, v, who, replay)
-      j.collect = c
-      j.who = j.who or {}
-      j.who[i] = who
-    else
-      orig_item(j, i, ok, v, who, replay)
-    end
-  end
-  job.first_msg_for = function(i)
-    return ("%s: item %d failed in %s: %s"):format(job.fname, i, job.who and job.who[i] or "?",
-      tostring(job.errors and job.errors[i]))
   end
   job.iter = setmetatable({ step }, { __mode = "v" }) -- gone with the loop (LuaJIT)
   -- Lua 5.4 closes the 4th value of a generic for when the loop is left
@@ -1417,7 +1382,10 @@ end
 -- pids or names of the current workers
 function Pool:worker_ids()
   local t = {}
-  for s = 1, self.n do if self.workers[s] then t[#t + 1] = self.workers[s].h.pid or self.workers[s].id end end
+  for s = 1, self.n do
+    local w = self.workers[s]
+    if w then t[#t + 1] = w.pid or (w.h and w.h.pid) or w.id end
+  end
   return t
 end
 

@@ -282,12 +282,13 @@ for _, kind in ipairs { "process", "thread" } do
       end)
     end
   end
-  -- a sweep of size tasks of 5 ms each on 2 workers: seconds (ideal size * 0.0025)
+  -- a sweep of size tasks of 5 ms each on 2 workers: time over the ideal
+  -- (size * 5 ms / 2), so 1.00 is perfect
   W["pool_sweep_" .. k .. "2"] = function(n)
     local items = {}
     for i = 1, n do items[i] = i end
     return with_pool(kind, 2, function(p)
-      return timed(function() p:map(function(x) concur.sleep(0.005) return x end, items) end)
+      return timed(function() p:map(function(x) concur.sleep(0.005) return x end, items) end) / (n * 0.005 / 2)
     end)
   end
 end
