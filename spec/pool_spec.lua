@@ -23,6 +23,37 @@ for _, kind in ipairs { "process", "thread" } do
       for i = 1, 10000 do assert(big[i] == i + 1) end
     end)
 
+    it("carries values exactly: integers, floats, NaN, infinities, strings, tables, nil results", function()
+      local items = { 1, 2.0, -0.0, 0 / 0, math.huge, -math.huge, math.maxinteger, math.mininteger, 2 ^ 63, 0.1,
+        "a\0b", true, false, { x = { 1, 2 } } }
+      local r = p:map(function(x) return x end, items, { chunksize = 3 })
+      assert.equal(#items, r.n)
+      for i = 1, #items do
+        local a, b = items[i], r[i]
+        if a ~= a then assert.is_true(b ~= b)
+        elseif type(a) == "table" then assert.same(a, b)
+        else
+          assert.equal(a, b)
+          if math.type then assert.equal(math.type(a), math.type(b)) end
+        end
+      end
+      assert.equal(1 / -0.0, 1 / r[3]) -- the sign of zero too
+      local holes = p:map(function(x) if x % 2 == 0 then return nil end return x, "second" end, squares(6))
+      assert.same({ 1, nil, 3, nil, 5, nil, n = 6 }, holes)
+    end)
+
+    it("an iterator that raises stops the call with its error, the pool goes on", function()
+      local i = 0
+      local ok, err = pcall(p.map, p, function(x) return x end, function()
+        i = i + 1
+        if i == 50 then error("source broke") end
+        return i
+      end, { chunksize = 4 })
+      assert.is_false(ok)
+      assert.matches("source broke", err)
+      assert.same({ 7, n = 1 }, p:map(function(x) return x end, { 7 }))
+    end)
+
     it("maps an empty array to an empty result", function()
       assert.same({ n = 0 }, p:map(function(x) return x end, {}))
     end)
@@ -160,8 +191,33 @@ for _, kind in ipairs { "process", "thread" } do
         end
       end)
       assert.is_false(ok)
-      assert.matches("item 3 failed", err)
+      assert.matches("^pool%.imap: item 3 failed in " .. kind .. " %d+: .*three", err)
       assert.same({ 1, 2 }, got)
+    end)
+
+    it("imap and imap_unordered yield i, nil, err for a failed item with errors = \"collect\"", function()
+      for _, how in ipairs { "imap", "imap_unordered" } do
+        local seen = {}
+        for i, r, err in p[how](p, function(x) if x == 2 then error("two") end return x end, squares(3), { errors = "collect" }) do
+          seen[i] = err and ("err:" .. err:match("two")) or r
+        end
+        assert.same({ 1, "err:two", 3 }, seen)
+      end
+    end)
+
+    it("leaving an imap loop early cancels the rest of its items", function()
+      local ran = shared.value("i64")
+      for _, r in p:imap(function(x) ran:add(1) concur.sleep(0.002) return x end, squares(2000), { chunksize = 1 }) do
+        break
+      end
+      collectgarbage() -- LuaJIT: the abandoned iterator stops being fed when collected
+      collectgarbage()
+      assert.same({ 1, n = 1 }, p:map(function(x) return x end, { 1 }))
+      concur.sleep(0.1)
+      local n = ran:get()
+      concur.sleep(0.2)
+      assert.equal(n, ran:get())
+      assert.is_true(n < 200, "ran " .. n)
     end)
 
     it("runs init once in each worker", function()
@@ -218,6 +274,23 @@ for _, kind in ipairs { "process", "thread" } do
       assert.equal(1, r[1])
       assert.equal(4, r[4])
       assert.same({ 9, n = 1 }, p:map(function(x) return x * x end, { 3 }))
+    end)
+
+    it("a forked child cannot use or stop its parent's pool", function()
+      -- a pool cannot be sent (its worker handles cannot), but a fork
+      -- reaches everything its parent had, here through package.loaded
+      package.loaded.pool_spec_pool = p
+      local child = process.spawn(function()
+        local q = package.loaded.pool_spec_pool
+        local ok, err = pcall(q.map, q, function(x) return x end, { 1 })
+        q:terminate() -- a no-op here: the workers are the parent's
+        return ok, err
+      end)
+      package.loaded.pool_spec_pool = nil
+      local ok, err = child:join(20)
+      assert.is_false(ok)
+      assert.matches("the pool belongs to process %d+", err)
+      assert.same({ 5, n = 1 }, p:map(function(x) return x end, { 5 }))
     end)
 
     it("refuses bad arguments naming the function", function()

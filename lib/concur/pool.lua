@@ -18,10 +18,20 @@ How work moves.
     so workers skip the chunks of a cancelled call without running them.
   * submit() buffers tasks in the caller and hands them out in batches,
     each batch one message with its distinct functions once. The buffer is
-    flushed whenever the task queue is short (fewer than 2 messages per
-    worker waiting), when it holds 64 tasks, and before every call that
-    waits (result, done, wait, as_completed, map, close). So a submitted
-    task waits in the caller only while every worker has queued work.
+    flushed at once when there are more idle workers than messages
+    waiting in the task queue (workers count themselves in the last slot
+    of `st` around each task-queue wait), when it holds 64 tasks, and
+    before every call that waits (result, done, wait, as_completed, map,
+    close). So a task is held back only while every idle worker already
+    has a message on its way; the batches grow with the time a worker
+    takes to wake up, which is what makes 10^5 submits cheap. (A caller
+    that submits and then computes for a long time without touching the
+    pool can leave up to 63 tasks in its buffer after the workers drain
+    the queue: call pool:flush() or any wait before long work.)
+  * Messages made only of scalars (the usual map chunk of numbers or
+    strings, a batch of tasks whose functions are registered) travel as
+    one string packed by pool.c, which the codec copies instead of
+    walking value by value.
   * Each worker owns four f64 slots of a shared.array `st`: the chunk id it
     runs, the item index it runs (stored before each item), the item's start
     time (only when a per-item timeout is set), and a spare. The caller
@@ -83,9 +93,11 @@ local function worker_main(ctx)
     get = function() return tq:get() end
     put = function(m) return rq:put(m) end
   end
+  local C = require("concur.pool")._C
   local st, live, fns = ctx.st, ctx.live, ctx.fns
   local slot = ctx.slot
   local b = (slot - 1) * 4
+  local idle = #st
   local me
   if ctx.kind == "thread" then me = "thread " .. concur.thread.id()
   else me = "process " .. concur.process.pid() end
@@ -103,11 +115,19 @@ local function worker_main(ctx)
     end
   end
   local cache = {}
+  local fcache = {}
+  local NOFNS = {}
   local count = 0
   -- send a result message; a result that cannot cross becomes that
   -- item's error instead of killing the worker
+  local t0 = 0 -- when the current message started: replies say how long it ran
   local function reply(cid, res, errs, n)
-    local ok, err = pcall(put, { slot, cid, res, errs, me, n })
+    local dt = clock() - t0
+    if not errs and type(res) == "string" then
+      put(C.pack({ slot, cid, n, me, res, dt }, 1, 6))
+      return
+    end
+    local ok, err = pcall(put, { slot, cid, res, errs, me, n, dt })
     if ok then return end
     errs = errs or {}
     for k = 1, n do
@@ -123,8 +143,16 @@ local function worker_main(ctx)
     end
   end
   while true do
+    st:add(idle, 1) -- the caller hands out submits at once while one is idle
     local m = get()
+    st:add(idle, -1)
     if m == nil then break end
+    t0 = clock()
+    if type(m) == "string" then -- a message of scalars travels packed
+      local u = C.unpack(m)
+      if u[1] == 0 then m = { 0, u[2], NOFNS, u[4], u[3] }
+      else m = { u[1], u[2], u[3], u[5], u[4] } end
+    end
     local gen, cid = m[1], m[2]
     st[b + 1] = cid
     if gen ~= 0 then
@@ -136,8 +164,9 @@ local function worker_main(ctx)
       if spec and live[gen] then
         local fn, star, S, timed = spec.fn, spec.star, spec.seed, spec.timeout
         local first, items, n = m[3], m[4], m[5]
+        if type(items) == "string" then items = C.unpack(items) end
         local idx = type(first) == "table" and first or nil
-        local res, errs = {}, nil
+        local res, errs = C.table(n), nil
         local k = 0
         -- one protected call runs the whole chunk; a failure records that
         -- item's error and resumes after it
@@ -156,36 +185,76 @@ local function worker_main(ctx)
             end
           end
         end
-        while k < n do
-          local ok, err = xpcall(run, traceback)
-          if not ok then
-            errs = errs or {}
-            errs[k] = err == nil and "nil" or err
+        if star or S or timed then
+          while k < n do
+            local ok, err = xpcall(run, traceback)
+            if not ok then
+              errs = errs or {}
+              errs[k] = err == nil and "nil" or err
+            end
+          end
+        else -- the plain case loops in C (pool.c: run)
+          while k < n do
+            local ok, err = xpcall(C.run, traceback, fn, items, n, res, st, b, first, k)
+            if ok then k = n
+            else
+              k = st[b + 4]
+              errs = errs or {}
+              errs[k] = err == nil and "nil" or err
+            end
           end
         end
-        reply(cid, res, errs, n)
+        reply(cid, not errs and C.pack(res, 1, n) or res, errs, n)
         count = count + n
       else
         cache[gen] = false
         put({ slot, cid, false, nil, me, 0 }) -- skipped: its call is over
       end
     else
-      -- a batch of submitted tasks: m = {0, cid, fns, tasks}
+      -- a batch of submitted tasks: m = {0, cid, fns, tasks}; tasks is
+      -- packed {j, nargs, args..., j, nargs, ...} or a table of {j, args};
+      -- j > 0 is fns[j], j < 0 a function registered in the shared dict
       local fl, tasks = m[3], m[4]
-      local n = #tasks
+      local packed = type(tasks) == "string"
+      local flat = packed and C.unpack(tasks)
+      local n = m[5]
       local res, errs = {}, nil
+      local out, no = {}, 0 -- packed results: {nres, values..., nres, ...}
+      local pos = 1
       for k = 1, n do
-        local t = tasks[k]
+        local j, r
         st[b + 2] = k
-        local r = { xpcall(fl[t[1]], traceback, unpack(t, 2, t.n)) }
+        if packed then
+          j = flat[pos]
+          local na = flat[pos + 1]
+          local fn = j > 0 and fl[j] or fcache[j]
+          if not fn then fn = fns[j]; fcache[j] = fn end
+          r = { xpcall(fn, traceback, unpack(flat, pos + 2, pos + 1 + na)) }
+          pos = pos + 2 + na
+        else
+          local t = tasks[k]
+          j = t[1]
+          local fn = j > 0 and fl[j] or fcache[j]
+          if not fn then fn = fns[j]; fcache[j] = fn end
+          local a = t[2]
+          r = { xpcall(fn, traceback, unpack(a, 1, a.n)) }
+        end
         if r[1] then
-          r[1] = select("#", unpack(r)) - 1 -- r = {count, values...}
+          local nr = select("#", unpack(r)) - 1
+          r[1] = nr -- r = {count, values...}
           res[k] = r
+          no = no + 1
+          out[no] = nr
+          for x = 2, nr + 1 do out[no + x - 1] = r[x] end
+          no = no + nr
         else
           errs = errs or {}
           errs[k] = r[2] == nil and "nil" or r[2]
+          no = no + 1
+          out[no] = -1
         end
       end
+      res = C.pack(out, 1, no) or res
       reply(cid, res, errs, n)
       count = count + n
     end
@@ -198,20 +267,13 @@ M._worker_main = worker_main
 -- ------------------------------------------------------------------ backends
 
 local function queue_send(pool, msg) pool.tq:put(msg) end
+-- Blocks on the result queue itself (woken by the put, no polling); a
+-- worker's death is noticed by the caller's periodic check (every 50 ms).
 local function queue_recv(pool, max, timeout)
   local got = pool.rq:get_many(max, 0)
   if got then return got end
   if timeout <= 0 then return {} end
-  local set = pool.waitset
-  set[1] = pool.rq
-  local n = 1
-  for s = 1, pool.n do
-    local w = pool.workers[s]
-    if w then n = n + 1; set[n] = w.h end
-  end
-  for j = #set, n + 1, -1 do set[j] = nil end
-  concur.wait(set, timeout)
-  return pool.rq:get_many(max, 0) or {}
+  return pool.rq:get_many(max, timeout < 0.05 and timeout or 0.05) or {}
 end
 local function queue_stop(pool) pool.tq:close() end
 
@@ -321,7 +383,7 @@ local function source(fname, items)
   local t = type(items)
   if t == "table" then
     local n = #items
-    return { n = n, take = function(s, i0, k)
+    return { n = n, arr = items, take = function(s, i0, k)
       local out = {}
       local last = i0 + k - 1
       if last > n then last = n end
@@ -420,6 +482,9 @@ Future.__index = Future
 
 local function check_pool(p, fname)
   if getmetatable(p) ~= Pool then error(("%s: bad self (pool expected, got %s)"):format(fname, type(p)), 3) end
+  if p.owner ~= process.pid() then
+    error(("%s: the pool belongs to process %d (a forked child cannot use its parent's pool)"):format(fname, p.owner), 3)
+  end
   if p.broken then error(p.broken, 3) end
   if p.closed then error(fname .. ": the pool is closed", 3) end
 end
@@ -427,8 +492,11 @@ end
 -- A finalizer made after each worker: at the end of the state, objects are
 -- finalized newest first, so this runs before the worker's handle would
 -- join a worker still waiting for tasks (a hang) and terminates the pool.
-local function sentinel(p)
-  local function stop() pcall(p.terminate, p) end
+-- A replaced worker's finalizer is disarmed: only the newest of a slot acts.
+local function sentinel(p, s)
+  local token = {}
+  p.tokens[s] = token
+  local function stop() if p.tokens[s] == token then pcall(p.terminate, p) end end
   if rawget(_G, "newproxy") then
     local u = newproxy(true)
     getmetatable(u).__gc = stop
@@ -439,7 +507,7 @@ end
 
 local function start_worker(p, s)
   p.workers[s] = p.be.start(p, s)
-  p.sentinels[s] = sentinel(p)
+  p.sentinels[s] = sentinel(p, s)
 end
 
 function M.new(opts)
@@ -457,19 +525,19 @@ function M.new(opts)
   local mt = opts.maxtasks
   if mt ~= nil and (not is_int(mt) or mt < 1) then argerr(fname, 1, "maxtasks must be an integer >= 1, got " .. tostring(mt)) end
   local p = setmetatable({
-    n = n, kind = type(kind) == "string" and kind or (kind.name or "custom"), be = be,
+    owner = process.pid(), n = n, kind = type(kind) == "string" and kind or (kind.name or "custom"), be = be,
     init = opts.init, init_args = opts.init_args, maxtasks = mt,
-    tq = queue(), rq = queue(), st = shared.array(4 * n, "f64"),
+    tq = queue(), rq = queue(), st = shared.array(4 * n + 1, "f64"),
     live = shared.dict(), fns = shared.dict(),
-    workers = {}, waitset = {}, out = {}, inflight = 0, nextcid = 0, nextgen = 0,
-    jobs = {}, sub = {}, nsub = 0, futs = 0, lastcheck = clock(),
+    workers = {}, idlei = 4 * n + 1, fcache = setmetatable({}, { __mode = "k" }), nfids = 0, out = {}, inflight = 0, nextcid = 0, nextgen = 0,
+    jobs = setmetatable({}, { __mode = "k" }), sub = {}, nsub = 0, futs = 0, lastcheck = clock(),
   }, Pool)
   if p.init_args then p.init_args.n = p.init_args.n or #p.init_args end
   if rawget(_G, "newproxy") then -- LuaJIT: tables have no __gc
     p.proxy = newproxy(true)
     getmetatable(p.proxy).__gc = function() pcall(p.terminate, p) end
   end
-  p.sentinels = {}
+  p.sentinels, p.tokens = {}, {}
   for s = 1, n do start_worker(p, s) end
   return p
 end
@@ -480,8 +548,18 @@ local function send_chunk(p, job, rec)
   p.out[cid] = rec
   p.inflight = p.inflight + 1
   rec.job = job
-  if rec.batch then p.be.send(p, { 0, cid, rec.fl, rec.tasks })
-  else p.be.send(p, { job.gen, cid, rec.first, rec.items, rec.n }) end
+  -- scalars only: one string, which the codec copies instead of walking
+  local m
+  if rec.batch then
+    if rec.packed and next(rec.fl) == nil then m = C.pack({ 0, cid, #rec.tasks, rec.packed }, 1, 4) end
+    m = m or { 0, cid, rec.fl, rec.packed or rec.tasks, #rec.tasks }
+  else
+    if type(rec.first) == "number" and type(rec.items) == "string" then
+      m = C.pack({ job.gen, cid, rec.first, rec.n, rec.items }, 1, 5)
+    end
+    m = m or { job.gen, cid, rec.first, rec.items, rec.n }
+  end
+  p.be.send(p, m)
 end
 
 -- a chunk that lost its worker: item `at` failed, the rest go again
@@ -491,10 +569,11 @@ local function requeue(p, rec, at)
     for k = 1, #rec.tasks do
       if k ~= at then tasks[#tasks + 1] = rec.tasks[k]; futs[#futs + 1] = rec.futs[k] end
     end
-    if #tasks > 0 then send_chunk(p, rec.job, { batch = true, fl = rec.fl, tasks = tasks, futs = futs }) end
+    if #tasks > 0 then send_chunk(p, rec.job, { batch = true, fl = rec.fl, tasks = tasks, futs = futs }) end -- as a table
     return
   end
   local idx, items = {}, {}
+  if type(rec.items) == "string" then rec.items = C.unpack(rec.items) end
   for k = 1, rec.n do
     local i = type(rec.first) == "table" and rec.first[k] or rec.first + k - 1
     if i ~= at then idx[#idx + 1] = i; items[#items + 1] = rec.items[k] end
@@ -504,16 +583,12 @@ local function requeue(p, rec, at)
   end
 end
 
-local function item_of(rec, at)
-  if rec.batch then return at end
-  return at
-end
-
 -- a worker ended: fail what it ran, re-queue the rest, start another
 local function worker_ended(p, s, why)
   local w = p.workers[s]
   local b = (s - 1) * 4
   local cid, at = p.st[b + 1], p.st[b + 2]
+  p.had_death = true
   local reason = why or p.be.reap(p, w)
   if why then p.be.reap(p, w) end
   p.st[b + 1], p.st[b + 2], p.st[b + 3] = 0, 0, 0
@@ -534,8 +609,31 @@ local function worker_ended(p, s, why)
   if not p.closed and not p.broken then start_worker(p, s) end
 end
 
+-- A worker killed between taking a message and recording its chunk id
+-- leaves a chunk nobody holds. After a death, when the pool has been quiet
+-- for three checks in a row (no message queued either way, every worker
+-- without a chunk) while chunks are still out, those were lost: send them
+-- again (nothing of them ran, or it ran on the dead worker).
+local function find_lost(p)
+  if not next(p.out) then p.had_death, p.quiet = false, 0; return end
+  local quiet = #p.tq == 0 and #p.rq == 0
+  for s = 1, p.n do
+    if quiet and p.st[(s - 1) * 4 + 1] ~= 0 then quiet = false end
+  end
+  p.quiet = quiet and (p.quiet or 0) + 1 or 0
+  if p.quiet < 3 then return end
+  p.quiet = 0
+  local lost = {}
+  for cid, rec in pairs(p.out) do lost[#lost + 1] = rec; p.out[cid] = nil end
+  for _, rec in ipairs(lost) do
+    p.inflight = p.inflight - 1
+    requeue(p, rec, nil)
+  end
+end
+
 local function check_workers(p)
   p.lastcheck = clock()
+  if p.had_death then find_lost(p) end
   local now = p.lastcheck
   for s = 1, p.n do
     local w = p.workers[s]
@@ -557,6 +655,10 @@ local function check_workers(p)
 end
 
 local function deliver(p, m)
+  if type(m) == "string" then
+    local u = C.unpack(m)
+    m = { u[1], u[2], u[5], nil, u[4], u[3], u[6] }
+  end
   local slot, cid = m[1], m[2]
   if cid == -1 then
     p.broken = ("pool: init failed in %s: %s"):format(m[4], m[3])
@@ -568,10 +670,19 @@ local function deliver(p, m)
   p.inflight = p.inflight - 1
   local res, errs, me, n = m[3], m[4], m[5], m[6]
   if rec.batch then
+    local flat, pos = type(res) == "string" and C.unpack(res), 1
     for k = 1, #rec.futs do
       local f = rec.futs[k]
+      local r
+      if flat then
+        local nr = flat[pos]
+        if nr >= 0 then r = { nr, unpack(flat, pos + 1, pos + nr) } end
+        pos = pos + 1 + (nr >= 0 and nr or 0)
+      else
+        r = res[k]
+      end
       if errs and errs[k] ~= nil then f:_settle(false, errs[k], me)
-      else f:_settle(true, res[k], me) end
+      else f:_settle(true, r, me) end
     end
     return
   end
@@ -580,34 +691,113 @@ local function deliver(p, m)
     if not job.over then requeue(p, rec, nil) end
     return
   end
+  local dt = m[7]
+  if dt and n > 0 then -- seconds per item, smoothed: sizes the next messages
+    local per = dt / n
+    job.per = job.per and 0.7 * job.per + 0.3 * per or per
+  end
   job:chunk_done(rec, res, errs, me, n)
 end
 
-local function flush(p)
+-- Functions submitted again and again are registered once in the shared
+-- dict (key -id) and sent by id. Only when that cannot change what the
+-- task sees: a Lua function whose upvalues are scalars, shared objects,
+-- loaded modules, _ENV, or functions without upvalues of their own; each
+-- submit re-checks that every upvalue is still the same value.
+local function cacheable(fn)
+  local info = debug.getinfo(fn, "Su")
+  if info.what == "C" then return nil end
+  local ups = {}
+  for i = 1, info.nups do
+    local name, v = debug.getupvalue(fn, i)
+    local t = type(v)
+    if t == "table" then
+      if name ~= "_ENV" and not package.loaded[name] and not (function()
+        for _, m in pairs(package.loaded) do if m == v then return true end end
+      end)() then return nil end
+    elseif t == "function" then
+      local fi = debug.getinfo(v, "u")
+      if fi.nups > 1 or (fi.nups == 1 and debug.getupvalue(v, 1) ~= "_ENV") then return nil end
+    elseif t == "thread" then
+      return nil
+    end
+    ups[i] = v
+  end
+  return { seen = 0, ups = ups, n = info.nups }
+end
+
+local function fn_id(p, fn)
+  local e = p.fcache[fn]
+  if e == nil then
+    e = cacheable(fn) or false
+    p.fcache[fn] = e
+  end
+  if not e then return nil end
+  local getupvalue = debug.getupvalue
+  for i = 1, e.n do
+    local _, v = getupvalue(fn, i)
+    if not rawequal(v, e.ups[i]) then p.fcache[fn] = false; return nil end
+  end
+  if e.id then return e.id end
+  e.seen = e.seen + 1
+  if e.seen < 2 or p.nfids >= 256 then return nil end
+  p.nfids = p.nfids + 1
+  e.id = -p.nfids
+  p.fns[e.id] = fn
+  return e.id
+end
+
+local function flush(p, parts)
   if p.nsub == 0 then return end
   local sub = p.sub
   p.sub, p.nsub = {}, 0
   local fl, fidx, tasks, futs = {}, {}, {}, {}
+  local flat, nf = {}, 0
   for k = 1, #sub do
     local f = sub[k]
     if f.state == "pending" then
       local fn = f.fn
       local j = fidx[fn]
-      if not j then j = #fl + 1; fl[j] = fn; fidx[fn] = j end
-      local t = { j, unpack(f.args, 1, f.args.n) }
-      t.n = f.args.n + 1
-      tasks[#tasks + 1] = t
+      if not j then
+        j = fn_id(p, fn)
+        if not j then j = #fl + 1; fl[j] = fn end
+        fidx[fn] = j
+      end
+      local a = f.args
+      tasks[#tasks + 1] = { j, a }
       futs[#futs + 1] = f
+      flat[nf + 1], flat[nf + 2] = j, a.n
+      for x = 1, a.n do flat[nf + 2 + x] = a[x] end
+      nf = nf + 2 + a.n
       f.state = "running"
       f.fn, f.args = nil, nil
     end
   end
-  if #tasks > 0 then send_chunk(p, nil, { batch = true, fl = fl, tasks = tasks, futs = futs }) end
+  if #tasks == 0 then return end
+  -- one batch per worker, so tasks buffered while the workers started or
+  -- were busy are spread, not all queued behind one worker
+  parts = parts or p.n
+  if parts > #tasks then parts = #tasks end
+  if parts <= 1 then
+    send_chunk(p, nil, { batch = true, fl = fl, tasks = tasks, futs = futs, packed = C.pack(flat, 1, nf) })
+    return
+  end
+  local per = math.ceil(#tasks / parts)
+  local pos = 1
+  for k0 = 1, #tasks, per do
+    local ts, fs = {}, {}
+    local start = pos
+    for k = k0, math.min(k0 + per - 1, #tasks) do
+      ts[#ts + 1], fs[#fs + 1] = tasks[k], futs[k]
+      pos = pos + 2 + tasks[k][2].n
+    end
+    send_chunk(p, nil, { batch = true, fl = fl, tasks = ts, futs = fs, packed = C.pack(flat, start, pos - start) })
+  end
 end
 
 -- let every active job top up its chunks in flight
 local function feed(p)
-  for _, job in ipairs(p.jobs) do job:feed() end
+  for job in pairs(p.jobs) do job:feed() end
 end
 
 -- take results for up to `timeout` seconds (0: only what is there)
@@ -631,9 +821,9 @@ Job.__index = Job
 local function chunk_of(p, n, opt)
   if opt then return opt end
   if not n then return 256 end
-  -- four chunks per worker like Python's Pool, at most 2^15 items a message
+  -- four chunks per worker like Python's Pool, at most 2^16 items a message
   local c = math.ceil(n / (4 * p.n))
-  if c > 32768 then c = 32768 end
+  if c > 65536 then c = 65536 end
   if c < 1 then c = 1 end
   return c
 end
@@ -665,7 +855,7 @@ local function new_job(p, fname, fn, items, o, star, ordered)
   p.nextgen = p.nextgen + 1
   local job = setmetatable({
     pool = p, fname = fname, gen = p.nextgen, src = src, next = 1, cs = chunk_of(p, src.n, o.chunksize),
-    results = {}, errors = nil, nerr = 0, ndone = 0, collect = o.errors == "collect", timeout = o.timeout,
+    results = C.table(src.n), errors = nil, nerr = 0, ndone = 0, collect = o.errors == "collect", timeout = o.timeout,
     first_err = nil, ordered = ordered, ready = {}, maxin = 2 * p.n + 2, inflight = 0,
   }, Job)
   if o.journal then
@@ -682,22 +872,51 @@ local function new_job(p, fname, fn, items, o, star, ordered)
     job.jdone, job.jfile, job.jbuf, job.jt = done, f, {}, clock()
     job.cs = chunk_of(p, n, o.chunksize)
   end
+  -- in flight: two chunks a worker, more when chunks are small (up to
+  -- ~2048 items), so workers find the next message waiting, not asleep
+  job.maxin = math.max(2 * p.n + 2, math.min(128, math.floor(2048 / job.cs)))
   p.fns[job.gen] = { fn = fn, star = star or nil, seed = o.seed, timeout = o.timeout }
   p.live[job.gen] = true
   if o.progress then
     job.progress = new_progress(job.src.n, type(o.progress) == "string" and o.progress or fname)
   end
-  p.jobs[#p.jobs + 1] = job
+  p.jobs[job] = true -- weakly: an abandoned imap stops being fed once collected
   return job
 end
 
 function Job:feed()
   if self.over then return end
+  if self.iter and self.iter[1] == nil then -- an imap whose loop was left
+    self:finish()
+    return
+  end
   local p = self.pool
   while self.inflight < self.maxin and not self.exhausted do
     if self.ordered and self.limit and self.next > self.limit then break end
     local i0 = self.next
-    local items, c = self.src:take(i0, self.cs)
+    local items, c
+    local arr = self.src.arr
+    -- chunksize is the smallest hand-out: once items prove quick, one
+    -- message carries several chunks' worth (up to ~2 ms of work and 2048
+    -- items), so messaging does not dominate, and the imbalance at the end
+    -- stays small
+    local cs = self.cs
+    if self.per and self.per * cs < 0.002 then
+      local k = floor(0.002 / (self.per * cs))
+      if k > 256 then k = 256 end
+      if cs * k > 2048 then k = floor(2048 / cs) end -- only small chunks grow
+      if self.src.n then -- near the end, smaller again (guided hand-out)
+        local g = floor((self.src.n - i0 + 1) / (2 * self.pool.n * cs))
+        if g < k then k = g end
+      end
+      if k > 1 then cs = cs * k end
+    end
+    if arr and not self.jdone then -- numbers travel packed (pool.c: pack)
+      c = cs
+      if i0 + c - 1 > self.src.n then c = self.src.n - i0 + 1 end
+      items = c > 0 and C.pack(arr, i0, c)
+    end
+    if not items then items, c = self.src:take(i0, cs) end
     if c == 0 then self.exhausted = true; break end
     self.next = i0 + c
     if self.src.n and self.next > self.src.n then self.exhausted = true end
@@ -752,7 +971,7 @@ function Job:item(i, ok, v, who, replay)
     end
   end
   if self.progress then self.progress:step(1) end
-  if self.on_item then self.on_item(i, ok, v) end
+  if self.on_item then self.on_item(i, ok, v, who) end
 end
 
 function Job:fail(i, msg, who) self:item(i, false, msg, who) end
@@ -761,6 +980,15 @@ function Job:chunk_done(rec, res, errs, me, n)
   self.inflight = self.inflight - 1
   local first = rec.first
   local idx = type(first) == "table" and first
+  if type(res) == "string" then
+    if not idx and not self.on_item and not self.jfile then
+      C.unpack(res, self.results, first)
+      self.ndone = self.ndone + n
+      if self.progress then self.progress:step(n) end
+      return
+    end
+    res = C.unpack(res)
+  end
   for k = 1, n do
     local i = idx and idx[k] or first + k - 1
     if errs and errs[k] ~= nil then self:item(i, false, errs[k], me)
@@ -769,11 +997,6 @@ function Job:chunk_done(rec, res, errs, me, n)
   self:journal_flush(false)
 end
 
--- rec.job:fail from worker_ended also needs the in-flight count right
-local base_fail = Job.fail
-function Job:fail(i, msg, who)
-  base_fail(self, i, msg, who)
-end
 
 function Job:finished()
   return self.exhausted and self.ndone >= (self.src.n or 0) - (self.skipped or 0)
@@ -789,7 +1012,7 @@ function Job:finish()
   for cid, rec in pairs(p.out) do
     if rec.job == self then p.out[cid] = nil; p.inflight = p.inflight - 1 end
   end
-  for k = #p.jobs, 1, -1 do if p.jobs[k] == self then table.remove(p.jobs, k) end end
+  p.jobs[self] = nil
   self:journal_flush(true)
   if self.jfile then self.jfile:close(); self.jfile = nil end
   if self.progress then pcall(self.progress.done, self.progress); self.progress = nil end
@@ -844,34 +1067,38 @@ function Pool:starmap(fn, items, opts)
   return job.results
 end
 
+-- In raise mode a failed item raises when the loop reaches it (in order
+-- for imap, as it arrives for imap_unordered); in collect mode it is
+-- yielded as `i, nil, err`.
 local function imap_iter(self, fname, fn, items, opts, ordered)
   check_pool(self, fname)
   local o = check_opts(fname, opts)
-  local job = new_job(self, fname:gsub(":", "."), fn, items, o, false, ordered)
+  local job = new_job(self, (fname:gsub(":", ".")), fn, items, o, false, ordered)
   -- lazy: smaller chunks than map so the first results come early
   if not o.chunksize then job.cs = job.src.n and math.min(job.cs, 256) or 256 end
-  local ready, head = {}, {}
+  job.maxin = math.max(2 * self.n + 2, math.min(128, math.floor(2048 / job.cs)))
+  local ready = {}      -- imap: index -> {ok, value, who}
   local nexti = 1
-  local q, qh, qt = {}, 1, 0
-  job.on_item = function(i, ok, v)
-    if ordered then ready[i] = { ok, v }
-    else qt = qt + 1; q[qt] = { i, ok, v } end
+  local q, qh, qt = {}, 1, 0 -- imap_unordered: arrivals {i, ok, value, who}
+  job.on_item = function(i, ok, v, who)
+    if ordered then ready[i] = { ok, v, who }
+    else qt = qt + 1; q[qt] = { i, ok, v, who } end
   end
   local p = self
+  local function yield(i, ok, v, who)
+    if ok then return i, v end
+    if job.collect then return i, nil, v end
+    job:finish()
+    error(("%s: item %d failed in %s: %s"):format(job.fname, i, who or "?", tostring(v)), 0)
+  end
   local function step()
     while true do
       if ordered then
         local r = ready[nexti]
         if r then
           ready[nexti] = nil
-          local i = nexti
           nexti = nexti + 1
-          if not r[1] and not job.collect then
-            job:finish()
-            error(job.first_msg_for and job.first_msg_for(i) or
-              ("%s: item %d failed: %s"):format(job.fname, i, tostring(r[2])), 0)
-          end
-          return i, r[2], r[1] == false and r[2] or nil
+          return yield(nexti - 1, r[1], r[2], r[3])
         end
         if job.exhausted and job.src.n and nexti > job.src.n then job:finish(); return nil end
       else
@@ -879,49 +1106,30 @@ local function imap_iter(self, fname, fn, items, opts, ordered)
           local r = q[qh]
           q[qh] = nil
           qh = qh + 1
-          if not r[2] and not job.collect then
-            job:finish()
-            error(("%s: item %d failed: %s"):format(job.fname, r[1], tostring(r[3])), 0)
-          end
-          return r[1], r[3]
+          return yield(r[1], r[2], r[3], r[4])
         end
         if job:finished() then job:finish(); return nil end
       end
       local ok, err = pcall(p._pump, p, 0.25)
       if not ok then abort_job(p, job, err) end
-      if job.first_err and not ordered then
-        -- an unordered error surfaces as soon as it arrives (queued above)
-      end
     end
   end
-  -- errors in raise mode are raised when that item's turn comes
-  job.collect_real = job.collect
-  job.collect = true
-  local orig_item = job.item
-  job.collect = job.collect_real
-  job.item = function(j, i, ok, v, who, replay)
-    if not ok then
-      local c = j.collect
-      j.collect = true
-      orig_item(j, i, ok, v, who, replay)
-      j.collect = c
-      j.who = j.who or {}
-      j.who[i] = who
-    else
-      orig_item(j, i, ok, v, who, replay)
-    end
-  end
-  job.first_msg_for = function(i)
-    return ("%s: item %d failed in %s: %s"):format(job.fname, i, job.who and job.who[i] or "?",
-      tostring(job.errors and job.errors[i]))
-  end
-  return step
+  job.iter = setmetatable({ step }, { __mode = "v" }) -- gone with the loop (LuaJIT)
+  -- Lua 5.4 closes the 4th value of a generic for when the loop is left
+  -- (break, error, return): the call is cancelled at once
+  return step, nil, nil, setmetatable({}, { __close = function() job:finish() end })
 end
 
 function Pool:imap(fn, items, opts) return imap_iter(self, "pool:imap", fn, items, opts, true) end
 function Pool:imap_unordered(fn, items, opts) return imap_iter(self, "pool:imap_unordered", fn, items, opts, false) end
 
 -- ------------------------------------------------------------------ futures
+
+-- hand buffered submits to the workers now
+function Pool:flush()
+  check_pool(self, "pool:flush")
+  flush(self)
+end
 
 function Pool:submit(fn, ...)
   check_pool(self, "pool:submit")
@@ -930,7 +1138,15 @@ function Pool:submit(fn, ...)
   local f = setmetatable({ pool = self, fn = fn, args = { n = select("#", ...), ... }, state = "pending" }, Future)
   self.nsub = self.nsub + 1
   self.sub[self.nsub] = f
-  if self.nsub >= 64 or #self.tq < 2 * self.n then flush(self) end
+  if self.nsub >= 64 then flush(self)
+  else
+    -- idle workers without a message waiting: one batch each
+    local idle = self.st[self.idlei]
+    if idle > 0 then
+      local want = idle - #self.tq
+      if want > 0 then flush(self, want) end
+    end
+  end
   return f
 end
 
@@ -1095,7 +1311,7 @@ end
 -- no more tasks; workers finish what is queued (submitted futures included)
 function Pool:close()
   if getmetatable(self) ~= Pool then error("pool:close: bad self", 2) end
-  if self.closed then return end
+  if self.closed or self.owner ~= process.pid() then return end
   pcall(flush, self)
   self.closing = true
   -- wait for submitted work to come back before closing the queue
@@ -1123,10 +1339,10 @@ end
 -- stop now: pending work is dropped, workers are killed and reaped
 function Pool:terminate()
   if getmetatable(self) ~= Pool then error("pool:terminate: bad self", 2) end
-  if self.terminated then return end
+  if self.terminated or self.owner ~= process.pid() then return end -- a forked copy owns nothing
   self.terminated = true
   self.closed = true
-  for _, job in ipairs(self.jobs) do pcall(job.finish, job) end
+  for job in pairs(self.jobs) do pcall(job.finish, job) end
   for _, f in ipairs(self.sub) do if f.state == "pending" then f.state = "cancelled" end end
   for _, rec in pairs(self.out) do
     if rec.batch then for _, f in ipairs(rec.futs) do f:_settle(false, "pool terminated") end end
@@ -1166,10 +1382,14 @@ end
 -- pids or names of the current workers
 function Pool:worker_ids()
   local t = {}
-  for s = 1, self.n do if self.workers[s] then t[#t + 1] = self.workers[s].h.pid or self.workers[s].id end end
+  for s = 1, self.n do
+    local w = self.workers[s]
+    if w then t[#t + 1] = w.pid or (w.h and w.h.pid) or w.id end
+  end
   return t
 end
 
+M._C = C
 M.Pool = Pool
 M.Future = Future
 return M

@@ -77,6 +77,21 @@ local rows = {
   {"cluster_pool_primes2", "pool kind=mpi primes < 3e6, 2 worker ranks", "s", false, {"pool_primes", P, Q, "mpi", 3}, false, false},
   {"array_ptr", "shared.array writes via a:ptr(), LuaJIT", "/s", true, {"array_ptr", 100000000, 10000000, "luajit"}, {"array_ptr", 2000000, 1000000}, {"array_ptr", 100000000, 10000000},
     {">=", 200e6, "abs"}},
+  -- pool (issue 12): Python's Pool(2) / ThreadPoolExecutor(2) / ProcessPoolExecutor(2);
+  -- the primes rows run pure-Python count in Python and the C kernel in concur
+  -- (what matters there is 2 workers against 1: pool_primes_*2 vs *1)
+  {"pool_map_p2", "pool map x*x 10^6 ints, 2 processes", "/s", true, {"pool_map_p2", 1000000, 200000}, {"pool_map", 1000000, 200000}, false, {">=", 1.5, "vs_py"}},
+  {"pool_map_t2", "pool map x*x 10^6 ints, 2 threads", "/s", true, {"pool_map_t2", 1000000, 200000}, {"pool_map", 1000000, 200000}, false, {">=", 1.5, "vs_py"}},
+  {"pool_imapu_p2", "pool imap_unordered chunksize=1, 2 processes", "/s", true, {"pool_imapu_p2", 200000, 50000}, {"pool_imapu", 200000, 50000}, false, {">=", 10, "vs_py"}},
+  {"pool_imapu_t2", "pool imap_unordered chunksize=1, 2 threads", "/s", true, {"pool_imapu_t2", 200000, 50000}, {"pool_imapu", 200000, 50000}, false, {">=", 10, "vs_py"}},
+  {"pool_submit_t2", "pool submit+result, 2 threads", "/s", true, {"pool_submit_t2", 100000, 20000}, {"pool_submit_t", 100000, 20000}, false, {">=", 10, "vs_py"}},
+  {"pool_submit_p2", "pool submit+result, 2 processes", "/s", true, {"pool_submit_p2", 100000, 20000}, {"pool_submit_p", 20000, 5000}, false, {">=", 30, "vs_py"}},
+  {"pool_primes_p1", "pool map primes < 3e6 in chunks, 1 process", "s", false, {"pool_primes_p1", P, Q}, {"pool_primes_1", P, Q}, false},
+  {"pool_primes_p2", "pool map primes < 3e6 in chunks, 2 processes", "s", false, {"pool_primes_p2", P, Q}, {"pool_primes_2", P, Q}, false},
+  {"pool_primes_t1", "pool map primes < 3e6 in chunks, 1 thread", "s", false, {"pool_primes_t1", P, Q}, {"pool_primes_1", P, Q}, false},
+  {"pool_primes_t2", "pool map primes < 3e6 in chunks, 2 threads", "s", false, {"pool_primes_t2", P, Q}, {"pool_primes_2", P, Q}, false},
+  {"pool_sweep_p2", "pool sweep 400 x 5 ms, 2 processes, time/ideal", "x", false, {"pool_sweep_p2", 400, 100}, {"pool_sweep", 400, 100}, false, {"<=", 1.05, "abs"}},
+  {"pool_sweep_t2", "pool sweep 400 x 5 ms, 2 threads, time/ideal", "x", false, {"pool_sweep_t2", 400, 100}, {"pool_sweep", 400, 100}, false, {"<=", 1.05, "abs"}},
 }
 
 local function run_one(kind, spec)
