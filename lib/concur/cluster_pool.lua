@@ -21,8 +21,10 @@ past size - 1 are placeholders that get no work, so the pool's default
 size (cpu_count) does not matter. Hand-out is dynamic with one message in
 flight per rank (a rank that ends after maxtasks then never holds an
 unanswered message; with maxtasks, rank 0 counts what it sent and sends a
-worker nothing past its quota); the rest wait in rank 0's backlog. A chunk's function
-spec is sent to a rank once per generation, before its first chunk.
+worker nothing past its quota); the rest wait in rank 0's backlog. A
+worker fetches a call's function (pool.fns[gen], or a submitted function's
+id) from rank 0 the first time it needs it ("need" -> "fn"); messages that
+arrive meanwhile wait in the session's stash.
 
 Failure model. A rank that dies ends the MPI job (mpirun aborts the others),
 so alive() is false only for a worker that ended its session (maxtasks, init
@@ -49,28 +51,57 @@ local function session(start)
   local pool = require "concur.pool"
   local epoch, wid, slot, n = start[2], start[3], start[4], start[5]
   local o = start[6]
-  local fns = {}
-  local live = setmetatable({}, { __index = function() return true end })
   local me = rank_name()
   local after
+  local stash, sh, st_ = {}, 1, 0 -- messages that came while fetching a function
+  local function take()
+    if sh <= st_ then
+      local m = stash[sh]
+      stash[sh] = nil
+      sh = sh + 1
+      return m
+    end
+    return C.precv(0)
+  end
+  -- the functions a call registered on rank 0 (pool.fns), fetched on first
+  -- use: a chunk names its call's generation, a batch its functions' ids
+  local fns = setmetatable({}, { __index = function(t, k)
+    C.psend({ "need", epoch, wid, k }, 0)
+    while true do
+      local m = C.precv(0)
+      if m == nil then -- rank 0 ended
+        after = false
+        return nil
+      end
+      if m[1] == "fn" and m[2] == k then
+        rawset(t, k, m[3])
+        return m[3]
+      end
+      st_ = st_ + 1
+      stash[st_] = m
+    end
+  end })
+  local live = setmetatable({}, { __index = function() return true end })
   local ctx = {
     st = concur.shared.array(4 * n + 1, "f64"), live = live, fns = fns, slot = slot, kind = "mpi",
     init = o.init, init_args = o.init_args, maxtasks = o.maxtasks,
   }
   function ctx.get()
+    if after ~= nil then return nil end
     while true do
-      local m = C.precv(0)
+      local m = take()
       if m == nil then after = false return nil end -- rank 0 ended
       local what = m[1]
-      if what == "fn" then fns[m[2]] = m[3]
-      elseif what == "task" then return m[2]
+      if what == "task" then return m[2]
       elseif what == "stop" then return nil
       elseif what == "pool" then after = m return nil
       end
     end
   end
   function ctx.put(msg)
-    if msg[2] == -1 then msg[4] = me else msg[5] = me end
+    if type(msg) == "table" then -- name the rank (a packed message has no error to name it in)
+      if msg[2] == -1 then msg[4] = me else msg[5] = me end
+    end
     C.psend({ "res", epoch, wid, msg }, 0)
   end
   pool._worker_main(ctx)
@@ -117,7 +148,7 @@ local function state(p)
   C.serving(true)
   epoch_counter = epoch_counter + 1
   s = { epoch = epoch_counter, ranks = cluster.size() - 1, backlog = {}, bfirst = 1, blast = 0,
-        busy = {}, wid = {}, ended = {}, sentfn = {}, count = {}, nextwid = 0 }
+        busy = {}, wid = {}, ended = {}, count = {}, nextwid = 0 }
   p._mpi = s
   return s
 end
@@ -130,18 +161,18 @@ local function set_idle(p, s)
   if p.idlei then p.st[p.idlei] = idle end -- (a later pool counts idle workers there)
 end
 
+-- how many items a task message holds (the pool packs scalar-only
+-- messages into a string: {gen, cid, first, n, items} or {0, cid, n, tasks})
+local function items_in(msg)
+  if type(msg) == "table" then return msg[5] end
+  local u = require("concur.pool")._C.unpack(msg)
+  return u[1] == 0 and u[3] or u[4]
+end
+
 local function dispatch(p, s, r, msg)
-  local gen = msg[1]
-  if gen ~= 0 then
-    local sent = s.sentfn[r]
-    if not sent[gen] then
-      sent[gen] = true
-      C.psend({ "fn", gen, p.fns[gen] }, r)
-    end
-  end
   s.busy[r] = true
   if p.maxtasks then -- it ends after maxtasks items: send it no more
-    s.count[r] = s.count[r] + (gen ~= 0 and msg[5] or #msg[4])
+    s.count[r] = s.count[r] + items_in(msg)
     if s.count[r] >= p.maxtasks then s.ended[r] = "soon" end
   end
   C.psend({ "task", msg }, r)
@@ -157,7 +188,7 @@ local function pump(p, s)
         msg = s.backlog[s.bfirst]
         s.backlog[s.bfirst] = nil
         s.bfirst = s.bfirst + 1
-        if msg[1] ~= 0 and p.live[msg[1]] == nil then msg = nil end
+        if type(msg) == "table" and msg[1] ~= 0 and p.live[msg[1]] == nil then msg = nil end
       until msg or s.bfirst > s.blast
       if msg then dispatch(p, s, r, msg) end
     end
@@ -172,7 +203,7 @@ function backend.start(p, slot)
   if slot > s.ranks then return { id = "unused slot " .. slot, placeholder = true } end
   s.nextwid = s.nextwid + 1
   local wid = s.nextwid
-  s.wid[slot], s.busy[slot], s.ended[slot], s.sentfn[slot], s.count[slot] = wid, false, false, {}, 0
+  s.wid[slot], s.busy[slot], s.ended[slot], s.count[slot] = wid, false, false, 0
   local o = { init = p.init, init_args = p.init_args, maxtasks = p.maxtasks }
   C.psend({ "pool", s.epoch, wid, slot, p.n, o }, slot)
   pump(p, s)
@@ -202,6 +233,9 @@ function backend.recv(p, max, timeout)
         if r then s.busy[r] = false end
       elseif m[1] == "ended" and r then
         s.ended[r] = true
+      elseif m[1] == "need" then -- a worker fetches a function of a call
+        local ok, v = pcall(function() return p.fns[m[4]] end)
+        C.psend({ "fn", m[4], ok and v or nil }, r or m[3])
       end
       pump(p, s)
     end
