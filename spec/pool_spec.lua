@@ -106,6 +106,19 @@ for _, kind in ipairs { "process", "thread" } do
       assert.matches("task failed in " .. kind .. " %d+: .*boom", err)
     end)
 
+    it("submit carries tables, nils and several results", function()
+      local f = p:submit(function(t, none, s) return t.x, none, { y = t.x }, s end, { x = 5 }, nil, "s")
+      local a, b, c, d = f:result(10)
+      assert.equal(5, a)
+      assert.is_nil(b)
+      assert.same({ y = 5 }, c)
+      assert.equal("s", d)
+      assert.equal(0, select("#", p:submit(function() end):result(10)))
+      local fs = {}
+      for i = 1, 200 do fs[i] = p:submit(function(t) return t[1] * 2 end, { i }) end
+      for i = 1, 200 do assert.equal(2 * i, fs[i]:result(10)) end
+    end)
+
     it("result(timeout) returns nil, \"timeout\" while the task runs", function()
       local f = p:submit(function() concur.sleep(0.5); return 1 end)
       local v, why = f:result(0.05)
