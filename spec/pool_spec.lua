@@ -68,6 +68,15 @@ for _, kind in ipairs { "process", "thread" } do
       assert.equal(-100, r[100])
     end)
 
+    it("maps over a table with __index/__len and with a C function", function()
+      local proxy = setmetatable({}, { __index = function(_, i) return i * 10 end, __len = function() return 3 end })
+      if #proxy == 3 then -- Lua 5.4 (LuaJIT has no __len on tables)
+        assert.same({ 10, 20, 30, n = 3 }, p:map(function(x) return x end, proxy))
+      end
+      assert.same({ 2, 3, n = 2 }, p:map(math.sqrt, { 4, 9 }))
+      assert.has_error(function() p:map(print, io.stdout) end)
+    end)
+
     it("imap yields results in order, lazily", function()
       local seen = {}
       for i, r in p:imap(function(x) return x * 10 end, squares(50)) do

@@ -384,7 +384,9 @@ local function source(fname, items)
   local t = type(items)
   if t == "table" then
     local n = #items
-    return { n = n, arr = items, take = function(s, i0, k)
+    -- raw packing only for plain tables: a proxy's items come from __index
+    local arr = getmetatable(items) == nil and items or nil
+    return { n = n, arr = arr, take = function(s, i0, k)
       local out = {}
       local last = i0 + k - 1
       if last > n then last = n end
@@ -402,7 +404,7 @@ local function source(fname, items)
       end
       return out, c
     end }
-  elseif t == "userdata" and tostring(items):match("^concur%.list") or (t == "userdata" and items.totable) then
+  elseif t == "userdata" and pcall(function() return items.totable and items.append end) and items.append then
     local n = #items
     return { n = n, take = function(s, i0, k)
       local out = {}
