@@ -68,6 +68,15 @@ for _, kind in ipairs { "process", "thread" } do
       assert.equal(-100, r[100])
     end)
 
+    it("maps over a table with __index/__len and with a C function", function()
+      local proxy = setmetatable({}, { __index = function(_, i) return i * 10 end, __len = function() return 3 end })
+      if #proxy == 3 then -- Lua 5.4 (LuaJIT has no __len on tables)
+        assert.same({ 10, 20, 30, n = 3 }, p:map(function(x) return x end, proxy))
+      end
+      assert.same({ 2, 3, n = 2 }, p:map(math.sqrt, { 4, 9 }))
+      assert.has_error(function() p:map(print, io.stdout) end)
+    end)
+
     it("imap yields results in order, lazily", function()
       local seen = {}
       for i, r in p:imap(function(x) return x * 10 end, squares(50)) do
@@ -104,6 +113,19 @@ for _, kind in ipairs { "process", "thread" } do
       local ok, err = pcall(g.result, g, 10)
       assert.is_false(ok)
       assert.matches("task failed in " .. kind .. " %d+: .*boom", err)
+    end)
+
+    it("submit carries tables, nils and several results", function()
+      local f = p:submit(function(t, none, s) return t.x, none, { y = t.x }, s end, { x = 5 }, nil, "s")
+      local a, b, c, d = f:result(10)
+      assert.equal(5, a)
+      assert.is_nil(b)
+      assert.same({ y = 5 }, c)
+      assert.equal("s", d)
+      assert.equal(0, select("#", p:submit(function() end):result(10)))
+      local fs = {}
+      for i = 1, 200 do fs[i] = p:submit(function(t) return t[1] * 2 end, { i }) end
+      for i = 1, 200 do assert.equal(2 * i, fs[i]:result(10)) end
     end)
 
     it("result(timeout) returns nil, \"timeout\" while the task runs", function()

@@ -114,6 +114,7 @@ local function worker_main(ctx)
       return
     end
   end
+  local function pack(...) return { n = select("#", ...), ... } end
   local cache = {}
   local fcache = {}
   local NOFNS = {}
@@ -229,7 +230,7 @@ local function worker_main(ctx)
           local na = flat[pos + 1]
           local fn = j > 0 and fl[j] or fcache[j]
           if not fn then fn = fns[j]; fcache[j] = fn end
-          r = { xpcall(fn, traceback, unpack(flat, pos + 2, pos + 1 + na)) }
+          r = pack(xpcall(fn, traceback, unpack(flat, pos + 2, pos + 1 + na)))
           pos = pos + 2 + na
         else
           local t = tasks[k]
@@ -237,10 +238,10 @@ local function worker_main(ctx)
           local fn = j > 0 and fl[j] or fcache[j]
           if not fn then fn = fns[j]; fcache[j] = fn end
           local a = t[2]
-          r = { xpcall(fn, traceback, unpack(a, 1, a.n)) }
+          r = pack(xpcall(fn, traceback, unpack(a, 1, a.n)))
         end
         if r[1] then
-          local nr = select("#", unpack(r)) - 1
+          local nr = r.n - 1
           r[1] = nr -- r = {count, values...}
           res[k] = r
           no = no + 1
@@ -383,7 +384,9 @@ local function source(fname, items)
   local t = type(items)
   if t == "table" then
     local n = #items
-    return { n = n, arr = items, take = function(s, i0, k)
+    -- raw packing only for plain tables: a proxy's items come from __index
+    local arr = getmetatable(items) == nil and items or nil
+    return { n = n, arr = arr, take = function(s, i0, k)
       local out = {}
       local last = i0 + k - 1
       if last > n then last = n end
@@ -401,7 +404,7 @@ local function source(fname, items)
       end
       return out, c
     end }
-  elseif t == "userdata" and tostring(items):match("^concur%.list") or (t == "userdata" and items.totable) then
+  elseif t == "userdata" and pcall(function() return items.totable and items.append end) and items.append then
     local n = #items
     return { n = n, take = function(s, i0, k)
       local out = {}
@@ -551,8 +554,17 @@ local function send_chunk(p, job, rec)
   -- scalars only: one string, which the codec copies instead of walking
   local m
   if rec.batch then
-    if rec.packed and next(rec.fl) == nil then m = C.pack({ 0, cid, #rec.tasks, rec.packed }, 1, 4) end
-    m = m or { 0, cid, rec.fl, rec.packed or rec.tasks, #rec.tasks }
+    local nt = #rec.futs
+    if rec.packed and next(rec.fl) == nil then m = C.pack({ 0, cid, nt, rec.packed }, 1, 4)
+    elseif rec.packed then m = { 0, cid, rec.fl, rec.packed, nt }
+    else -- arguments that are not scalars: {j, args} per task, through the codec
+      local tasks = {}
+      for k = 1, nt do
+        local f = rec.futs[k]
+        tasks[k] = { rec.js[k], { n = f.n, unpack(f, 1, f.n) } }
+      end
+      m = { 0, cid, rec.fl, tasks, nt }
+    end
   else
     if type(rec.first) == "number" and type(rec.items) == "string" then
       m = C.pack({ job.gen, cid, rec.first, rec.n, rec.items }, 1, 5)
@@ -565,11 +577,11 @@ end
 -- a chunk that lost its worker: item `at` failed, the rest go again
 local function requeue(p, rec, at)
   if rec.batch then
-    local tasks, futs = {}, {}
-    for k = 1, #rec.tasks do
-      if k ~= at then tasks[#tasks + 1] = rec.tasks[k]; futs[#futs + 1] = rec.futs[k] end
+    local futs, js = {}, {}
+    for k = 1, #rec.futs do
+      if k ~= at then futs[#futs + 1], js[#js + 1] = rec.futs[k], rec.js[k] end
     end
-    if #tasks > 0 then send_chunk(p, rec.job, { batch = true, fl = rec.fl, tasks = tasks, futs = futs }) end -- as a table
+    if #futs > 0 then send_chunk(p, rec.job, { batch = true, fl = rec.fl, futs = futs, js = js }) end -- as a table
     return
   end
   local idx, items = {}, {}
@@ -673,16 +685,19 @@ local function deliver(p, m)
     local flat, pos = type(res) == "string" and C.unpack(res), 1
     for k = 1, #rec.futs do
       local f = rec.futs[k]
-      local r
-      if flat then
+      if errs and errs[k] ~= nil then
+        f:_settle(false, errs[k], me)
+        if flat then pos = pos + 1 end
+      elseif flat then
         local nr = flat[pos]
-        if nr >= 0 then r = { nr, unpack(flat, pos + 1, pos + nr) } end
-        pos = pos + 1 + (nr >= 0 and nr or 0)
+        if nr == 1 then f:_settle(true, flat[pos + 1], me, 1)
+        elseif nr == 0 then f:_settle(true, nil, me, 0)
+        else f:_settle(true, { unpack(flat, pos + 1, pos + nr) }, me, nr) end
+        pos = pos + 1 + nr
       else
-        r = res[k]
+        local r = res[k] -- {count, values...}
+        f:_settle(true, { unpack(r, 2, r[1] + 1) }, me, r[1])
       end
-      if errs and errs[k] ~= nil then f:_settle(false, errs[k], me)
-      else f:_settle(true, r, me) end
     end
     return
   end
@@ -747,11 +762,13 @@ local function fn_id(p, fn)
   return e.id
 end
 
+-- A future holds its arguments in its array part (f[1..f.n]) until it is
+-- settled; a batch record lists its futures and their function refs (js).
 local function flush(p, parts)
   if p.nsub == 0 then return end
   local sub = p.sub
   p.sub, p.nsub = {}, 0
-  local fl, fidx, tasks, futs = {}, {}, {}, {}
+  local fl, fidx, futs, js = {}, {}, {}, {}
   local flat, nf = {}, 0
   for k = 1, #sub do
     local f = sub[k]
@@ -763,35 +780,36 @@ local function flush(p, parts)
         if not j then j = #fl + 1; fl[j] = fn end
         fidx[fn] = j
       end
-      local a = f.args
-      tasks[#tasks + 1] = { j, a }
-      futs[#futs + 1] = f
-      flat[nf + 1], flat[nf + 2] = j, a.n
-      for x = 1, a.n do flat[nf + 2 + x] = a[x] end
-      nf = nf + 2 + a.n
+      local n = #futs + 1
+      futs[n], js[n] = f, j
+      local na = f.n
+      flat[nf + 1], flat[nf + 2] = j, na
+      for x = 1, na do flat[nf + 2 + x] = f[x] end
+      nf = nf + 2 + na
       f.state = "running"
-      f.fn, f.args = nil, nil
+      f.fn = nil
     end
   end
-  if #tasks == 0 then return end
+  local nt = #futs
+  if nt == 0 then return end
   -- one batch per worker, so tasks buffered while the workers started or
   -- were busy are spread, not all queued behind one worker
   parts = parts or p.n
-  if parts > #tasks then parts = #tasks end
+  if parts > nt then parts = nt end
   if parts <= 1 then
-    send_chunk(p, nil, { batch = true, fl = fl, tasks = tasks, futs = futs, packed = C.pack(flat, 1, nf) })
+    send_chunk(p, nil, { batch = true, fl = fl, futs = futs, js = js, packed = C.pack(flat, 1, nf) })
     return
   end
-  local per = math.ceil(#tasks / parts)
+  local per = math.ceil(nt / parts)
   local pos = 1
-  for k0 = 1, #tasks, per do
-    local ts, fs = {}, {}
+  for k0 = 1, nt, per do
+    local fs, jj = {}, {}
     local start = pos
-    for k = k0, math.min(k0 + per - 1, #tasks) do
-      ts[#ts + 1], fs[#fs + 1] = tasks[k], futs[k]
-      pos = pos + 2 + tasks[k][2].n
+    for k = k0, math.min(k0 + per - 1, nt) do
+      fs[#fs + 1], jj[#jj + 1] = futs[k], js[k]
+      pos = pos + 2 + futs[k].n
     end
-    send_chunk(p, nil, { batch = true, fl = fl, tasks = ts, futs = fs, packed = C.pack(flat, start, pos - start) })
+    send_chunk(p, nil, { batch = true, fl = fl, futs = fs, js = jj, packed = C.pack(flat, start, pos - start) })
   end
 end
 
@@ -1135,7 +1153,7 @@ function Pool:submit(fn, ...)
   check_pool(self, "pool:submit")
   if type(fn) ~= "function" then argerr("pool:submit", 1, "function expected, got " .. type(fn)) end
   self.futs = self.futs + 1
-  local f = setmetatable({ pool = self, fn = fn, args = { n = select("#", ...), ... }, state = "pending" }, Future)
+  local f = setmetatable({ pool = self, fn = fn, n = select("#", ...), state = "pending", ... }, Future)
   self.nsub = self.nsub + 1
   self.sub[self.nsub] = f
   if self.nsub >= 64 then flush(self)
@@ -1150,11 +1168,13 @@ function Pool:submit(fn, ...)
   return f
 end
 
-function Future:_settle(ok, v, who)
+-- ok: v is the only result (nr == 1) or an array of nr results
+function Future:_settle(ok, v, who, nr)
   if self.state == "done" or self.state == "cancelled" then return end
   self.state = "done"
   self.ok = ok
-  if ok then self.value = v
+  for x = 1, self.n do self[x] = nil end -- the arguments are not needed any more
+  if ok then self.value, self.nr = v, nr
   else self.err = v; self.who = who end
   local p = self.pool
   p.futs = p.futs - 1
@@ -1195,8 +1215,10 @@ function Future:result(timeout)
     if type(self.err) == "string" then error(("future:result: task failed in %s: %s"):format(self.who or "?", self.err), 2) end
     error(self.err, 2)
   end
-  local r = self.value
-  return unpack(r, 2, r[1] + 1)
+  local nr = self.nr
+  if nr == 1 then return self.value end
+  if nr == 0 then return end
+  return unpack(self.value, 1, nr)
 end
 
 function Future:error(timeout)
