@@ -56,11 +56,20 @@ all: $(B)/concur $(B)/lua5.4/concur.so $(B)/luajit/concur.so $(B)/libconcur.a $(
 
 $(B)/obj54/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(CC) $(BASEFLAGS) $(CFLAGS) -fPIC $(LUA54_CFLAGS) -c $< -o $@
+	$(CC) $(BASEFLAGS) -I$(B)/gen $(CFLAGS) -fPIC $(LUA54_CFLAGS) -c $< -o $@
 
 $(B)/objjit/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(CC) $(BASEFLAGS) $(CFLAGS) -fPIC $(LUAJIT_CFLAGS) -c $< -o $@
+	$(CC) $(BASEFLAGS) -I$(B)/gen $(CFLAGS) -fPIC $(LUAJIT_CFLAGS) -c $< -o $@
+
+# Lua written into the library: lib/concur/pool.lua becomes a C string
+# (scripts/embed.lua, run by lua5.4, a build dependency) included by
+# bindings/pool.c
+$(B)/gen/pool_lua.h: lib/concur/pool.lua scripts/embed.lua
+	@mkdir -p $(dir $@)
+	lua5.4 scripts/embed.lua pool_lua $< $@
+
+$(B)/obj54/bindings/pool.o $(B)/objjit/bindings/pool.o: $(B)/gen/pool_lua.h
 
 # -z now: symbols bound at start, so a forked child does not fault in
 # and redo lazy binding on its first calls (about 12% of a spawn's faults)
@@ -154,9 +163,9 @@ valgrind: deps all
 FUZZ_SECONDS ?= 60
 FUZZ_CC = clang -std=gnu11 -D_GNU_SOURCE $(WARN) -g -O1 -fsanitize=fuzzer,address,undefined $(LUA54_CFLAGS)
 
-$(B)/fuzz/fuzz_%: tests/fuzz_%.c $(RUNTIME_SRC) $(BIND_SRC) $(HEADERS)
+$(B)/fuzz/fuzz_%: tests/fuzz_%.c $(RUNTIME_SRC) $(BIND_SRC) $(HEADERS) $(B)/gen/pool_lua.h
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $< $(RUNTIME_SRC) $(BIND_SRC) -o $@ $(LUA54_LIBS) -lm -pthread
+	$(FUZZ_CC) -I$(B)/gen $< $(RUNTIME_SRC) $(BIND_SRC) -o $@ $(LUA54_LIBS) -lm -pthread
 
 fuzz: deps $(B)/fuzz/fuzz_codec $(B)/fuzz/fuzz_encode
 	@mkdir -p $(B)/fuzz/corpus $(B)/fuzz/encode_corpus $(B)/fuzz/encode_seeds
@@ -215,3 +224,60 @@ clean:
 
 .PHONY: all deps test sanitize valgrind fuzz bench demo install uninstall rock rock-install format clean FORCE
 FORCE:
+
+# concur.cluster (mpi/cluster.c): its own module linked against MPI, built
+# only where pkg-config finds Open MPI (ompi-c) or another MPI (mpi-c); the
+# core library and build/concur never link MPI. It finds the codec in the
+# concur already loaded (see mpi/cluster.c), so it links neither Lua nor concur.
+MPI_PC := $(shell pkg-config --exists ompi-c 2>/dev/null && echo ompi-c || \
+            (pkg-config --exists mpi-c 2>/dev/null && echo mpi-c))
+ifneq ($(MPI_PC),)
+MPI_CFLAGS := $(shell pkg-config --cflags $(MPI_PC))
+MPI_LIBS   := $(shell pkg-config --libs $(MPI_PC))
+CLUSTER_SO := $(B)/lua5.4/concur/cluster.so $(B)/luajit/concur/cluster.so
+all: $(CLUSTER_SO)
+cluster: $(CLUSTER_SO)
+
+CLUSTER_SO += $(B)/lua5.4/concur/serve.so $(B)/luajit/concur/serve.so
+all: $(CLUSTER_SO)
+
+# the pool's mpi backend, Lua compiled into the module
+$(B)/gen/cluster_pool_lua.h: lib/concur/cluster_pool.lua scripts/embed.lua
+	@mkdir -p $(dir $@)
+	lua5.4 scripts/embed.lua cluster_pool_lua $< $@
+
+# only luaopen_concur_cluster and luaopen_concur_serve are exported
+CLUSTER_SRC := mpi/cluster.c mpi/wire.c
+CLUSTER_CFLAGS = $(BASEFLAGS) $(CFLAGS) -fPIC -fvisibility=hidden $(MPI_CFLAGS) -I$(B)/gen -shared
+
+$(B)/lua5.4/concur/cluster.so: $(CLUSTER_SRC) mpi/cluster.h $(HEADERS) $(B)/gen/cluster_pool_lua.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CLUSTER_CFLAGS) $(LUA54_CFLAGS) -o $@ $(CLUSTER_SRC) $(MPI_LIBS) -ldl
+
+$(B)/luajit/concur/cluster.so: $(CLUSTER_SRC) mpi/cluster.h $(HEADERS) $(B)/gen/cluster_pool_lua.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CLUSTER_CFLAGS) $(LUAJIT_CFLAGS) -o $@ $(CLUSTER_SRC) $(MPI_LIBS) -ldl
+
+# `-l concur.serve` finds luaopen_concur_serve in the same object
+$(B)/%/concur/serve.so: $(B)/%/concur/cluster.so
+	ln -sf cluster.so $@
+
+# make install / uninstall also place the module beside concur.so
+install: install-cluster
+uninstall: uninstall-cluster
+install-cluster: $(CLUSTER_SO)
+	install -d $(DESTDIR)$(LUA54_CMOD)/concur $(DESTDIR)$(LUAJIT_CMOD)/concur
+	install -m 755 $(B)/lua5.4/concur/cluster.so $(DESTDIR)$(LUA54_CMOD)/concur/cluster.so
+	ln -sf cluster.so $(DESTDIR)$(LUA54_CMOD)/concur/serve.so
+	install -m 755 $(B)/luajit/concur/cluster.so $(DESTDIR)$(LUAJIT_CMOD)/concur/cluster.so
+	ln -sf cluster.so $(DESTDIR)$(LUAJIT_CMOD)/concur/serve.so
+uninstall-cluster:
+	rm -f $(DESTDIR)$(LUA54_CMOD)/concur/cluster.so $(DESTDIR)$(LUA54_CMOD)/concur/serve.so \
+	  $(DESTDIR)$(LUAJIT_CMOD)/concur/cluster.so $(DESTDIR)$(LUAJIT_CMOD)/concur/serve.so
+	-rmdir $(DESTDIR)$(LUA54_CMOD)/concur $(DESTDIR)$(LUAJIT_CMOD)/concur 2>/dev/null
+.PHONY: install-cluster uninstall-cluster
+else
+cluster:
+	@echo "concur.cluster: no MPI found by pkg-config (ompi-c, mpi-c): not built (make deps installs Open MPI)"
+endif
+.PHONY: cluster

@@ -780,6 +780,8 @@ static const struct { const char *name; lua_CFunction open; } LIBS[] = {
     {"primes", cb_open_primes},
 };
 
+int cb_open_pool(lua_State *L, int lib); /* bindings/pool.c */
+
 int luaopen_concur(lua_State *L) {
     cb_arena(L);
     lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");
@@ -804,6 +806,11 @@ int luaopen_concur(lua_State *L) {
     }
     cb_open_wait(L);
     lua_setfield(L, lib, "wait");
+    /* the pool is Lua over the libraries above (bindings/pool.c) */
+    cb_open_pool(L, lib);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, lib, "pool");
+    lua_setfield(L, loaded, "concur.pool");
     lua_pushvalue(L, lib);
     return 1;
 }
@@ -834,6 +841,7 @@ CONCUR_OPEN_ONE(lock)
 CONCUR_OPEN_ONE(queue)
 CONCUR_OPEN_ONE(primes)
 CONCUR_OPEN_ONE(wait)
+CONCUR_OPEN_ONE(pool)
 #undef CONCUR_OPEN_ONE
 
 /* The embedder's interrupt flag (include/concur.h): one per process, watched
@@ -853,6 +861,8 @@ int concur_openlibs(lua_State *L) {
         if (lua_isnil(L, -1)) lua_pop(L, 1);
         else lua_setglobal(L, LIBS[i].name);
     }
+    lua_getfield(L, -1, "pool");
+    lua_setglobal(L, "pool");
     lua_setglobal(L, "concur");
     lua_pop(L, 1);
     return 0;

@@ -145,3 +145,31 @@ describe("tutorial examples", function()
     assert.matches("pure%-Lua", out)
   end)
 end)
+
+describe("pool examples", function()
+  it("sweep: writes one CSV row per point, in order, with progress, and removes its journal", function()
+    if skip() then return end
+    local csv = os.tmpname()
+    local out = ex("sweep", csv .. " 100 2")
+    assert.matches("100 points written to " .. csv:gsub("%p", "%%%0"), out)
+    assert.matches("sweep 100/100", out)
+    local rows = {}
+    for line in io.lines(csv) do rows[#rows + 1] = line end
+    assert.equal("damping,drive,amplitude", rows[1])
+    assert.equal(101, #rows)
+    assert.matches("^0%.0500,0%.5000,", rows[2])
+    assert.is_nil(io.open(csv .. ".journal"))
+    os.remove(csv)
+  end)
+
+  it("montecarlo: the seeded pool estimate is the same on 1, 2 and 4 workers", function()
+    if skip() then return end
+    local out = ex("montecarlo", "20000")
+    local seen = {}
+    for n, pi in out:gmatch("pool, (%d) worker%(s%), seed 42: pi ~ ([%d.]+)") do seen[tonumber(n)] = pi end
+    assert.is_truthy(seen[1] and seen[2] and seen[4], out)
+    assert.equal(seen[1], seen[2])
+    assert.equal(seen[1], seen[4])
+    assert.matches("reproducible across worker counts: true", out)
+  end)
+end)

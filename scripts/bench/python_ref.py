@@ -302,7 +302,70 @@ def array_ptr(n):
     return reps * size / (time.perf_counter() - t0)
 
 
+# ---- pool (issue 12): multiprocessing.Pool and concurrent.futures, the pool
+# started and warmed before the clock starts, as in concur_bench.lua
+def _sq(x):
+    return x * x
+
+
+def _ident(x):
+    return x
+
+
+def _sleep5(x):
+    time.sleep(0.005)
+    return x
+
+
+def _count_chunk(args):
+    lo, n = args
+    return count(lo, min(lo + CHUNK, n))
+
+
+def pool_map(n):
+    with mp.Pool(2) as p:
+        p.map(_sq, range(4))
+        return n / timed(lambda: p.map(_sq, range(n)))
+
+
+def pool_imapu(n):
+    with mp.Pool(2) as p:
+        p.map(_sq, range(4))
+        return n / timed(lambda: sum(1 for _ in p.imap_unordered(_sq, range(n), chunksize=1)))
+
+
+def pool_submit(executor, n):
+    from concurrent import futures
+    with getattr(futures, executor)(2) as ex:
+        ex.submit(_ident, 1).result()
+
+        def run():
+            fs = [ex.submit(_ident, i) for i in range(n)]
+            for f in fs:
+                f.result()
+        return n / timed(run)
+
+
+def pool_primes(w, n):
+    with mp.Pool(w) as p:
+        p.map(_sq, range(4))
+        return timed(lambda: sum(p.map(_count_chunk, [(lo, n) for lo in range(0, n, CHUNK)], chunksize=1)))
+
+
+def pool_sweep(n):
+    with mp.Pool(2) as p:
+        p.map(_sq, range(4))
+        return timed(lambda: p.map(_sleep5, range(n))) / (n * 0.005 / 2)
+
+
 WORKLOADS = {
+    "pool_map": pool_map,
+    "pool_imapu": pool_imapu,
+    "pool_submit_t": lambda n: pool_submit("ThreadPoolExecutor", n),
+    "pool_submit_p": lambda n: pool_submit("ProcessPoolExecutor", n),
+    "pool_primes_1": lambda n: pool_primes(1, n),
+    "pool_primes_2": lambda n: pool_primes(2, n),
+    "pool_sweep": pool_sweep,
     "primes_py_p1": lambda n: primes_procs(1, n),
     "primes_py_p2": lambda n: primes_procs(2, n),
     "primes_py_p3": lambda n: primes_procs(3, n),

@@ -33,6 +33,14 @@ local cref = out .. "c_ref"
 local has_c = os.execute(cc .. " -O2 -pthread -o " .. cref .. " " .. here .. "c_ref.c 2>/dev/null")
 if not has_c then print("notice: could not build the C reference: the C column is skipped") end
 
+-- concur.cluster rows (issue 14): 2 MPI ranks on this machine, beside
+-- mpi_ref.c; skipped with a notice where MPI or the module is missing
+local mpi_env = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 LUA_CPATH='build/lua5.4/?.so;;' "
+local has_mpi = (sh("command -v mpirun") or "") ~= "" and io.open("build/lua5.4/concur/cluster.so") ~= nil
+local mpi_ref = out .. "mpi_ref"
+local has_mpi_c = has_mpi and os.execute("mpicc -O2 -o " .. mpi_ref .. " " .. here .. "mpi_ref.c 2>/dev/null")
+if not has_mpi then print("notice: mpirun or build/lua5.4/concur/cluster.so missing: the cluster rows are skipped") end
+
 -- name, label, unit, higher-is-better, {concur workload, size, quick size},
 -- {python ...} or false, {c ...} or false, target
 local P, Q = 3000000, 200000
@@ -66,8 +74,32 @@ local rows = {
   {"array_add_local", "shared.array add(a, i, 1), method in a local", "/s", true, {"array_add_local", 5000000, 500000}, {"array_add", 500000, 100000}, {"array_add", 20000000, 2000000}},
   {"array_hist4p", "shared.array histogram, 4 processes", "/s", true, {"array_hist4p", 1000000, 200000}, {"array_hist4p", 1000000, 100000}, {"array_hist4p", 1000000, 200000},
     {">=", 30, "vs_py"}},
+  -- concur.cluster (issue 14): small values between 2 ranks; target 30% of C's rate
+  {"cluster_pingpong", "cluster.send/recv ping-pong, 2 MPI ranks", "/s", true, {"pingpong", 200000, 20000, "mpi"}, false, {"pingpong", 200000, 20000, "mpi"},
+    {"<=", 3.33, "vs_c"}},
+  {"cluster_stream", "cluster.send -> recv stream, 2 MPI ranks", "/s", true, {"stream", 500000, 50000, "mpi"}, false, {"stream", 500000, 50000, "mpi"},
+    {"<=", 3.33, "vs_c"}},
+  -- the MPI pool: rank 0 runs the script (-l concur.serve), the others work
+  {"cluster_pool_map", "pool kind=mpi map, small items, 2 worker ranks", "/s", true, {"pool_map", 100000, 20000, "mpi", 3}, false, false},
+  {"cluster_pool_primes1", "pool kind=mpi primes < 3e6, 1 worker rank", "s", false, {"pool_primes", P, Q, "mpi", 2}, false, false},
+  {"cluster_pool_primes2", "pool kind=mpi primes < 3e6, 2 worker ranks", "s", false, {"pool_primes", P, Q, "mpi", 3}, false, false},
   {"array_ptr", "shared.array writes via a:ptr(), LuaJIT", "/s", true, {"array_ptr", 100000000, 10000000, "luajit"}, {"array_ptr", 2000000, 1000000}, {"array_ptr", 100000000, 10000000},
     {">=", 200e6, "abs"}},
+  -- pool (issue 12): Python's Pool(2) / ThreadPoolExecutor(2) / ProcessPoolExecutor(2);
+  -- the primes rows run pure-Python count in Python and the C kernel in concur
+  -- (what matters there is 2 workers against 1: pool_primes_*2 vs *1)
+  {"pool_map_p2", "pool map x*x 10^6 ints, 2 processes", "/s", true, {"pool_map_p2", 1000000, 200000}, {"pool_map", 1000000, 200000}, false, {">=", 1.5, "vs_py"}},
+  {"pool_map_t2", "pool map x*x 10^6 ints, 2 threads", "/s", true, {"pool_map_t2", 1000000, 200000}, {"pool_map", 1000000, 200000}, false, {">=", 1.5, "vs_py"}},
+  {"pool_imapu_p2", "pool imap_unordered chunksize=1, 2 processes", "/s", true, {"pool_imapu_p2", 200000, 50000}, {"pool_imapu", 200000, 50000}, false, {">=", 10, "vs_py"}},
+  {"pool_imapu_t2", "pool imap_unordered chunksize=1, 2 threads", "/s", true, {"pool_imapu_t2", 200000, 50000}, {"pool_imapu", 200000, 50000}, false, {">=", 10, "vs_py"}},
+  {"pool_submit_t2", "pool submit+result, 2 threads", "/s", true, {"pool_submit_t2", 100000, 20000}, {"pool_submit_t", 100000, 20000}, false, {">=", 10, "vs_py"}},
+  {"pool_submit_p2", "pool submit+result, 2 processes", "/s", true, {"pool_submit_p2", 100000, 20000}, {"pool_submit_p", 20000, 5000}, false, {">=", 30, "vs_py"}},
+  {"pool_primes_p1", "pool map primes < 3e6 in chunks, 1 process", "s", false, {"pool_primes_p1", P, Q}, {"pool_primes_1", P, Q}, false},
+  {"pool_primes_p2", "pool map primes < 3e6 in chunks, 2 processes", "s", false, {"pool_primes_p2", P, Q}, {"pool_primes_2", P, Q}, false},
+  {"pool_primes_t1", "pool map primes < 3e6 in chunks, 1 thread", "s", false, {"pool_primes_t1", P, Q}, {"pool_primes_1", P, Q}, false},
+  {"pool_primes_t2", "pool map primes < 3e6 in chunks, 2 threads", "s", false, {"pool_primes_t2", P, Q}, {"pool_primes_2", P, Q}, false},
+  {"pool_sweep_p2", "pool sweep 400 x 5 ms, 2 processes, time/ideal", "x", false, {"pool_sweep_p2", 400, 100}, {"pool_sweep", 400, 100}, false, {"<=", 1.05, "abs"}},
+  {"pool_sweep_t2", "pool sweep 400 x 5 ms, 2 threads, time/ideal", "x", false, {"pool_sweep_t2", 400, 100}, {"pool_sweep", 400, 100}, false, {"<=", 1.05, "abs"}},
 }
 
 local errfile = out .. "stderr.txt"
@@ -86,6 +118,17 @@ local function run_one(kind, spec)
   if not spec then return nil end
   local size = quick and spec[3] or spec[2]
   local cmd
+  if spec[4] == "mpi" then -- under mpirun; rank 0 prints
+    if kind == "luajit" or kind == "python" then return nil, "an MPI row: build/concur and C only" end
+    if not has_mpi or (kind == "c" and not has_mpi_c) then return nil, "MPI missing" end
+    local ranks = spec[5] or 2
+    local serve = spec[1]:match("^pool_") and "-l concur.serve " or ""
+    cmd = kind == "concur" and string.format("%stimeout 300 mpirun --oversubscribe -n %d build/concur %s%scluster_bench.lua %s %d",
+        mpi_env, ranks, serve, here, spec[1], size)
+      or string.format("%stimeout 300 mpirun -n 2 %s %s %d", mpi_env, mpi_ref, spec[1], size)
+    local got = sh(cmd)
+    return got and tonumber(got:match("[%d.eE+-]+"))
+  end
   if kind == "luajit" then
     if not has_luajit then return nil, "luajit or build/luajit/concur.so missing" end
     cmd = string.format("LUA_CPATH='build/luajit/?.so' timeout 300 luajit %sluajit_bench.lua %s %d 2>%s", here,
@@ -192,6 +235,14 @@ end
 
 -- derived: the prime count's scaling, 2 threads and 2 processes against 1
 local function find(name) for _, r in ipairs(results) do if r.name == name then return r end end end
+do -- the MPI pool: 2 worker ranks against 1
+  local one, two = find("cluster_pool_primes1"), find("cluster_pool_primes2")
+  if one and two and one.concur and two.concur then
+    local s = one.concur.median / two.concur.median
+    results[#results + 1] = {name = "cluster_pool_speedup", label = "speed-up, 2 worker ranks vs 1 (pool mpi)", unit = "x",
+      higher_is_better = true, concur = {median = s, min = s, max = s, runs = 1}, target = ">= 1.8", status = s >= 1.8 and "PASS" or "MISS"}
+  end
+end
 for _, pair in ipairs{{"primes_t2", "speed-up, 2 threads vs 1 (C kernel)"}, {"primes_p2", "speed-up, 2 processes vs 1 (C kernel)"}} do
   local one, two = find("primes_t1"), find(pair[1])
   if one and two and one.concur and two.concur then

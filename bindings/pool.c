@@ -1,0 +1,314 @@
+/*
+ * pool.c -- concur.pool: loads lib/concur/pool.lua, compiled into the
+ * library as a string ($(B)/gen/pool_lua.h, made by scripts/embed.lua), and
+ * gives it the two things plain Lua lacks: isatty (progress draws a line on
+ * a terminal, plain lines elsewhere) and a 64-bit FNV-1a digest (a journal
+ * remembers which item list it was written for).
+ *
+ * The orchestration is Lua on purpose: it is light and changes often; the
+ * heavy parts (queues, the codec, processes, threads) are C already.
+ */
+#include "cb.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <errno.h>
+#include <unistd.h>
+
+#include "pool_lua.h"
+#include "../runtime/array.h"
+
+static int l_isatty(lua_State *L) {
+    lua_pushboolean(L, isatty((int)cb_checkint(L, 1, 1, "pool.isatty")));
+    return 1;
+}
+
+/* fnv(s, [previous hex digest]) -> 16 hex digits: chains across strings */
+static int l_fnv(lua_State *L) {
+    size_t n;
+    const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
+    uint64_t h = 0xcbf29ce484222325ULL;
+    const char *prev = lua_tostring(L, 2);
+    if (prev && strlen(prev) == 16) sscanf(prev, "%16llx", (unsigned long long *)&h);
+    for (size_t i = 0; i < n; i++) {
+        h ^= s[i];
+        h *= 0x100000001b3ULL;
+    }
+    char out[17];
+    snprintf(out, sizeof out, "%016llx", (unsigned long long)h);
+    lua_pushstring(L, out);
+    return 1;
+}
+
+/* nap(seconds): a sleep that an interruption does not cut short, for
+ * the few milliseconds terminate waits for a killed worker after Ctrl-C
+ * (every concur wait raises "interrupted" then) */
+static int l_nap(lua_State *L) {
+    double s = luaL_checknumber(L, 1);
+    if (!(s > 0) || s > 1) return 0;
+    struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
+    return 0;
+}
+
+/* ---- packed chunks: the fast path for plain data ----
+ * The codec spends a few hundred nanoseconds on every value and several
+ * microseconds on every table (ids for cycles, paths for error messages).
+ * Chunks of map items and results, and the arguments and results of
+ * submitted tasks, are mostly flat scalars, so they travel as one string:
+ *   'i' n int64s        (all integers)
+ *   'd' n doubles       (all floats; LuaJIT: all numbers)
+ *   'v' n tagged values: 'n' nil, 'f' false, 't' true, 'i' int64,
+ *       'd' double, 's' u32 length + bytes
+ * in native byte order (every reader is this program on this machine).
+ * Anything else (a table, a function, a shared object) makes pack return
+ * nil and the caller sends a table through the codec instead. */
+
+enum { SC_NIL = 'n', SC_FALSE = 'f', SC_TRUE = 't', SC_INT = 'i', SC_DBL = 'd', SC_STR = 's' };
+
+/* the tag of the value on top of the stack, 0 if it cannot be packed */
+static int scalar_tag(lua_State *L) {
+    switch (lua_type(L, -1)) {
+    case LUA_TNIL: return SC_NIL;
+    case LUA_TBOOLEAN: return lua_toboolean(L, -1) ? SC_TRUE : SC_FALSE;
+    case LUA_TNUMBER: return cb_isinteger(L, -1) ? SC_INT : SC_DBL;
+    case LUA_TSTRING: return cb_rawlen(L, -1) <= 0xffffffffu ? SC_STR : 0;
+    default: return 0;
+    }
+}
+
+/* pack(t, first, n) -> string, or nil when t[first..first+n-1] hold a
+ * value that is not a scalar */
+static int l_pack(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_Integer first = luaL_checkinteger(L, 2), n = luaL_checkinteger(L, 3);
+    if (n < 0 || n > (lua_Integer)1 << 28) return luaL_error(L, "pool.pack: bad count");
+    /* all numbers (the usual map chunk): one pass */
+    if (n > 0) {
+        char *out = lua_newuserdata(L, 1 + 8 * (size_t)n); /* scratch, collected */
+        int ints = 0, dbls = 0;
+        lua_Integer k = 0;
+        for (; k < n; k++) {
+            lua_rawgeti(L, 1, (int)(first + k));
+            if (lua_type(L, -1) != LUA_TNUMBER) {
+                lua_pop(L, 1);
+                break;
+            }
+            if (cb_isinteger(L, -1)) {
+                int64_t v = (int64_t)lua_tointeger(L, -1);
+                memcpy(out + 1 + 8 * k, &v, 8);
+                ints = 1;
+            } else {
+                double v = (double)lua_tonumber(L, -1);
+                memcpy(out + 1 + 8 * k, &v, 8);
+                dbls = 1;
+            }
+            lua_pop(L, 1);
+            if (ints && dbls) break;
+        }
+        if (k == n) {
+            out[0] = ints ? 'i' : 'd';
+            lua_pushlstring(L, out, 1 + 8 * (size_t)n);
+            return 1;
+        }
+        lua_pop(L, 1);
+    }
+    /* pass 1: the format and the size */
+    int ints = 0, dbls = 0, others = 0;
+    size_t size = 1;
+    for (lua_Integer k = 0; k < n; k++) {
+        lua_rawgeti(L, 1, (int)(first + k));
+        int tag = scalar_tag(L);
+        if (!tag) {
+            lua_pushnil(L);
+            return 1;
+        }
+        ints += tag == SC_INT;
+        dbls += tag == SC_DBL;
+        others += tag != SC_INT && tag != SC_DBL;
+        size += 1 + (tag == SC_INT || tag == SC_DBL ? 8 : tag == SC_STR ? 4 + (size_t)cb_rawlen(L, -1) : 0);
+        lua_pop(L, 1);
+    }
+    char fmt = others || (ints && dbls) ? 'v' : ints ? 'i' : 'd';
+    if (fmt != 'v') size = 1 + 8 * (size_t)n;
+    char *out = lua_newuserdata(L, size); /* scratch, collected */
+    char *w = out;
+    *w++ = fmt;
+    /* pass 2: the values */
+    for (lua_Integer k = 0; k < n; k++) {
+        lua_rawgeti(L, 1, (int)(first + k));
+        int tag = scalar_tag(L);
+        if (fmt == 'v') *w++ = (char)tag;
+        if (tag == SC_INT) {
+            int64_t v = (int64_t)lua_tointeger(L, -1);
+            memcpy(w, &v, 8);
+            w += 8;
+        } else if (tag == SC_DBL) {
+            double v = (double)lua_tonumber(L, -1);
+            memcpy(w, &v, 8);
+            w += 8;
+        } else if (tag == SC_STR) {
+            size_t len;
+            const char *str = lua_tolstring(L, -1, &len);
+            uint32_t l32 = (uint32_t)len;
+            memcpy(w, &l32, 4);
+            memcpy(w + 4, str, len);
+            w += 4 + len;
+        }
+        lua_pop(L, 1);
+    }
+    lua_pushlstring(L, out, size);
+    return 1;
+}
+
+static int corrupt(lua_State *L) { return luaL_error(L, "pool.unpack: corrupt chunk"); }
+
+/* unpack(s, [dst, first]) -> dst (a new table when absent), count:
+ * dst[first + k - 1] = value k */
+static int l_unpack(lua_State *L) {
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    if (len < 1 || (s[0] != 'i' && s[0] != 'd' && s[0] != 'v')) return corrupt(L);
+    const char *r = s + 1, *end = s + len;
+    lua_Integer n = 0;
+    if (s[0] != 'v') {
+        if ((len - 1) % 8) return corrupt(L);
+        n = (lua_Integer)((len - 1) / 8);
+    }
+    lua_Integer first = 1;
+    if (lua_isnoneornil(L, 2)) {
+        lua_settop(L, 1);
+        lua_createtable(L, (int)n, 0);
+    } else {
+        luaL_checktype(L, 2, LUA_TTABLE);
+        first = luaL_checkinteger(L, 3);
+        lua_settop(L, 2);
+    }
+    lua_Integer k = 0;
+    if (s[0] == 'i') {
+        for (; k < n; k++, r += 8) {
+            int64_t v;
+            memcpy(&v, r, 8);
+            cb_pushinteger(L, v);
+            lua_rawseti(L, 2, (int)(first + k));
+        }
+    } else if (s[0] == 'd') {
+        for (; k < n; k++, r += 8) {
+            double v;
+            memcpy(&v, r, 8);
+            lua_pushnumber(L, (lua_Number)v);
+            lua_rawseti(L, 2, (int)(first + k));
+        }
+    } else {
+        for (; r < end; k++) {
+            char tag = *r++;
+            if (tag == SC_NIL) {
+                continue; /* a hole: nothing to store */
+            } else if (tag == SC_FALSE || tag == SC_TRUE) {
+                lua_pushboolean(L, tag == SC_TRUE);
+            } else if (tag == SC_INT || tag == SC_DBL) {
+                if (end - r < 8) return corrupt(L);
+                if (tag == SC_INT) {
+                    int64_t v;
+                    memcpy(&v, r, 8);
+                    cb_pushinteger(L, v);
+                } else {
+                    double v;
+                    memcpy(&v, r, 8);
+                    lua_pushnumber(L, (lua_Number)v);
+                }
+                r += 8;
+            } else if (tag == SC_STR) {
+                uint32_t l32;
+                if (end - r < 4) return corrupt(L);
+                memcpy(&l32, r, 4);
+                if ((size_t)(end - r - 4) < l32) return corrupt(L);
+                lua_pushlstring(L, r + 4, l32);
+                r += 4 + l32;
+            } else {
+                return corrupt(L);
+            }
+            lua_rawseti(L, 2, (int)(first + k));
+        }
+    }
+    cb_pushinteger(L, k);
+    return 2;
+}
+
+/* move(src, n, dst, first): dst[first + k - 1] = src[k], holes included */
+static int l_move(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_Integer n = luaL_checkinteger(L, 2);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    lua_Integer first = luaL_checkinteger(L, 4);
+    for (lua_Integer k = 1; k <= n; k++) {
+        lua_rawgeti(L, 1, (int)k);
+        lua_rawseti(L, 3, (int)(first + k - 1));
+    }
+    return 0;
+}
+
+/* run(fn, items, n, res, st, b, first, k): the worker's loop over one
+ * chunk, from item k + 1 on, for the plain case (no seed, no timeout, no
+ * spread arguments): res[j] = fn(items[j]). Before each item it stores the
+ * item's index in st[b + 2] and its position in the chunk in st[b + 4]
+ * (the shared.array the caller reads when a worker dies); an error
+ * propagates, and the caller resumes after st[b + 4]. `first` is the first
+ * item's index, or a table of the indices. */
+static int l_run(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_Integer n = luaL_checkinteger(L, 3);
+    luaL_checktype(L, 4, LUA_TTABLE);
+    cc_array *st = (cc_array *)cb_check(L, 5, CC_T_ARRAY, "pool.run");
+    lua_Integer b = luaL_checkinteger(L, 6);
+    int list = lua_istable(L, 7);
+    lua_Integer first = list ? 0 : luaL_checkinteger(L, 7);
+    lua_Integer k = luaL_checkinteger(L, 8);
+    if (st->elem != CC_F64 || b < 0 || b + 4 > st->n) return luaL_error(L, "pool.run: bad state array");
+    double *slot = (double *)(void *)st->data + b;
+    for (k = k + 1; k <= n; k++) {
+        lua_Integer i = first + k - 1;
+        if (list) {
+            lua_rawgeti(L, 7, (int)k);
+            i = (lua_Integer)lua_tonumber(L, -1);
+            lua_pop(L, 1);
+        }
+        double di = (double)i, dk = (double)k;
+        __atomic_store(&slot[1], &di, __ATOMIC_RELAXED);
+        __atomic_store(&slot[3], &dk, __ATOMIC_RELAXED);
+        lua_pushvalue(L, 1);
+        lua_rawgeti(L, 2, (int)k);
+        lua_call(L, 1, 1);
+        lua_rawseti(L, 4, (int)k);
+    }
+    return 0;
+}
+
+/* table(n): an empty table with room for n array items, so results that
+ * arrive out of order still land in the array part */
+static int l_table(lua_State *L) {
+    lua_Integer n = luaL_optinteger(L, 1, 0);
+    lua_createtable(L, n > 0 && n < (1 << 28) ? (int)n : 0, 0);
+    return 1;
+}
+
+static const luaL_Reg helpers[] = {
+    {"table", l_table},
+    {"isatty", l_isatty}, {"fnv", l_fnv},   {"nap", l_nap}, {"pack", l_pack},
+    {"unpack", l_unpack}, {"move", l_move}, {"run", l_run}, {NULL, NULL},
+};
+
+/* Called by luaopen_concur with the concur table complete but for pool:
+ * runs the chunk with (concur, helpers) and leaves the pool table. */
+int cb_open_pool(lua_State *L, int lib) {
+    lib = cb_absindex(L, lib);
+    if (luaL_loadbuffer(L, pool_lua, sizeof pool_lua - 1, "@lib/concur/pool.lua") != 0)
+        return lua_error(L);
+    lua_pushvalue(L, lib);
+    cb_newlib(L, helpers);
+    lua_call(L, 2, 1);
+    return 1;
+}

@@ -1,0 +1,391 @@
+-- pool: map, imap, imap_unordered, starmap, submit and futures over
+-- worker processes and threads; errors, worker death, maxtasks, init, seeds
+local concur = require "concur"
+local pool, process, shared, queue = concur.pool, concur.process, concur.shared, concur.queue
+
+local function squares(n)
+  local t = {}
+  for i = 1, n do t[i] = i end
+  return t
+end
+
+for _, kind in ipairs { "process", "thread" } do
+  describe("pool (" .. kind .. ")", function()
+    local p
+    before_each(function() p = pool.new { workers = 2, kind = kind } end)
+    after_each(function() p:terminate() end)
+
+    it("maps a function over an array, results in order", function()
+      local r = p:map(function(x) return x * x end, { 1, 2, 3 })
+      assert.same({ 1, 4, 9, n = 3 }, r)
+      local big = p:map(function(x) return x + 1 end, squares(10000))
+      assert.equal(10000, #big)
+      for i = 1, 10000 do assert(big[i] == i + 1) end
+    end)
+
+    it("carries values exactly: integers, floats, NaN, infinities, strings, tables, nil results", function()
+      local items = { 1, 2.0, -0.0, 0 / 0, math.huge, -math.huge, math.maxinteger, math.mininteger, 2 ^ 63, 0.1,
+        "a\0b", true, false, { x = { 1, 2 } } }
+      local r = p:map(function(x) return x end, items, { chunksize = 3 })
+      assert.equal(#items, r.n)
+      for i = 1, #items do
+        local a, b = items[i], r[i]
+        if a ~= a then assert.is_true(b ~= b)
+        elseif type(a) == "table" then assert.same(a, b)
+        else
+          assert.equal(a, b)
+          if math.type then assert.equal(math.type(a), math.type(b)) end
+        end
+      end
+      assert.equal(1 / -0.0, 1 / r[3]) -- the sign of zero too
+      local holes = p:map(function(x) if x % 2 == 0 then return nil end return x, "second" end, squares(6))
+      assert.same({ 1, nil, 3, nil, 5, nil, n = 6 }, holes)
+    end)
+
+    it("an iterator that raises stops the call with its error, the pool goes on", function()
+      local i = 0
+      local ok, err = pcall(p.map, p, function(x) return x end, function()
+        i = i + 1
+        if i == 50 then error("source broke") end
+        return i
+      end, { chunksize = 4 })
+      assert.is_false(ok)
+      assert.matches("source broke", err)
+      assert.same({ 7, n = 1 }, p:map(function(x) return x end, { 7 }))
+    end)
+
+    it("maps an empty array to an empty result", function()
+      assert.same({ n = 0 }, p:map(function(x) return x end, {}))
+    end)
+
+    it("maps over a shared.list and over an iterator function", function()
+      local l = shared.list { 5, 6, 7 }
+      assert.same({ 10, 12, 14, n = 3 }, p:map(function(x) return 2 * x end, l))
+      local i = 0
+      local it = function() i = i + 1; if i <= 100 then return i end end
+      local r = p:map(function(x) return -x end, it)
+      assert.equal(100, #r)
+      assert.equal(-100, r[100])
+    end)
+
+    it("maps over a table with __index/__len and with a C function", function()
+      local proxy = setmetatable({}, { __index = function(_, i) return i * 10 end, __len = function() return 3 end })
+      if #proxy == 3 then -- Lua 5.4 (LuaJIT has no __len on tables)
+        assert.same({ 10, 20, 30, n = 3 }, p:map(function(x) return x end, proxy))
+      end
+      assert.same({ 2, 3, n = 2 }, p:map(math.sqrt, { 4, 9 }))
+      assert.has_error(function() p:map(print, io.stdout) end)
+    end)
+
+    it("imap yields results in order, lazily", function()
+      local seen = {}
+      for i, r in p:imap(function(x) return x * 10 end, squares(50)) do
+        seen[#seen + 1] = i
+        assert.equal(i * 10, r)
+      end
+      assert.same(squares(50), seen)
+    end)
+
+    it("imap_unordered yields every index exactly once", function()
+      local count = {}
+      for i, r in p:imap_unordered(function(x) return x + 0.5 end, squares(300), { chunksize = 1 }) do
+        count[i] = (count[i] or 0) + 1
+        assert.equal(i + 0.5, r)
+      end
+      for i = 1, 300 do assert.equal(1, count[i]) end
+    end)
+
+    it("starmap spreads each argument table", function()
+      local r = p:starmap(function(a, b) return a .. b end, { { "a", "b" }, { "c", "d" }, { 1, 2 } })
+      assert.same({ "ab", "cd", "12", n = 3 }, r)
+    end)
+
+    it("submit returns a future with result, done and error", function()
+      local f = p:submit(function(a, b) return a + b, a * b end, 3, 4)
+      local s, m = f:result(10)
+      assert.equal(7, s)
+      assert.equal(12, m)
+      assert.is_true(f:done())
+      assert.is_nil(f:error())
+      local g = p:submit(function() error("boom") end)
+      assert.matches("boom", g:error(10))
+      assert.has_error(function() g:result(10) end)
+      local ok, err = pcall(g.result, g, 10)
+      assert.is_false(ok)
+      assert.matches("task failed in " .. kind .. " %d+: .*boom", err)
+    end)
+
+    it("submit carries tables, nils and several results", function()
+      local f = p:submit(function(t, none, s) return t.x, none, { y = t.x }, s end, { x = 5 }, nil, "s")
+      local a, b, c, d = f:result(10)
+      assert.equal(5, a)
+      assert.is_nil(b)
+      assert.same({ y = 5 }, c)
+      assert.equal("s", d)
+      assert.equal(0, select("#", p:submit(function() end):result(10)))
+      local fs = {}
+      for i = 1, 200 do fs[i] = p:submit(function(t) return t[1] * 2 end, { i }) end
+      for i = 1, 200 do assert.equal(2 * i, fs[i]:result(10)) end
+    end)
+
+    it("result(timeout) returns nil, \"timeout\" while the task runs", function()
+      local f = p:submit(function() concur.sleep(0.5); return 1 end)
+      local v, why = f:result(0.05)
+      assert.is_nil(v)
+      assert.equal("timeout", why)
+      assert.equal(1, f:result(10))
+    end)
+
+    it("runs many futures, each with its own result", function()
+      local fs = {}
+      for i = 1, 500 do fs[i] = p:submit(function(x) return x * 2 end, i) end
+      for i = 1, 500 do assert.equal(2 * i, fs[i]:result(20)) end
+    end)
+
+    it("as_completed yields each future once, as it finishes", function()
+      local fs = {}
+      fs[1] = p:submit(function() concur.sleep(0.4); return "slow" end)
+      fs[2] = p:submit(function() return "fast" end)
+      local order = {}
+      for f in pool.as_completed(fs, 20) do order[#order + 1] = f:result() end
+      assert.same({ "fast", "slow" }, order)
+    end)
+
+    it("as_completed raises after its timeout", function()
+      local fs = { p:submit(function() concur.sleep(5) end) }
+      assert.has_error(function() for _ in pool.as_completed(fs, 0.1) do end end)
+    end)
+
+    it("wait returns done and pending for each return_when", function()
+      local slow = p:submit(function() concur.sleep(0.5); return 1 end)
+      local fast = p:submit(function() return 2 end)
+      local done, pending = pool.wait({ slow, fast }, { return_when = "first", timeout = 10 })
+      assert.equal(1, #done)
+      assert.equal(fast, done[1])
+      assert.equal(slow, pending[1])
+      done, pending = pool.wait({ slow, fast }, { return_when = "all", timeout = 10 })
+      assert.equal(2, #done)
+      assert.equal(0, #pending)
+      local bad = p:submit(function() error("x") end)
+      local slow2 = p:submit(function() concur.sleep(0.5) end)
+      done, pending = pool.wait({ slow2, bad }, { return_when = "first_error", timeout = 10 })
+      assert.equal(bad, done[1])
+      assert.equal(1, #pending)
+      done, pending = pool.wait({ p:submit(function() concur.sleep(2) end) }, { timeout = 0.05 })
+      assert.equal(0, #done)
+      assert.equal(1, #pending)
+    end)
+
+    it("raises the first failed item with its index, worker and traceback", function()
+      local ok, err = pcall(p.map, p, function(x)
+        if x == 17 then error("bad input") end
+        return x
+      end, squares(40))
+      assert.is_false(ok)
+      assert.matches("^pool%.map: item 17 failed in " .. kind .. " %d+: .-pool_spec%.lua:%d+: bad input", err)
+      assert.matches("stack traceback", err)
+      -- the pool goes on working
+      assert.same({ 2, n = 1 }, p:map(function(x) return x + 1 end, { 1 }))
+    end)
+
+    it("collects errors by index with errors = \"collect\" and runs every item", function()
+      local r, errs = p:map(function(x)
+        if x % 10 == 0 then error("ten") end
+        return x
+      end, squares(35), { errors = "collect", chunksize = 4 })
+      assert.equal(35, r.n)
+      for i = 1, 35 do
+        if i % 10 == 0 then
+          assert.is_nil(r[i])
+          assert.matches("ten", errs[i])
+        else
+          assert.equal(i, r[i])
+          assert.is_nil(errs[i])
+        end
+      end
+    end)
+
+    it("imap raises a failed item when its turn comes", function()
+      local got = {}
+      local ok, err = pcall(function()
+        for i, r in p:imap(function(x) if x == 3 then error("three") end return x end, squares(5)) do
+          got[#got + 1] = r
+        end
+      end)
+      assert.is_false(ok)
+      assert.matches("^pool%.imap: item 3 failed in " .. kind .. " %d+: .*three", err)
+      assert.same({ 1, 2 }, got)
+    end)
+
+    it("imap and imap_unordered yield i, nil, err for a failed item with errors = \"collect\"", function()
+      for _, how in ipairs { "imap", "imap_unordered" } do
+        local seen = {}
+        for i, r, err in p[how](p, function(x) if x == 2 then error("two") end return x end, squares(3), { errors = "collect" }) do
+          seen[i] = err and ("err:" .. err:match("two")) or r
+        end
+        assert.same({ 1, "err:two", 3 }, seen)
+      end
+    end)
+
+    it("leaving an imap loop early cancels the rest of its items", function()
+      local ran = shared.value("i64")
+      for _, r in p:imap(function(x) ran:add(1) concur.sleep(0.002) return x end, squares(2000), { chunksize = 1 }) do
+        break
+      end
+      collectgarbage() -- LuaJIT: the abandoned iterator stops being fed when collected
+      collectgarbage()
+      assert.same({ 1, n = 1 }, p:map(function(x) return x end, { 1 }))
+      concur.sleep(0.1)
+      local n = ran:get()
+      concur.sleep(0.2)
+      assert.equal(n, ran:get())
+      assert.is_true(n < 200, "ran " .. n)
+    end)
+
+    it("runs init once in each worker", function()
+      local q = queue()
+      local p2 = pool.new { workers = 2, kind = kind, init = function(qq, tag) qq:put(tag) end, init_args = { q, "hi" } }
+      p2:map(function(x) return x end, { 1, 2, 3 })
+      assert.equal("hi", q:get(5))
+      assert.equal("hi", q:get(5))
+      assert.same({ nil, "timeout" }, { q:get(0.05) })
+      p2:terminate()
+    end)
+
+    it("a failing init breaks the pool with a clear error", function()
+      local p2 = pool.new { workers = 1, kind = kind, init = function() error("no config") end }
+      local ok, err = pcall(p2.map, p2, function(x) return x end, { 1 })
+      assert.is_false(ok)
+      assert.matches("init failed in " .. kind .. " %d+: .*no config", err)
+      p2:terminate()
+    end)
+
+    it("replaces a worker after maxtasks items", function()
+      local p2 = pool.new { workers = 1, kind = kind, maxtasks = 2 }
+      local who = p2:map(function(x)
+        return kind == "process" and concur.process.pid() or concur.thread.id()
+      end, squares(6), { chunksize = 1 })
+      p2:terminate()
+      local distinct = {}
+      for i = 1, 6 do distinct[who[i]] = true end
+      local n = 0
+      for _ in pairs(distinct) do n = n + 1 end
+      assert.equal(3, n)
+    end)
+
+    it("seeds math.random from (seed, item): the same across 1, 2 and 4 workers", function()
+      local function draw(workers)
+        local q = pool.new { workers = workers, kind = kind }
+        local r = q:map(function() return math.random(1, 1000000000) end, squares(40), { seed = 42, chunksize = 3 })
+        q:terminate()
+        return r
+      end
+      local a, b, c = draw(1), draw(2), draw(4)
+      assert.same(a, b)
+      assert.same(a, c)
+      local d = p:map(function() return math.random(1, 1000000000) end, squares(40), { seed = 43 })
+      assert.are_not.same(a, d)
+    end)
+
+    it("fails an item that passes its timeout and goes on", function()
+      local r, errs = p:map(function(x)
+        if x == 2 then concur.sleep(30) end
+        return x
+      end, { 1, 2, 3, 4 }, { timeout = 0.5, errors = "collect", chunksize = 1 })
+      assert.matches("timed out after 0%.5s", errs[2])
+      assert.equal(1, r[1])
+      assert.equal(4, r[4])
+      assert.same({ 9, n = 1 }, p:map(function(x) return x * x end, { 3 }))
+    end)
+
+    it("a forked child cannot use or stop its parent's pool", function()
+      -- a pool cannot be sent (its worker handles cannot), but a fork
+      -- reaches everything its parent had, here through package.loaded
+      package.loaded.pool_spec_pool = p
+      local child = process.spawn(function()
+        local q = package.loaded.pool_spec_pool
+        local ok, err = pcall(q.map, q, function(x) return x end, { 1 })
+        q:terminate() -- a no-op here: the workers are the parent's
+        return ok, err
+      end)
+      package.loaded.pool_spec_pool = nil
+      local ok, err = child:join(20)
+      assert.is_false(ok)
+      assert.matches("the pool belongs to process %d+", err)
+      assert.same({ 5, n = 1 }, p:map(function(x) return x end, { 5 }))
+    end)
+
+    it("refuses bad arguments naming the function", function()
+      assert.has_error(function() p:map(42, {}) end, "pool.map: bad argument #1 (function expected, got number)")
+      assert.has_error(function() p:map(print, 42) end)
+      assert.has_error(function() p:map(print, {}, { chunksize = 0 }) end)
+      assert.has_error(function() p:map(print, {}, { chunksize = 0 / 0 }) end)
+      assert.has_error(function() p:map(print, {}, { seed = 2 ^ 63 }) end)
+      assert.has_error(function() p:map(print, {}, { timeout = -1 }) end)
+      assert.has_error(function() p:map(print, {}, { errors = "ignore" }) end)
+      assert.has_error(function() pool.new { workers = 0 } end)
+      assert.has_error(function() pool.new { workers = math.huge } end)
+      assert.has_error(function() pool.new { kind = "fiber" } end)
+      assert.has_error(function() p:submit(nil) end)
+      assert.has_error(function() pool.wait({ 1 }) end)
+      assert.has_error(function() p:map(function() return coroutine.create(print) end, { 1 }) end)
+    end)
+
+    it("close lets submitted work finish, then refuses new work", function()
+      local f = p:submit(function() concur.sleep(0.2); return "late" end)
+      p:close()
+      p:join()
+      assert.equal("late", f:result(1))
+      assert.has_error(function() p:map(print, { 1 }) end, "pool:map: the pool is closed")
+    end)
+
+    it("a failed item does not cancel other pools or later calls", function()
+      pcall(p.map, p, function() error("x") end, squares(100))
+      local r = p:map(function(x) return x end, squares(100))
+      assert.equal(100, #r)
+    end)
+  end)
+end
+
+describe("pool (process) worker death", function()
+  it("fails only the item whose worker was SIGKILLed; a replacement finishes the rest", function()
+    local p = pool.new { workers = 2, kind = "process" }
+    local before = p:worker_ids()
+    local r, errs = p:map(function(x)
+      if x == 5 then
+        concur.process.run { "kill", "-KILL", tostring(concur.process.pid()) }
+        concur.sleep(10)
+      end
+      return x * 2
+    end, squares(12), { errors = "collect", chunksize = 3 })
+    assert.equal("worker died (SIGKILL)", errs[5])
+    for i = 1, 12 do
+      if i ~= 5 then assert.equal(2 * i, r[i]) end
+    end
+    local after = p:worker_ids()
+    assert.equal(2, #after)
+    assert.is_true(after[1] ~= before[1] or after[2] ~= before[2])
+    p:terminate()
+  end)
+
+  it("raises a dead worker's item like any error", function()
+    local p = pool.new { workers = 2, kind = "process" }
+    local ok, err = pcall(p.map, p, function(x)
+      if x == 3 then concur.process.run { "kill", "-KILL", tostring(concur.process.pid()) }; concur.sleep(10) end
+      return x
+    end, squares(6), { chunksize = 1 })
+    assert.is_false(ok)
+    assert.matches("^pool%.map: item 3 failed in process %d+: worker died %(SIGKILL%)", err)
+    assert.equal(6, #p:map(function(x) return x end, squares(6)))
+    p:terminate()
+  end)
+
+  it("fails a future whose worker died", function()
+    local p = pool.new { workers = 1, kind = "process" }
+    local f = p:submit(function() concur.process.run { "kill", "-KILL", tostring(concur.process.pid()) }; concur.sleep(10) end)
+    local g = p:submit(function() return "after" end)
+    assert.matches("worker died %(SIGKILL%)", f:error(20))
+    assert.equal("after", g:result(20))
+    p:terminate()
+  end)
+end)
