@@ -25,26 +25,30 @@
 #include <luajit.h>
 #endif
 #include "../include/concur.h"
-#include "../runtime/cc.h"
+#include "../bindings/cb.h" /* prototypes only: the module links none of it */
+#include "../runtime/proc.h"
 
 #define MOD "concur.cluster"
 #define BIG_MARK 0xFFFFFFFFu
 #define MAX_DEPTH 200
 
+/* Each field has the type of the function it is looked up as, so a change
+ * of a prototype in bindings/cb.h or runtime/cc.h fails this build instead
+ * of calling through a stale signature. */
 typedef struct cl_api {
-    void (*encode)(lua_State *L, int first, int n, cc_buf *out, const char *fname, int argbase);
-    int (*decode)(lua_State *L, const void *msg, size_t len, const char *fname);
-    cc_buf *(*buf_take_at)(lua_State *L, int which, const void *frame);
-    void (*buf_give)(lua_State *L, cc_buf *b);
-    void (*msg_release)(const void *msg, size_t len);
-    cc_obj *(*test)(lua_State *L, int idx);
-    const char *(*type_name)(enum cc_type t);
-    int (*interrupted)(void);
-    int (*buf_reserve)(cc_buf *b, size_t need);
-    pid_t (*pid)(void); /* cached getpid, refreshed in forked children */
-    int (*stopping)(void);
-    double (*now)(void);
-    double (*deadline)(double timeout);
+    typeof(&cb_encode) encode;
+    typeof(&cb_decode) decode;
+    typeof(&cb_buf_take_at) buf_take_at;
+    typeof(&cb_buf_give) buf_give;
+    typeof(&cc_msg_release) msg_release;
+    typeof(&cb_test) test;
+    typeof(&cb_typename) type_name;
+    typeof(&cc_interrupted) interrupted;
+    typeof(&cc_buf_reserve) buf_reserve;
+    typeof(&cc_pid) pid; /* cached getpid, refreshed in forked children */
+    typeof(&cc_stopping) stopping;
+    typeof(&cc_now) now;
+    typeof(&cc_deadline) deadline;
 } cl_api;
 extern cl_api api;
 
