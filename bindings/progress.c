@@ -168,8 +168,10 @@ static int p_step(lua_State *L) {
         draw(p, 0);
         cc_progress_drawn(p, p->flags & CC_PROG_TTY);
     } else if (r < 0) {
-        return luaL_error(L, "progress:step: the count %lld + %lld would pass 2^53",
-                          (long long)cc_progress_count(p), (long long)n);
+        char msg[96];
+        snprintf(msg, sizeof msg, "the count %lld + %lld would pass 2^53",
+                 (long long)cc_progress_count(p), (long long)n);
+        return luaL_error(L, "progress:step: %s", msg);
     }
     return 0;
 }

@@ -1,0 +1,328 @@
+-- concur.progress: a shared counter that workers step and that draws itself
+-- on stderr (a line redrawn in place on a terminal, plain lines in a log).
+-- What is drawn is checked in a fresh interpreter of the flavour under test,
+-- through a pseudo-terminal (script(1)) or a pipe; counting across threads
+-- and processes runs here, with no total, so this file's own stderr gets no
+-- line until a summary.
+local concur = require "concur"
+local support = require "spec.support"
+local process, thread, queue, pipe, shared = concur.process, concur.thread, concur.queue,
+  concur.pipe, concur.shared
+
+local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+-- Run code (concur is a local) with stderr on a pseudo-terminal COLUMNS
+-- wide (script(1) gives it no size of its own, so COLUMNS is what counts).
+-- Returns what the terminal received, and the exit status.
+local function on_tty(code, columns, limit)
+  local f = os.tmpname()
+  local h = io.open(f, "w")
+  h:write('local concur = require "concur" ', code)
+  h:close()
+  local cmd = "timeout -k 2 " .. (limit or 30) .. " script -qec " ..
+    q("env COLUMNS=" .. (columns or 80) .. " " .. support.interp .. " " .. f) ..
+    " /dev/null </dev/null 2>&1; echo \"<exit $?>\""
+  local p = io.popen(cmd)
+  local out = p:read("*a")
+  p:close()
+  os.remove(f)
+  local status = tonumber(out:match("<exit (%d+)>%s*$"))
+  return (out:gsub("<exit %d+>%s*$", "")), status
+end
+
+-- The redraws: a "\r" that starts a line rather than ending one (the
+-- terminal turns each "\n" into "\r\n").
+local function redraws(out)
+  local n = 0
+  for _ in out:gmatch("\r[^\n]") do n = n + 1 end
+  return n
+end
+
+-- Every piece of text between two carriage returns or newlines, with the
+-- erase-to-end-of-line sequence taken out: what one draw put on a row.
+local function rows(out)
+  local t = {}
+  for piece in (out:gsub("\27%[K", "")):gmatch("[^\r\n]+") do t[#t + 1] = piece end
+  return t
+end
+
+local function has_script() return os.execute("command -v script >/dev/null 2>&1") end
+
+describe("concur.progress on a terminal", function()
+  if not has_script() then
+    pending("script(1) is not installed (bsdutils)")
+    return
+  end
+
+  it("redraws one line in place with label, counts, percent and bar, then the summary", function()
+    local out, rc = on_tty([[
+      local p = concur.progress(30, "fetching")
+      for i = 1, 30 do p:step() concur.sleep(0.01) end
+      p:done()
+    ]])
+    assert.equal(0, rc, out)
+    assert.is_true(redraws(out) >= 2, out)
+    assert.matches("\rfetching  %d+/30 +%d+%%  %[[#.]+%]  [%d.]+k?/s  ETA %d+:%d%d\27%[K", out)
+    assert.matches("\rfetching: 30/30 done in [%d.]+s %([%d.]+k?/s%)\27%[K\r?\n", out)
+    assert.is_nil(out:find("fetching: 30/30 done.*\rfetching  "), "nothing drawn after the summary")
+  end)
+
+  it("keeps every redrawn line within the terminal width, cutting the label first", function()
+    local out, rc = on_tty([[
+      local p = concur.progress(20, string.rep("long label ", 10))
+      for i = 1, 20 do p:step() concur.sleep(0.01) end
+      p:done()
+    ]], 40)
+    assert.equal(0, rc, out)
+    local drawn = 0
+    for _, row in ipairs(rows(out)) do
+      if not row:find("done in") then
+        drawn = drawn + 1
+        assert.is_true(#row <= 39, ("%d columns: %q"):format(#row, row))
+        assert.matches("%d+/20 +%d+%%", row)
+      end
+    end
+    assert.is_true(drawn >= 1, out)
+  end)
+
+  it("shows count, rate and elapsed time but no bar or ETA without a total", function()
+    local out, rc = on_tty([[
+      local p = concur.progress(nil, "scan")
+      for i = 1, 20 do p:step(3) concur.sleep(0.01) end
+      p:done()
+    ]])
+    assert.equal(0, rc, out)
+    assert.matches("\rscan  %d+  [%d.]+k?/s  %d+:%d%d\27%[K", out)
+    assert.matches("scan: 60 done in", out)
+    assert.is_nil(out:find("%[[#.]"), out)
+    assert.is_nil(out:find("ETA"), out)
+    assert.is_nil(out:find("%%"), out)
+  end)
+
+  it("redraws a tight loop of 10^6 steps a handful of times, not once per step", function()
+    local out, rc = on_tty([[
+      local p = concur.progress(10^6, "tight")
+      local t0 = concur.clock()
+      for i = 1, 10^6 do p:step() end
+      local secs = concur.clock() - t0
+      p:done()
+      print(("<secs %.3f>"):format(secs))
+    ]], 80, 60)
+    assert.equal(0, rc, out)
+    local secs = tonumber(out:match("<secs ([%d.]+)>"))
+    local n = redraws(out) - 1 -- the summary's own \r
+    -- at most one per 100 ms slot, plus the first step's
+    assert.is_true(n >= 1 and n <= secs * 10 + 2, ("%d redraws in %.3f s"):format(n, secs))
+    assert.matches("tight: 1000000/1000000 done in", out)
+  end)
+
+  it("ends an open line with a newline when the script ends without done", function()
+    local code = [[
+      local p = concur.progress(10, "unfinished")
+      p:step()
+    ]]
+    for _, ending in ipairs{"", "os.exit(0)", "p = nil collectgarbage() collectgarbage() io.stderr:write('after gc\\n')"} do
+      local out, rc = on_tty(code .. ending)
+      assert.equal(0, rc, out)
+      assert.matches("\runfinished  1/10 +10%%[^\r\n]*\27%[K\r?\n" ..
+        (ending:find("after gc") and "after gc\r?\n" or "") .. "$", out, ending)
+      assert.is_nil(out:find("done in"), out)
+    end
+  end)
+
+  it("draws steps taken by forked children on the parent's terminal", function()
+    local out, rc = on_tty([[
+      local p = concur.progress(40, "kids")
+      local ws = {}
+      for w = 1, 2 do
+        ws[w] = concur.process.spawn(function()
+          for i = 1, 20 do p:step() concur.sleep(0.01) end
+        end)
+      end
+      for _, w in ipairs(ws) do w:join(20) end
+      p:done()
+    ]])
+    assert.equal(0, rc, out)
+    assert.is_true(redraws(out) >= 2, out)
+    assert.matches("kids: 40/40 done in", out)
+  end)
+end)
+
+describe("concur.progress in a log", function()
+  it("writes a plain line every tenth of the total, no \\r, and the summary", function()
+    local out, rc = support.run([[
+      local p = concur.progress(1000, "batch")
+      for i = 1, 1000 do p:step() end
+      p:done()
+    ]])
+    assert.equal(0, rc, out)
+    assert.is_nil(out:find("\r"), out)
+    assert.is_nil(out:find("\27"), out)
+    local lines = {}
+    for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
+    assert.equal(11, #lines, out)
+    for k = 1, 10 do
+      assert.matches(("^batch: %d/1000 %%(%d%%%%%%) [%%d.]+[kMG]?/s ETA %%d+:%%d%%d$"):format(k * 100, k * 10), lines[k])
+    end
+    assert.matches("^batch: 1000/1000 done in [%d.]+s %([%d.]+[kMG]?/s%)$", lines[11])
+  end)
+
+  it("writes one line per tenth when steps jump across several at once", function()
+    local out, rc = support.run([[
+      local p = concur.progress(100, "jumps")
+      p:step(35) p:step(1) p:step(64) p:step(50)
+      p:done()
+    ]])
+    assert.equal(0, rc, out)
+    local n = 0
+    for _ in out:gmatch("jumps: %d+/100 %(") do n = n + 1 end
+    assert.equal(2, n, out) -- at 35 (3 tenths) and at 100
+    assert.matches("jumps: 35/100 %(35%%%)", out)
+    assert.matches("jumps: 100/100 done in", out)
+  end)
+
+  it("writes only the summary for an unknown total done within 10 s", function()
+    local out, rc = support.run([[
+      local p = concur.progress()
+      for i = 1, 1000 do p:step() end
+      p:done()
+    ]])
+    assert.equal(0, rc, out)
+    assert.matches("^1000 done in [%d.]+s %([%d.]+[kMG]?/s%)\n$", out)
+  end)
+
+  it("clamps steps past the total in what it shows, and counts them", function()
+    local out, rc = support.run([[
+      local p = concur.progress(100, "over")
+      p:step(150)
+      print(p:count(), tostring(p))
+      p:done()
+    ]])
+    assert.equal(0, rc, out)
+    assert.matches("150\tconcur.progress%(over: 100/100 %(100%%%)", out)
+    assert.matches("over: 100/100 done in", out)
+    assert.is_nil(out:find("150/100"), out)
+  end)
+
+  it("writes the summary once when done is called twice, and nothing after", function()
+    local out, rc = support.run([[
+      local p = concur.progress(10, "twice")
+      p:step(10)
+      p:done() p:done()
+      p:step() p:step(5)
+      print(p:count(), p:finished())
+    ]])
+    assert.equal(0, rc, out)
+    local n = 0
+    for _ in out:gmatch("done in") do n = n + 1 end
+    assert.equal(1, n, out)
+    assert.matches("16\ttrue", out)
+  end)
+end)
+
+describe("concur.progress values", function()
+  it("reads back count, total, label and tostring", function()
+    local p = concur.progress(nil, "values")
+    assert.equal(0, p:count())
+    assert.is_nil(p:total())
+    assert.equal("values", p:label())
+    p:step() p:step(4)
+    assert.equal(5, p:count())
+    assert.matches("^concur.progress%(values: 5 ", tostring(p))
+    local t = concur.progress(0)
+    assert.is_nil(t:total())
+    assert.equal("", t:label())
+    local u = concur.progress(2^53, "big")
+    assert.equal(2^53, u:total())
+    assert.is_false(u:finished())
+    assert.is_true(p:elapsed() >= 0)
+  end)
+
+  it("refuses bad totals and labels with errors that name the argument", function()
+    for _, bad in ipairs{-1, 0.5, 0/0, math.huge, -math.huge, 2^63, 2^53 + 2, "10", {}, true} do
+      local ok, err = pcall(concur.progress, bad)
+      assert.is_false(ok, tostring(bad))
+      assert.matches("^concur.progress: bad argument #1 %(total", err)
+    end
+    local ok, err = pcall(concur.progress, 10, 42)
+    assert.is_false(ok)
+    assert.matches("concur.progress: bad argument #2 %(label: string expected, got number%)", err)
+    ok, err = pcall(concur.progress, 10, string.rep("x", 201))
+    assert.is_false(ok)
+    assert.matches("label too long", err)
+  end)
+
+  it("refuses bad steps, leaving the count unchanged", function()
+    local p = concur.progress(nil, "bad steps")
+    p:step(3)
+    for _, bad in ipairs{-1, 0.5, 0/0, math.huge, 2^63, -2^63, "1", {}} do
+      local ok, err = pcall(p.step, p, bad)
+      assert.is_false(ok, tostring(bad))
+      assert.matches("^progress:step: bad argument #1 %(n", err)
+    end
+    p:step(2^53 - 3)
+    local ok, err = pcall(p.step, p, 1)
+    assert.is_false(ok)
+    assert.matches("progress:step: the count 9007199254740992 %+ 1 would pass 2%^53", err)
+    assert.equal(2^53, p:count())
+    ok, err = pcall(p.step, {}, 1)
+    assert.is_false(ok)
+    assert.matches("progress:step: bad argument #1 %(progress expected, got table%)", err)
+  end)
+end)
+
+describe("concur.progress across workers", function()
+  local N = 20000
+
+  it("adds steps from 2 threads exactly (as argument and as upvalue)", function()
+    local p = concur.progress()
+    local a = thread.new(function(pp, n) for i = 1, n do pp:step() end end, p, N)
+    local b = thread.new(function() for i = 1, N do p:step(2) end end)
+    a:join(30)
+    b:join(30)
+    assert.equal(3 * N, p:count())
+  end)
+
+  it("adds steps from 2 processes exactly (as argument and as upvalue)", function()
+    local p = concur.progress()
+    local a = process.spawn(function(pp, n) for i = 1, n do pp:step() end return true end, p, N)
+    local b = process.spawn(function() for i = 1, N do p:step(2) end return true end)
+    assert.is_true(a:join(30))
+    assert.is_true(b:join(30))
+    assert.equal(3 * N, p:count())
+  end)
+
+  it("travels in queue and pipe messages and in list items", function()
+    local p = concur.progress()
+    local qu, l = queue(), shared.list()
+    local w, r = pipe()
+    qu:put({prog = p})
+    w:send(p)
+    l:append(p)
+    local t = thread.new(function(qq) local m = qq:get(5) m.prog:step(1) end, qu)
+    local c1 = process.spawn(function(rr) rr:recv(5):step(10) return true end, r)
+    local c2 = process.spawn(function(ll) ll[1]:step(100) return true end, l)
+    t:join(30)
+    assert.is_true(c1:join(30))
+    assert.is_true(c2:join(30))
+    assert.equal(111, p:count())
+    assert.equal(p, l[1])
+  end)
+
+  it("keeps the count of steps taken before a worker was SIGKILLed", function()
+    local p = concur.progress()
+    local ready = concur.lock.event()
+    local c = process.spawn(function()
+      p:step(7)
+      ready:set()
+      while true do p:step() end
+    end)
+    assert.is_true(ready:wait(10))
+    c:kill("SIGKILL")
+    assert.is_false((pcall(c.join, c, 10)))
+    local n = p:count()
+    assert.is_true(n >= 7)
+    p:step()
+    assert.equal(n + 1, p:count())
+  end)
+end)
