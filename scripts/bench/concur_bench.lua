@@ -223,6 +223,16 @@ W.array_hist4p = function(n)
   return per * 4 / dt
 end
 
+-- concur.progress: p:step() per item from Lua (steps/s); the lines go to
+-- stderr, which make bench sends to /dev/null
+W.progress_step = function(n)
+  local p = concur.progress(n, "bench")
+  local dt = timed(function() for _ = 1, n do p:step() end end)
+  p:done()
+  assert(p:count() == n)
+  return n / dt
+end
+
 local f = W[workload]
 if not f then
   io.stderr:write("unknown workload ", tostring(workload), "\n")

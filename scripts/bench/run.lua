@@ -60,6 +60,8 @@ local rows = {
     {">=", 30, "vs_py"}},
   {"array_ptr", "shared.array writes via a:ptr(), LuaJIT", "/s", true, {"array_ptr", 100000000, 10000000, "luajit"}, {"array_ptr", 2000000, 1000000}, {"array_ptr", 100000000, 10000000},
     {">=", 200e6, "abs"}},
+  -- concur.progress (issue 12): one p:step() per item, stderr not a terminal (a log)
+  {"progress_step", "concur.progress p:step() per item", "/s", true, {"progress_step", 1000000, 1000000}, false, false},
 }
 
 local function run_one(kind, spec)
