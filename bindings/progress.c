@@ -86,9 +86,17 @@ static void close_open(void) {
     pthread_mutex_unlock(&open_mu);
 }
 
+/* A fork while another thread holds open_mu must not leave the child's
+ * copy locked for ever (its exit would hang in close_open). */
+static void fork_prepare(void) { pthread_mutex_lock(&open_mu); }
+static void fork_after(void) { pthread_mutex_unlock(&open_mu); }
+
 static void track(cc_progress *p, int on) {
     pthread_mutex_lock(&open_mu);
-    if (!atexit_set) atexit_set = atexit(close_open) == 0;
+    if (!atexit_set) {
+        atexit_set = atexit(close_open) == 0;
+        pthread_atfork(fork_prepare, fork_after, fork_after);
+    }
     for (int i = 0; i < NOPEN; i++) {
         if (on && !open_list[i].p) {
             open_list[i].p = p, open_list[i].pid = getpid();
