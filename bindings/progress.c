@@ -57,12 +57,12 @@ static int term_width(void) {
 }
 
 /* Draw the current line (final: the summary). The caller holds the token. */
-static void draw(cc_progress *p, int final) {
+static void draw(cc_progress *p, int64_t count, int final) {
     char buf[1024];
     size_t n = 0;
     int tty = p->flags & CC_PROG_TTY;
     if (tty) buf[n++] = '\r';
-    n += cc_progress_line(p, buf + n, sizeof buf - 16, tty && !final ? term_width() : 0, final);
+    n += cc_progress_line(p, count, buf + n, sizeof buf - 16, tty && !final ? term_width() : 0, final);
     if (tty) memcpy(buf + n, "\x1b[K", 3), n += 3;
     if (final || !tty) buf[n++] = '\n';
     write_all(buf, n);
@@ -172,8 +172,9 @@ static int p_step(lua_State *L) {
     int64_t n = 1;
     if (lua_gettop(L) > 1 && !lua_isnil(L, 2)) n = count_arg(L, 2, 1, "progress:step", "n");
     int r = cc_progress_add(p, n);
-    if (r > 0 && cc_progress_poll(p)) {
-        draw(p, 0);
+    int64_t shown;
+    if (r > 0 && cc_progress_poll(p, &shown)) {
+        draw(p, shown, 0);
         cc_progress_drawn(p, p->flags & CC_PROG_TTY);
     } else if (r < 0) {
         char msg[96];
@@ -188,7 +189,7 @@ static int p_done(lua_State *L) {
     cc_progress *p = self(L, "progress:done");
     int partial;
     if (cc_progress_finish(p, &partial)) {
-        draw(p, 1);
+        draw(p, cc_progress_count(p), 1);
         cc_progress_drawn(p, 0);
     }
     return 0;
@@ -227,7 +228,7 @@ static int p_isdone(lua_State *L) {
 static int p_tostring(lua_State *L) {
     cc_progress *p = (cc_progress *)cb_check(L, 1, CC_T_PROGRESS, "progress:__tostring");
     char line[512];
-    cc_progress_line(p, line, sizeof line, 0, 0);
+    cc_progress_line(p, cc_progress_count(p), line, sizeof line, 0, 0);
     lua_pushfstring(L, "concur.progress(%s)%s", line,
                     (atomic_load(&p->state) & CC_PROG_DONE) ? " done" : "");
     return 1;

@@ -99,25 +99,33 @@ void cc_progress_drawn(cc_progress *p, int partial) {
     atomic_store(&p->drawing, 0);
 }
 
-/* Plain lines for a known total: the step that enters a new tenth draws. */
-static int poll_tenths(cc_progress *p, int64_t c) {
+/* Plain lines for a known total: the step that finds the count in a new
+ * tenth draws it. Decided holding the token, with the count read there and
+ * shown as read, so lines come out in order and no tenth comes twice (a
+ * drawer that decided first but wrote second would print 60% after 70%). */
+static int poll_tenths(cc_progress *p, int64_t *shown) {
+    if (!take(p, 1)) return 0;
+    int64_t c = cc_progress_count(p);
     int64_t t = (c < p->total ? c : p->total) * 10 / p->total;
     /* the first count of the next tenth: ceil((t+1) * total / 10) */
     int64_t next = t < 10 ? ((t + 1) * p->total + 9) / 10 : CC_PROGRESS_MAX + 1;
     atomic_store_explicit(&p->check_at, next, memory_order_relaxed);
-    int64_t old = atomic_load(&p->tenth);
-    while (t > old)
-        if (atomic_compare_exchange_weak(&p->tenth, &old, t)) return take(p, 1);
+    if (t > atomic_load_explicit(&p->tenth, memory_order_relaxed)) {
+        atomic_store_explicit(&p->tenth, t, memory_order_relaxed);
+        *shown = c;
+        return 1;
+    }
+    atomic_store(&p->drawing, 0);
     return 0;
 }
 
-int cc_progress_poll(cc_progress *p) {
+int cc_progress_poll(cc_progress *p, int64_t *shown) {
     int64_t c = cc_progress_count(p);
     if (atomic_load_explicit(&p->state, memory_order_relaxed) & CC_PROG_DONE) {
         atomic_store_explicit(&p->check_at, CC_PROGRESS_MAX + 1, memory_order_relaxed);
         return 0;
     }
-    if (!(p->flags & CC_PROG_TTY) && p->total > 0) return poll_tenths(p, c);
+    if (!(p->flags & CC_PROG_TTY) && p->total > 0) return poll_tenths(p, shown);
     int64_t now = cc_progress_now();
     int64_t dt = now - atomic_exchange_explicit(&p->checked, now, memory_order_relaxed);
     int64_t s = atomic_load_explicit(&p->stride, memory_order_relaxed);
@@ -132,7 +140,9 @@ int cc_progress_poll(cc_progress *p) {
     if (now < slot) return 0;
     int64_t every = (p->flags & CC_PROG_TTY) ? SLOT : PLAIN_EVERY;
     if (!atomic_compare_exchange_strong(&p->next_draw, &slot, now + every)) return 0;
-    return take(p, 0);
+    if (!take(p, 0)) return 0;
+    *shown = cc_progress_count(p); /* read holding the token: lines never go back */
+    return 1;
 }
 
 int cc_progress_finish(cc_progress *p, int *partial) {
@@ -209,8 +219,8 @@ static void fmt_elapsed(char *b, size_t n, double s) {
     else fmt_clock(b, n, s);
 }
 
-size_t cc_progress_line(cc_progress *p, char *buf, size_t cap, int width, int final) {
-    int64_t c = cc_progress_count(p), total = p->total;
+size_t cc_progress_line(cc_progress *p, int64_t c, char *buf, size_t cap, int width, int final) {
+    int64_t total = p->total;
     int64_t shown = total > 0 && c > total ? total : c; /* steps past total: clamped */
     int64_t end = atomic_load(&p->end);
     double secs = (double)((end ? end : cc_progress_now()) - p->start) / 1e9;

@@ -68,8 +68,9 @@ static inline int64_t cc_progress_count(const cc_progress *p) {
 
 /* A step reached check_at: move check_at on and decide whether the caller
  * draws now. 1: the caller holds the drawing token and must write the line
- * (cc_progress_line) and then call cc_progress_drawn; 0: nothing to do. */
-int cc_progress_poll(cc_progress *p);
+ * for the count put in *shown (cc_progress_line) and then call
+ * cc_progress_drawn; 0: nothing to do. */
+int cc_progress_poll(cc_progress *p, int64_t *shown);
 void cc_progress_drawn(cc_progress *p, int partial);
 
 /* Finish: 1 when this call finished it (the caller holds the token, writes
@@ -78,11 +79,13 @@ void cc_progress_drawn(cc_progress *p, int partial);
  * A drawer that died holding the token is waited for at most 1 s. */
 int cc_progress_finish(cc_progress *p, int *partial);
 
-/* The line for the current state, NUL-terminated, at most width - 1
+/* The line for count (the current count for the summary and tostring),
+ * NUL-terminated, at most width - 1
  * columns when width > 0 (the bar fills the room left; the label is cut
  * before counts and percent are); final: the summary. Returns its length
  * in bytes. cap >= 512. */
-size_t cc_progress_line(cc_progress *p, char *buf, size_t cap, int width, int final);
+size_t cc_progress_line(cc_progress *p, int64_t count, char *buf, size_t cap, int width,
+                        int final);
 
 int64_t cc_progress_now(void); /* CLOCK_MONOTONIC ns */
 #endif

@@ -220,6 +220,59 @@ describe("concur.progress in a log", function()
   end)
 end)
 
+describe("concur.progress drawn by several workers", function()
+  it("writes whole lines, one per tenth and in order, when 2 threads and 2 processes step", function()
+    local out, rc = support.run([[
+      local p = concur.progress(4000, "mixed")
+      local ws = {}
+      for k = 1, 2 do
+        ws[#ws + 1] = concur.thread.new(function() for i = 1, 1000 do p:step() end end)
+        ws[#ws + 1] = concur.process.spawn(function() for i = 1, 1000 do p:step() end end)
+      end
+      for _, w in ipairs(ws) do w:join(30) end
+      p:done()
+    ]])
+    assert.equal(0, rc, out)
+    local tenths, n, last = {}, 0, -1
+    for l in out:gmatch("[^\n]+") do
+      n = n + 1
+      local c, pct = l:match("^mixed: (%d+)/4000 %((%d+)%%%) [%d.]+[kMG]?/s ETA %d+:%d%d$")
+      if c then
+        assert.is_true(tonumber(c) >= tonumber(pct) * 40, l)
+        assert.is_true(tonumber(c) > last, "a line went back: " .. l)
+        last = tonumber(c)
+        assert.is_nil(tenths[pct], "tenth drawn twice: " .. l)
+        tenths[pct] = true
+      else
+        assert.matches("^mixed: 4000/4000 done in [%d.]+s %([%d.]+[kMG]?/s%)$", l)
+      end
+    end
+    assert.equal(11, n, out)
+  end)
+
+  it("redraws whole lines on a terminal when 2 threads step", function()
+    if not has_script() then return pending("script(1) is not installed") end
+    local out, rc = on_tty([[
+      local p = concur.progress(400, "threads")
+      local ws = {}
+      for k = 1, 2 do
+        ws[k] = concur.thread.new(function()
+          for i = 1, 200 do p:step() concur.sleep(0.001) end
+        end)
+      end
+      for _, w in ipairs(ws) do w:join(30) end
+      p:done()
+    ]])
+    assert.equal(0, rc, out)
+    for _, row in ipairs(rows(out)) do
+      if not row:find("done in") then
+        assert.matches("^threads  %d+/400 +%d+%%  %[[#.]+%]  [%d.]+k?/s  ETA [%d:?]+$", row)
+      end
+    end
+    assert.matches("threads: 400/400 done in", out)
+  end)
+end)
+
 describe("concur.progress values", function()
   it("reads back count, total, label and tostring", function()
     local p = concur.progress(nil, "values")
