@@ -85,6 +85,27 @@ describe("concur.progress on a terminal", function()
     assert.is_true(drawn >= 1, out)
   end)
 
+  it("cuts a UTF-8 label between characters and shows control characters as ?", function()
+    local out, rc = on_tty([[
+      local p = concur.progress(10, string.rep("\195\169", 40) .. "\n\r\27x")
+      for i = 1, 10 do p:step() concur.sleep(0.02) end
+      p:done()
+    ]], 40)
+    assert.equal(0, rc, out)
+    local drawn = 0
+    for _, row in ipairs(rows(out)) do
+      if row:find("%d+/10") and not row:find("done in") then
+        drawn = drawn + 1
+        local cols = select(2, row:gsub("[^\128-\191]", ""))
+        assert.is_true(cols <= 39, ("%d columns: %q"):format(cols, row))
+        assert.matches("^\195\169", row)
+        assert.is_true(utf8 == nil or utf8.len(row) ~= nil, "cut inside a character: " .. row)
+      end
+    end
+    assert.is_true(drawn >= 1, out)
+    assert.matches("\195\169%?%?%?x: 10/10 done in", out)
+  end)
+
   it("shows count, rate and elapsed time but no bar or ETA without a total", function()
     local out, rc = on_tty([[
       local p = concur.progress(nil, "scan")
