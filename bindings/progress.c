@@ -62,7 +62,8 @@ static void draw(cc_progress *p, int64_t count, int final) {
     size_t n = 0;
     int tty = p->flags & CC_PROG_TTY;
     if (tty) buf[n++] = '\r';
-    n += cc_progress_line(p, count, buf + n, sizeof buf - 16, tty && !final ? term_width() : 0, final);
+    int width = tty && !final ? term_width() : 0;
+    n += cc_progress_line(p, count, buf + n, sizeof buf - 16, width, final);
     if (tty) memcpy(buf + n, "\x1b[K", 3), n += 3;
     if (final || !tty) buf[n++] = '\n';
     write_all(buf, n);
@@ -129,8 +130,8 @@ static int64_t count_arg(lua_State *L, int idx, int arg, const char *fname, cons
     lua_Integer v = cb_tointegerx(L, idx, &ok);
     if (!ok || v < 0 || v > CC_PROGRESS_MAX) {
         char num[64];
-        luaL_error(L, "%s: bad argument #%d (%s must be a whole number from 0 to 2^53, got %s)", fname,
-                   arg, what, numtext(L, idx, num, sizeof num));
+        luaL_error(L, "%s: bad argument #%d (%s must be a whole number from 0 to 2^53, got %s)",
+                   fname, arg, what, numtext(L, idx, num, sizeof num));
     }
     return (int64_t)v;
 }
@@ -147,11 +148,14 @@ static int l_progress(lua_State *L) {
     const char *label = "";
     if (!lua_isnoneornil(L, 2)) {
         if (lua_type(L, 2) != LUA_TSTRING)
-            return luaL_error(L, "concur.progress: bad argument #2 (label: string expected, got %s)",
+            return luaL_error(L,
+                              "concur.progress: bad argument #2 (label: string expected, got %s)",
                               cb_typeof(L, 2));
         label = lua_tolstring(L, 2, &len);
         if (len > CC_PROGRESS_LABEL)
-            return luaL_error(L, "concur.progress: bad argument #2 (label too long: %d bytes, at most %d)",
+            return luaL_error(L,
+                              "concur.progress: bad argument #2 (label too long: %d bytes, at "
+                              "most %d)",
                               (int)len, CC_PROGRESS_LABEL);
     }
     cc_progress *p;

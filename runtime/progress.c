@@ -250,10 +250,12 @@ size_t cc_progress_line(cc_progress *p, int64_t c, char *buf, size_t cap, int wi
         char t[24];
         if (shown >= total)
             snprintf(eta, sizeof eta, "ETA 0:00");
-        else if (c > 0 && rate > 0)
-            fmt_clock(t, sizeof t, (double)(total - shown) / rate), snprintf(eta, sizeof eta, "ETA %s", t);
-        else
+        else if (c > 0 && rate > 0) {
+            fmt_clock(t, sizeof t, (double)(total - shown) / rate);
+            snprintf(eta, sizeof eta, "ETA %s", t);
+        } else {
             snprintf(eta, sizeof eta, "ETA ?");
+        }
     } else {
         fmt_clock(el, sizeof el, secs);
         snprintf(eta, sizeof eta, "%s%s", width <= 0 ? "elapsed " : "", el);
@@ -277,7 +279,8 @@ size_t cc_progress_line(cc_progress *p, int64_t c, char *buf, size_t cap, int wi
     if (avail > (int)cap - 64) avail = (int)cap - 64;
     int core = (int)strlen(counts) + (total > 0 ? 1 + (int)strlen(pct) : 0);
     if (core > avail) { /* absurdly narrow: as much of the counts as fits */
-        put(&l, counts, (size_t)(avail > 0 ? avail : 0) < strlen(counts) ? (size_t)(avail > 0 ? avail : 0) : strlen(counts), 0);
+        size_t n = avail > 0 ? (size_t)avail : 0;
+        put(&l, counts, n < strlen(counts) ? n : strlen(counts), 0);
         return l.len;
     }
     int used = core;
