@@ -70,6 +70,17 @@ int cc_progress_new(cc_progress **out, int64_t total, const char *label, size_t 
 
 void cc_progress_destroy(cc_obj *o) { cc_free(o); }
 
+/* The stamp this thread took the token with: giving it back is a CAS from
+ * that stamp, so a drawer that was overtaken (stuck over STALE in its
+ * write) cannot free the token of the one that overtook it. A thread
+ * holds at most one token at a time (drawing runs no Lua). */
+static __thread int64_t mine;
+
+static void give(cc_progress *p) {
+    int64_t held = mine;
+    atomic_compare_exchange_strong(&p->drawing, &held, 0);
+}
+
 /* Take the drawing token; wait: keep trying (up to STALE) rather than give
  * up when another drawer has it. 1 when taken and not yet done. */
 static int take(cc_progress *p, int wait) {
@@ -77,7 +88,10 @@ static int take(cc_progress *p, int wait) {
         int64_t now = cc_progress_now();
         int64_t held = atomic_load(&p->drawing);
         if (held == 0 || now - held > STALE) {
-            if (atomic_compare_exchange_strong(&p->drawing, &held, now)) break;
+            if (atomic_compare_exchange_strong(&p->drawing, &held, now)) {
+                mine = now;
+                break;
+            }
             continue;
         }
         if (!wait) return 0;
@@ -85,7 +99,7 @@ static int take(cc_progress *p, int wait) {
         nanosleep(&ts, NULL);
     }
     if (atomic_load(&p->state) & CC_PROG_DONE) {
-        atomic_store(&p->drawing, 0);
+        give(p);
         return 0;
     }
     return 1;
@@ -96,7 +110,7 @@ void cc_progress_drawn(cc_progress *p, int partial) {
         atomic_fetch_or(&p->state, CC_PROG_PARTIAL);
     else
         atomic_fetch_and(&p->state, ~(uint32_t)CC_PROG_PARTIAL);
-    atomic_store(&p->drawing, 0);
+    give(p);
 }
 
 /* Plain lines for a known total: the step that finds the count in a new
@@ -115,7 +129,7 @@ static int poll_tenths(cc_progress *p, int64_t *shown) {
         *shown = c;
         return 1;
     }
-    atomic_store(&p->drawing, 0);
+    give(p);
     return 0;
 }
 
@@ -151,7 +165,7 @@ int cc_progress_finish(cc_progress *p, int *partial) {
     if (!take(p, 1)) return 0; /* another finish got there first */
     uint32_t old = atomic_fetch_or(&p->state, CC_PROG_DONE);
     if (old & CC_PROG_DONE) {
-        atomic_store(&p->drawing, 0);
+        give(p);
         return 0;
     }
     atomic_store_explicit(&p->check_at, CC_PROGRESS_MAX + 1, memory_order_relaxed);
