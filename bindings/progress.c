@@ -20,6 +20,7 @@
 #include "../runtime/progress.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,14 +39,30 @@ static struct {
 static pthread_mutex_t open_mu = PTHREAD_MUTEX_INITIALIZER;
 static int atexit_set;
 
+/* One line to stderr. A progress line must never kill the program: with
+ * stderr a pipe whose reader is gone, write(2) raises SIGPIPE, so it is
+ * blocked in this thread for the write and a SIGPIPE the write caused is
+ * taken back (one that was already pending is left alone). Other errors
+ * drop the line. */
 static void write_all(const char *s, size_t n) {
+    sigset_t pipe_set, old, pending;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    sigpending(&pending);
+    int was_pending = sigismember(&pending, SIGPIPE);
     while (n > 0) {
         ssize_t w = write(2, s, n);
         if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return; /* stderr closed or full: progress is not worth failing for */
+        if (w < 0 && errno == EPIPE && !was_pending) {
+            struct timespec zero = {0, 0};
+            sigtimedwait(&pipe_set, NULL, &zero);
+        }
+        if (w <= 0) break;
         s += w;
         n -= (size_t)w;
     }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
 static int term_width(void) {

@@ -191,6 +191,29 @@ describe("concur.progress in a log", function()
     assert.matches("^batch: 1000/1000 done in [%d.]+s %([%d.]+[kMG]?/s%)$", lines[11])
   end)
 
+  it("survives stderr being a pipe nobody reads (no SIGPIPE), and keeps counting", function()
+    if not os.execute("command -v perl >/dev/null 2>&1") then return pending("no perl") end
+    local f = os.tmpname()
+    local h = io.open(f, "w")
+    h:write([[
+      local concur = require "concur"
+      local p = concur.progress(10, "nobody reads")
+      for i = 1, 10 do p:step() end
+      p:done()
+      print("survived", p:count())
+    ]])
+    h:close()
+    -- stderr: the write end of a pipe whose read end is already closed
+    local broken = [[perl -e 'pipe(R, W) or die; close R; open(STDERR, ">&", \*W) or die; ]] ..
+      [[$SIG{PIPE} = "DEFAULT"; exec @ARGV' sh -c ]]
+    local p = io.popen("timeout -k 2 20 " .. broken .. q(support.interp .. " " .. f) ..
+      "; echo \"<exit $?>\"")
+    local out = p:read("*a")
+    p:close()
+    os.remove(f)
+    assert.matches("survived\t10\n<exit 0>", out)
+  end)
+
   it("writes one line per tenth when steps jump across several at once", function()
     local out, rc = support.run([[
       local p = concur.progress(100, "jumps")
