@@ -19,6 +19,7 @@
 #include "cb.h"
 #include "../runtime/progress.h"
 
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -73,8 +74,19 @@ static int term_width(void) {
     return w > 0 && w < 100000 ? (int)w : 80;
 }
 
-/* Draw the current line (final: the summary). The caller holds the token. */
-static void draw(cc_progress *p, int64_t count, int final) {
+/* Can a line go to stderr without blocking? A stepper is somebody's work
+ * loop: a stalled reader (a full pipe, a terminal stopped by Ctrl-S) costs
+ * it the line, not the wait. POLLOUT on a pipe means room for PIPE_BUF
+ * bytes, more than a line. */
+static int writable(void) {
+    struct pollfd pf = {.fd = 2, .events = POLLOUT};
+    return poll(&pf, 1, 0) == 1 && (pf.revents & POLLOUT);
+}
+
+/* Draw the line for count (final: the summary, which waits for stderr like
+ * any other output). The caller holds the token. 1 when written. */
+static int draw(cc_progress *p, int64_t count, int final) {
+    if (!final && !writable()) return 0;
     char buf[1024];
     size_t n = 0;
     int tty = p->flags & CC_PROG_TTY;
@@ -84,6 +96,7 @@ static void draw(cc_progress *p, int64_t count, int final) {
     if (tty) memcpy(buf + n, "\x1b[K", 3), n += 3;
     if (final || !tty) buf[n++] = '\n';
     write_all(buf, n);
+    return 1;
 }
 
 /* Finish without a summary: close an open terminal line. */
@@ -195,8 +208,8 @@ static int p_step(lua_State *L) {
     int r = cc_progress_add(p, n);
     int64_t shown;
     if (r > 0 && cc_progress_poll(p, &shown)) {
-        draw(p, shown, 0);
-        cc_progress_drawn(p, p->flags & CC_PROG_TTY);
+        int wrote = draw(p, shown, 0);
+        cc_progress_drawn(p, wrote ? (int)(p->flags & CC_PROG_TTY) : -1);
     } else if (r < 0) {
         char msg[96];
         snprintf(msg, sizeof msg, "the count %lld + %lld would pass 2^53",

@@ -106,7 +106,9 @@ static int take(cc_progress *p, int wait) {
 }
 
 void cc_progress_drawn(cc_progress *p, int partial) {
-    if (partial)
+    if (partial < 0)
+        ; /* nothing was written: the screen is as it was */
+    else if (partial)
         atomic_fetch_or(&p->state, CC_PROG_PARTIAL);
     else
         atomic_fetch_and(&p->state, ~(uint32_t)CC_PROG_PARTIAL);

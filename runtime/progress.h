@@ -71,6 +71,8 @@ static inline int64_t cc_progress_count(const cc_progress *p) {
  * for the count put in *shown (cc_progress_line) and then call
  * cc_progress_drawn; 0: nothing to do. */
 int cc_progress_poll(cc_progress *p, int64_t *shown);
+/* Give the token back. partial: 1 the line written has no newline (a
+ * terminal line), 0 it ended one, -1 nothing was written. */
 void cc_progress_drawn(cc_progress *p, int partial);
 
 /* Finish: 1 when this call finished it (the caller holds the token, writes

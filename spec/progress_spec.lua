@@ -205,13 +205,38 @@ describe("concur.progress in a log", function()
     h:close()
     -- stderr: the write end of a pipe whose read end is already closed
     local broken = [[perl -e 'pipe(R, W) or die; close R; open(STDERR, ">&", \*W) or die; ]] ..
-      [[$SIG{PIPE} = "DEFAULT"; exec @ARGV' sh -c ]]
-    local p = io.popen("timeout -k 2 20 " .. broken .. q(support.interp .. " " .. f) ..
+      [[$SIG{PIPE} = "DEFAULT"; exec @ARGV' ]]
+    local p = io.popen("timeout -s KILL 20 " .. broken .. support.interp .. " " .. f ..
       "; echo \"<exit $?>\"")
     local out = p:read("*a")
     p:close()
     os.remove(f)
     assert.matches("survived\t10\n<exit 0>", out)
+  end)
+
+  it("drops lines rather than block a stepper when stderr is a full pipe", function()
+    if not os.execute("command -v perl >/dev/null 2>&1") then return pending("no perl") end
+    local f = os.tmpname()
+    local h = io.open(f, "w")
+    h:write([[
+      local concur = require "concur"
+      local p = concur.progress(10, "stalled")
+      for i = 1, 10 do p:step() end
+      print("stepped", p:count())
+    ]])
+    h:close()
+    -- stderr: a pipe filled to the brim whose reader (the child itself) never reads
+    local full = [[perl -e '$^F = 100; use Fcntl; pipe(R, W) or die; ]] ..
+      [[my $fl = fcntl(W, F_GETFL, 0); fcntl(W, F_SETFL, $fl | O_NONBLOCK); ]] ..
+      [[while (syswrite(W, "x" x 4096)) {} fcntl(W, F_SETFL, $fl); ]] ..
+      [[open(STDERR, ">&", \*W) or die; exec @ARGV' ]]
+    -- exec'd straight from perl, so the timeout's SIGKILL reaches the interpreter
+    local p = io.popen("timeout -s KILL 10 " .. full .. support.interp .. " " .. f ..
+      "; echo \"<exit $?>\"")
+    local out = p:read("*a")
+    p:close()
+    os.remove(f)
+    assert.matches("stepped\t10\n<exit 0>", out)
   end)
 
   it("writes one line per tenth when steps jump across several at once", function()
