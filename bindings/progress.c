@@ -7,7 +7,9 @@
  * writes: one write(2) per line, so lines from different processes never
  * interleave mid-line. On a terminal a line is "\r<line>\x1b[K" (redrawn
  * in place, the rest of the old line erased); the summary adds "\n". In a
- * log each line ends with "\n".
+ * log each line ends with "\n". A stepper never waits for stderr: a line
+ * it cannot write at once is dropped (the summary alone waits), and a
+ * reader that is gone costs the line, not a SIGPIPE.
  *
  * A line left open on the terminal (drawn without its newline) is closed
  * when the progress is abandoned: the creating state's handle is collected
@@ -249,7 +251,8 @@ static int p_label(lua_State *L) {
 
 static int p_elapsed(lua_State *L) {
     cc_progress *p = self(L, "progress:elapsed");
-    lua_pushnumber(L, (lua_Number)(cc_progress_now() - p->start) / 1e9);
+    int64_t end = atomic_load(&p->end); /* frozen at done */
+    lua_pushnumber(L, (lua_Number)((end ? end : cc_progress_now()) - p->start) / 1e9);
     return 1;
 }
 
