@@ -17,13 +17,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+int cb_open_progress(lua_State *L); /* bindings/progress.c: pushes concur.progress */
+
 static const char MT_KEYS[CC_T_MAX];  /* registry keys of the metatables */
 static const char INTERN_KEY = 'i';
 static const char HANDLE_KEY = 'h';   /* marks a concur metatable */
 
 static const char *const TYPE_NAMES[CC_T_MAX] = {
     "none", "list", "dict", "queue", "lock", "rlock", "semaphore", "event",
-    "condition", "barrier", "pipe", "array", "value",
+    "condition", "barrier", "pipe", "array", "value", "progress",
 };
 
 const char *cb_typename(enum cc_type t) {
@@ -806,6 +808,8 @@ int luaopen_concur(lua_State *L) {
     }
     cb_open_wait(L);
     lua_setfield(L, lib, "wait");
+    cb_open_progress(L);
+    lua_setfield(L, lib, "progress");
     /* the pool is Lua over the libraries above (bindings/pool.c) */
     cb_open_pool(L, lib);
     lua_pushvalue(L, -1);

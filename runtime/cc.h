@@ -90,6 +90,7 @@ enum cc_type {
     CC_T_LOCK, CC_T_RLOCK, CC_T_SEM, CC_T_EVENT, CC_T_COND, CC_T_BARRIER,
     CC_T_PIPE,
     CC_T_ARRAY, CC_T_VALUE,
+    CC_T_PROGRESS,
     CC_T_MAX
 };
 
@@ -115,6 +116,7 @@ void cc_condvar_destroy(cc_obj *o);
 void cc_barrier_destroy(cc_obj *o);
 void cc_pipe_destroy(cc_obj *o);
 void cc_array_destroy(cc_obj *o);     /* CC_T_ARRAY and CC_T_VALUE */
+void cc_progress_destroy(cc_obj *o);
 int cc_obj_valid(const cc_obj *o);    /* inside the arena, sane type, refs>0 */
 
 /* ---- messages ------------------------------------------------------- */

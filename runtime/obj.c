@@ -37,6 +37,7 @@ static void destroy(cc_obj *o) {
     case CC_T_PIPE: fn = cc_pipe_destroy; break;
     case CC_T_ARRAY:
     case CC_T_VALUE: fn = cc_array_destroy; break;
+    case CC_T_PROGRESS: fn = cc_progress_destroy; break;
     default: break;
     }
     if (fn) fn(o);

@@ -315,6 +315,14 @@ for _, kind in ipairs { "process", "thread" } do
       return timed(function() p:map(function(x) concur.sleep(0.005) return x end, items) end) / (n * 0.005 / 2)
     end)
   end
+-- concur.progress: p:step() per item from Lua (steps/s); the lines go to
+-- stderr, which make bench sends to /dev/null
+W.progress_step = function(n)
+  local p = concur.progress(n, "bench")
+  local dt = timed(function() for _ = 1, n do p:step() end end)
+  p:done()
+  assert(p:count() == n)
+  return n / dt
 end
 
 local f = W[workload]

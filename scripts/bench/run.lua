@@ -100,6 +100,8 @@ local rows = {
   {"pool_primes_t2", "pool map primes < 3e6 in chunks, 2 threads", "s", false, {"pool_primes_t2", P, Q}, {"pool_primes_2", P, Q}, false},
   {"pool_sweep_p2", "pool sweep 400 x 5 ms, 2 processes, time/ideal", "x", false, {"pool_sweep_p2", 400, 100}, {"pool_sweep", 400, 100}, false, {"<=", 1.05, "abs"}},
   {"pool_sweep_t2", "pool sweep 400 x 5 ms, 2 threads, time/ideal", "x", false, {"pool_sweep_t2", 400, 100}, {"pool_sweep", 400, 100}, false, {"<=", 1.05, "abs"}},
+  -- concur.progress (issue 12): one p:step() per item, stderr not a terminal (a log)
+  {"progress_step", "concur.progress p:step() per item", "/s", true, {"progress_step", 1000000, 1000000}, false, false},
 }
 
 local errfile = out .. "stderr.txt"
