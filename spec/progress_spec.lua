@@ -396,7 +396,7 @@ describe("concur.progress values", function()
     assert.equal(2^53, p:count())
     ok, err = pcall(p.step, {}, 1)
     assert.is_false(ok)
-    assert.matches("progress:step: bad argument #1 %(progress expected, got table%)", err)
+    assert.matches("progress:step: bad self %(progress expected, got table%)", err)
   end)
 end)
 
