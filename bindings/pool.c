@@ -301,14 +301,50 @@ static const luaL_Reg helpers[] = {
     {"unpack", l_unpack}, {"move", l_move}, {"run", l_run}, {NULL, NULL},
 };
 
-/* Called by luaopen_concur with the concur table complete but for pool:
- * runs the chunk with (concur, helpers) and leaves the pool table. */
-int cb_open_pool(lua_State *L, int lib) {
-    lib = cb_absindex(L, lib);
+/* The pool is loaded on first use, not when concur opens: every thread
+ * opens concur in a state of its own, and compiling the chunk there would
+ * cost each thread.new about a millisecond. concur.pool (also the global
+ * `pool` and package.loaded["concur.pool"]) starts as an empty table whose
+ * __index runs the chunk once, copies the module's fields into it and
+ * drops the metatable: from then on it is the module itself. */
+static int load_pool(lua_State *L) {
+    /* upvalue 1: the concur table */
     if (luaL_loadbuffer(L, pool_lua, sizeof pool_lua - 1, "@lib/concur/pool.lua") != 0)
         return lua_error(L);
-    lua_pushvalue(L, lib);
+    lua_pushvalue(L, lua_upvalueindex(1));
     cb_newlib(L, helpers);
     lua_call(L, 2, 1);
+    return 1;
+}
+
+static int pool_index(lua_State *L) {
+    /* 1: the proxy, 2: the key; upvalue 1: the concur table */
+    lua_settop(L, 2);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushcclosure(L, load_pool, 1);
+    lua_call(L, 0, 1); /* the module */
+    lua_pushnil(L);
+    while (lua_next(L, 3)) {
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, 1);
+    }
+    lua_pushnil(L);
+    lua_setmetatable(L, 1);
+    lua_pushvalue(L, 2);
+    lua_rawget(L, 1);
+    return 1;
+}
+
+/* Called by luaopen_concur with the concur table at lib: pushes the pool
+ * table (the proxy above). */
+int cb_open_pool(lua_State *L, int lib) {
+    lib = cb_absindex(L, lib);
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushvalue(L, lib);
+    lua_pushcclosure(L, pool_index, 1);
+    lua_setfield(L, -2, "__index");
+    lua_setmetatable(L, -2);
     return 1;
 }

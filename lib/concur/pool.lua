@@ -32,13 +32,24 @@ How work moves.
     strings, a batch of tasks whose functions are registered) travel as
     one string packed by pool.c, which the codec copies instead of
     walking value by value.
+  * Chunks grow while items prove quick: each reply says how long its
+    message ran, and the caller sizes later messages to ~2 ms of work (at
+    most 2048 items, less near the end of a known list). chunksize is the
+    smallest hand-out.
   * Each worker owns four f64 slots of a shared.array `st`: the chunk id it
     runs, the item index it runs (stored before each item), the item's start
-    time (only when a per-item timeout is set), and a spare. The caller
+    time (only when a per-item timeout is set), and the item's position in
+    its chunk; the array's last slot counts idle workers. The caller
     keeps every chunk it sent until its result arrives (`out[cid]`), so when
     a worker dies it knows exactly which item was running -- that item fails
     with "worker died (SIGKILL)" -- and re-queues the rest of the chunk;
-    a replacement worker starts in the same slot.
+    a replacement worker starts in the same slot. A worker killed between
+    taking a message and recording it loses the chunk: after a death, a
+    pool that stays quiet with chunks still out sends them again.
+  * The pool terminates itself at the end of the state through a finalizer
+    made after each worker (finalizers run newest first, so it runs before
+    a worker handle's own finalizer would join a worker that waits for
+    tasks), and a forked copy of a pool refuses every call.
 
 The backend seam (issue 14 adds kind = "mpi"). Everything above the
 backend -- chunking, futures, errors, seeds, journal, progress, death
@@ -51,13 +62,18 @@ handling -- talks to workers only through this table:
                                      free (here: the shared task queue)
   backend.recv(pool, max, timeout)   up to max result messages, {} on timeout
   backend.alive(pool, w)             false once the worker has ended
-  backend.reap(pool, w) -> why       after it ended: "SIGKILL", "exit 1: ..."
+  backend.reap(pool, w, quiet) -> why  after it ended: "SIGKILL", "exit 1: ...";
+                                     quiet: it was just killed, the caller may
+                                     be interrupted (poll, do not block)
   backend.kill(pool, w)              stop it now (SIGKILL / cancel)
   backend.stop(pool)                 no more tasks: workers finish and exit
 
-A backend's workers run worker_main(ctx) (exported as pool._worker_main)
-with ctx.get() / ctx.put(msg) in place of the queues, and report their
-position through ctx.st like the process and thread workers do.
+`kind` may be such a table. A backend's workers run worker_main(ctx)
+(exported as pool._worker_main) with ctx.get() / ctx.put(msg) in place of
+the queues, and report their position through ctx.st like the process and
+thread workers do (ctx = {st, live, fns, slot, kind, init, init_args,
+maxtasks, get, put}); the pool's own pieces a backend uses are pool.st,
+pool.live, pool.fns, pool.n and pool.workers.
 ]]
 
 local concur, C = ...
