@@ -315,6 +315,8 @@ for _, kind in ipairs { "process", "thread" } do
       return timed(function() p:map(function(x) concur.sleep(0.005) return x end, items) end) / (n * 0.005 / 2)
     end)
   end
+end
+
 -- concur.progress: p:step() per item from Lua (steps/s); the lines go to
 -- stderr, which make bench sends to /dev/null
 W.progress_step = function(n)
