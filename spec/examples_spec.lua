@@ -152,7 +152,7 @@ describe("pool examples", function()
     local csv = os.tmpname()
     local out = ex("sweep", csv .. " 100 2")
     assert.matches("100 points written to " .. csv:gsub("%p", "%%%0"), out)
-    assert.matches("sweep 100/100", out)
+    assert.matches("sweep: 100/100 done in", out)
     local rows = {}
     for line in io.lines(csv) do rows[#rows + 1] = line end
     assert.equal("damping,drive,amplitude", rows[1])
