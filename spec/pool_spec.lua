@@ -389,3 +389,20 @@ describe("pool (process) worker death", function()
     p:terminate()
   end)
 end)
+
+describe("pool kinds", function()
+  it("runs kind = \"auto\" on local processes when not launched by mpirun", function()
+    if os.getenv("OMPI_COMM_WORLD_SIZE") or os.getenv("PMI_SIZE") then return end
+    local p = pool.new { workers = 2, kind = "auto" }
+    assert.equal("process", p.kind)
+    local r = p:map(function(x) return x * x end, { 1, 2, 3 })
+    assert.same({ 1, 4, 9 }, { r[1], r[2], r[3] })
+    p:terminate()
+  end)
+
+  it("names the kinds it knows when given another", function()
+    local ok, err = pcall(pool.new, { kind = "fiber" })
+    assert.is_false(ok)
+    assert.matches('kind must be "process", "thread", "mpi" or "auto", got fiber', err, 1, true)
+  end)
+end)

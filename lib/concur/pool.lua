@@ -345,52 +345,9 @@ M._backends = backends
 
 -- ------------------------------------------------------------------ progress
 
--- concur.progress is another engineer's C object; until it is there, a
--- minimal one with the same interface (tty line / plain lines at ~10 %).
-local function standin_progress(total, label)
-  local tty = C.isatty(2)
-  local o = { n = 0, total = total, label = label or "progress", t0 = clock(), last = -1, lastpct = -1 }
-  local function line(final)
-    local n, t = o.n, o.total
-    local el = clock() - o.t0
-    local rate = el > 0 and n / el or 0
-    if t and t > 0 then
-      return ("%s %d/%d %3d%% %.0f/s%s"):format(o.label, n, t, floor(100 * n / t), rate,
-        final and (" in %.1fs"):format(el) or "")
-    end
-    return ("%s %d %.0f/s"):format(o.label, n, rate)
-  end
-  function o:step(k)
-    self.n = self.n + (k or 1)
-    local now = clock()
-    if tty then
-      if now - self.last >= 0.1 then
-        self.last = now
-        io.stderr:write("\r", line(), "\27[K")
-      end
-    elseif self.total and self.total > 0 then
-      local pct = floor(10 * self.n / self.total)
-      if pct > self.lastpct and pct < 10 then
-        self.lastpct = pct
-        io.stderr:write(line(), "\n")
-      end
-    end
-  end
-  function o:done()
-    if tty then io.stderr:write("\r", line(true), "\27[K\n")
-    else io.stderr:write(line(true), "\n") end
-    io.stderr:flush()
-  end
-  return o
-end
-
+-- the progress line is concur.progress's (bindings/progress.c)
 local function new_progress(total, label)
-  local P = concur.progress
-  if P then
-    local ok, o = pcall(P, total, label)
-    if ok then return o end
-  end
-  return standin_progress(total, label)
+  return concur.progress(total, label)
 end
 
 -- ------------------------------------------------------------------ sources
@@ -537,8 +494,19 @@ function M.new(opts)
   if n == nil then n = process.cpu_count() end
   if not is_int(n) or n < 1 or n > 4096 then argerr(fname, 1, "workers must be an integer 1..4096, got " .. tostring(n)) end
   local kind = opts.kind or "process"
+  -- "mpi" and "auto" are registered by concur.cluster (mpi/): load it on
+  -- demand; "auto" without an MPI launch (or without the module) is "process"
+  if (kind == "mpi" or kind == "auto") and not backends[kind] then
+    if kind == "mpi" or os.getenv("OMPI_COMM_WORLD_SIZE") or os.getenv("PMI_SIZE") then
+      local ok, err = pcall(require, "concur.cluster")
+      if not ok and kind == "mpi" then
+        error(fname .. ": kind \"mpi\" needs the concur.cluster module (" .. tostring(err):match("^[^\n]*") .. ")", 2)
+      end
+    end
+    if kind == "auto" and not backends.auto then kind = "process" end
+  end
   local be = type(kind) == "table" and kind or backends[kind]
-  if not be then argerr(fname, 1, "kind must be \"process\" or \"thread\", got " .. tostring(kind)) end
+  if not be then argerr(fname, 1, "kind must be \"process\", \"thread\", \"mpi\" or \"auto\", got " .. tostring(kind)) end
   if opts.init ~= nil and type(opts.init) ~= "function" then argerr(fname, 1, "init must be a function") end
   if opts.init_args ~= nil and type(opts.init_args) ~= "table" then argerr(fname, 1, "init_args must be a table") end
   local mt = opts.maxtasks
