@@ -183,17 +183,25 @@ static void encode_table(enc *e, int idx) {
             break;
         }
     }
+    /* every key 1..narr is present once, so the rest are the hash part */
+    size_t total = 0;
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         lua_pop(L, 1);
-        int ok = 0;
-        lua_Integer k = cb_tointegerx(L, -1, &ok);
-        if (!(lua_type(L, -1) == LUA_TNUMBER && ok && k >= 1 && (size_t)k <= narr)) nhash++;
+        total++;
     }
+    nhash = total - narr;
     put_varint(e, narr);
     put_varint(e, nhash);
     for (size_t i = 1; i <= narr; i++) {
         lua_rawgeti(L, idx, (int)i);
+        int t = lua_type(L, -1);
+        if (t == LUA_TNUMBER || t == LUA_TSTRING || t == LUA_TBOOLEAN) {
+            /* a scalar cannot be refused: no path needed */
+            encode_value(e, lua_gettop(L));
+            lua_pop(L, 1);
+            continue;
+        }
         cb_pushinteger(L, i);
         enter(e, 'f', lua_gettop(L), NULL);
         encode_value(e, lua_gettop(L) - 1);
@@ -201,8 +209,8 @@ static void encode_table(enc *e, int idx) {
         lua_pop(L, 2);
     }
     size_t nput = 0;
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
+    if (nhash) lua_pushnil(L);
+    while (nhash && lua_next(L, idx)) {
         int kidx = lua_gettop(L) - 1, ok = 0;
         lua_Integer k = cb_tointegerx(L, kidx, &ok);
         if (!(lua_type(L, kidx) == LUA_TNUMBER && ok && k >= 1 && (size_t)k <= narr)) {
