@@ -30,10 +30,13 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define CHUNK (64u * 1024u)
+#define SPIN_LOCK 100   /* trylocks before sleeping on the mutex */
+#define SPIN_WAIT 2000  /* pauses a getter or putter watches the queue before sleeping */
 #define ALIGN8(n) (((n) + 7u) & ~(size_t)7u)
 
 typedef struct chunk {
@@ -42,10 +45,21 @@ typedef struct chunk {
     char data[];
 } chunk;
 
+/* A condition that is signalled at most once per sleeper: sleepers and
+ * pending (wakes sent and not yet taken) are counted under the queue lock,
+ * so a stream of puts to a queue whose getter is waking up makes one futex
+ * wake, not one per put. Orders of the stores make a SIGKILL at any point
+ * cost at most a spare wake, never a missed one: a waiter drops pending
+ * before sleepers, a signaller wakes before it counts the wake. */
+typedef struct waitq {
+    cc_cond c;
+    int32_t sleepers, pending;
+} waitq;
+
 struct cc_queue {
     cc_obj hdr;
     cc_mutex m;
-    cc_cond not_empty, not_full;
+    waitq not_empty, not_full;
     _Atomic uint32_t event;
     _Atomic uint32_t event_waiters;
     int64_t maxsize;
@@ -65,8 +79,8 @@ int cc_queue_new(cc_queue **out, int64_t maxsize) {
         cc_free(q);
         return r;
     }
-    cc_cond_init(&q->not_empty);
-    cc_cond_init(&q->not_full);
+    cc_cond_init(&q->not_empty.c);
+    cc_cond_init(&q->not_full.c);
     cc_cond_init(&q->all_done);
     q->maxsize = maxsize > 0 ? maxsize : 0;
     *out = q;
@@ -90,12 +104,53 @@ void cc_queue_destroy(cc_obj *o) {
     cc_free(q);
 }
 
+static inline void relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* The lock is held for a memcpy: a locker that finds it taken tries again
+ * a few times before the robust mutex puts it to sleep in the kernel (a
+ * futex wait and a wake per collision otherwise). */
 static int lock(cc_queue *q) {
+    for (int i = 0; i < SPIN_LOCK; i++) {
+        int r = cc_mutex_trylock(&q->m);
+        if (r != -EBUSY) return r == -EOWNERDEAD ? 0 : r; /* consistent by construction */
+        relax();
+    }
     int r = cc_mutex_lock_hard(&q->m);
-    return r == -EOWNERDEAD ? 0 : r; /* consistent by construction */
+    return r == -EOWNERDEAD ? 0 : r;
 }
 
 static void unlock(cc_queue *q) { cc_mutex_unlock(&q->m); }
+
+/* Sleep on w (lock held; held again on return). */
+static int wq_wait(cc_queue *q, waitq *w, double deadline) {
+    w->sleepers++;
+    int r = cc_cond_wait(&w->c, &q->m, deadline);
+    if (w->pending > 0) w->pending--;
+    if (w->sleepers > 0) w->sleepers--;
+    return r;
+}
+
+/* Wake one sleeper that has no wake on its way yet; the sequence word
+ * moves either way (spinners watch it). */
+static void wq_signal(waitq *w) {
+    if (w->sleepers > w->pending) {
+        cc_cond_signal(&w->c);
+        w->pending++;
+    } else {
+        atomic_fetch_add_explicit(&w->c.seq, 1, memory_order_release);
+    }
+}
+
+static void wq_broadcast(waitq *w) {
+    cc_cond_broadcast(&w->c);
+    if (w->pending < w->sleepers) w->pending = w->sleepers;
+}
 
 static void notify_event(cc_queue *q) {
     q->event++;
@@ -154,10 +209,35 @@ static int is_empty(cc_queue *q) {
 
 static int is_full(cc_queue *q) { return q->maxsize && q->count >= q->maxsize; }
 
+/* Before sleeping on a condition: drop the lock and watch the word that
+ * the other side bumps (seq) for a short while. A producer and a consumer
+ * running side by side then hand over without a futex wake per message.
+ * Returns with the lock held again. */
+static void spin_on(cc_queue *q, _Atomic uint32_t *word) {
+    uint32_t seen = atomic_load_explicit(word, memory_order_relaxed);
+    unlock(q);
+    for (int i = 0; i < SPIN_WAIT; i++) {
+        relax();
+        if (atomic_load_explicit(word, memory_order_acquire) != seen) break;
+    }
+    lock(q);
+}
+
+/* A zero timeout (a poll) does not spin. */
+static int worth_spinning(double deadline) { return deadline < 0 || deadline > cc_now(); }
+
 static int wait_room(cc_queue *q, double deadline) {
+    int spun = 0;
     while (!q->closed && is_full(q)) {
-        int r = cc_cond_wait(&q->not_full, &q->m, deadline);
-        if (r && r != -EOWNERDEAD) return r;
+        if (!spun++ && worth_spinning(deadline)) {
+            spin_on(q, &q->not_full.c.seq);
+            continue;
+        }
+        int r = wq_wait(q, &q->not_full, deadline);
+        if (r && r != -EOWNERDEAD) {
+            if (!q->closed && !is_full(q)) wq_signal(&q->not_full); /* pass on a wake we may have had */
+            return r;
+        }
     }
     return q->closed ? -EPIPE : 0;
 }
@@ -168,7 +248,7 @@ int cc_queue_put(cc_queue *q, const void *msg, size_t len, double deadline) {
     int r = wait_room(q, deadline);
     if (!r) r = append(q, msg, len);
     if (!r) {
-        cc_cond_signal(&q->not_empty);
+        wq_signal(&q->not_empty);
         notify_event(q);
     }
     unlock(q);
@@ -184,24 +264,35 @@ int64_t cc_queue_put_many(cc_queue *q, const void *buf, const size_t *lens, size
     while (done < n) {
         r = wait_room(q, deadline);
         if (r) break;
+        size_t before = done;
         while (done < n && !is_full(q)) {
             r = append(q, p, lens[done]);
             if (r) break;
             p += lens[done++];
         }
+        if (done > before) { /* also when append failed part way */
+            wq_broadcast(&q->not_empty);
+            notify_event(q);
+        }
         if (r) break;
-        cc_cond_broadcast(&q->not_empty);
-        notify_event(q);
     }
     unlock(q);
     return done ? (int64_t)done : r;
 }
 
 static int wait_item(cc_queue *q, double deadline) {
+    int spun = 0;
     while (is_empty(q)) {
         if (q->closed) return -EPIPE;
-        int r = cc_cond_wait(&q->not_empty, &q->m, deadline);
-        if (r && r != -EOWNERDEAD) return r;
+        if (!spun++ && worth_spinning(deadline)) {
+            spin_on(q, &q->event);
+            continue;
+        }
+        int r = wq_wait(q, &q->not_empty, deadline);
+        if (r && r != -EOWNERDEAD) {
+            if (!is_empty(q)) wq_signal(&q->not_empty); /* pass on a wake we may have had */
+            return r;
+        }
     }
     return 0;
 }
@@ -211,7 +302,7 @@ int cc_queue_get(cc_queue *q, cc_buf *out, double deadline) {
     int r = wait_item(q, deadline);
     out->len = 0;
     if (!r) r = take(q, out);
-    if (!r && q->maxsize) cc_cond_signal(&q->not_full);
+    if (!r && q->maxsize) wq_signal(&q->not_full);
     unlock(q);
     return r;
 }
@@ -238,7 +329,7 @@ int cc_queue_get_many(cc_queue *q, size_t max, cc_buf *out, size_t **lens, size_
             if (!r) (*lens)[(*n)++] = out->len - before;
         }
         if (*n) r = 0;
-        if (q->maxsize) cc_cond_broadcast(&q->not_full);
+        if (q->maxsize) wq_broadcast(&q->not_full);
     }
     unlock(q);
     return r;
@@ -256,8 +347,8 @@ int64_t cc_queue_maxsize(cc_queue *q) { return q->maxsize; }
 int cc_queue_close(cc_queue *q) {
     lock(q);
     q->closed = 1;
-    cc_cond_broadcast(&q->not_empty);
-    cc_cond_broadcast(&q->not_full);
+    wq_broadcast(&q->not_empty);
+    wq_broadcast(&q->not_full);
     notify_event(q);
     unlock(q);
     return 0;
