@@ -21,6 +21,23 @@ W.array_ptr = function(n)
   return reps * len / dt
 end
 
+-- msgs/s through a queue in batches of 1000: put_many / get_many, thread -> thread
+W.queue_batch_tt = function(n)
+  local q = concur.queue(100000)
+  local B = 1000
+  local batches = math.floor(n / B)
+  local t0 = concur.clock()
+  local t = concur.thread.new(function(qq, nb, b)
+    local batch = {}
+    for i = 1, b do batch[i] = i end
+    for _ = 1, nb do qq:put_many(batch) end
+  end, q, batches, B)
+  local got = 0
+  while got < batches * B do got = got + #q:get_many(B) end
+  t:join()
+  return batches * B / (concur.clock() - t0)
+end
+
 local f = W[workload]
 if not f then
   io.stderr:write("unknown workload ", tostring(workload), "\n")
