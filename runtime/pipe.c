@@ -61,6 +61,7 @@
  * once, even while forked children still hold the fd).
  */
 #include "pipe.h"
+#include "wait.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -95,6 +96,7 @@ typedef struct dir {
     _Atomic uint64_t next;      /* stream offset where the next header starts */
     _Atomic int scan;           /* lost our place: look for the next real header */
     char *rbuf;                 /* RBUF bytes in the arena; NULL if no one receives */
+    cc_watch watch;             /* bumped after every send, and on close and break (wait.c) */
 } dir;
 
 typedef struct plink {
@@ -331,13 +333,21 @@ void cc_pipe_destroy(cc_obj *o) {
     cc_free(p);
 }
 
+static void bump_both(plink *ln) {
+    cc_watch_bump(&ln->d[0].watch);
+    cc_watch_bump(&ln->d[1].watch);
+}
+
 int cc_pipe_close(cc_pipe *p) {
     if (!p->closed) {
         p->closed = 1;
         if (cc_pipe_usable(p)) shutdown(p->fd, SHUT_RDWR);
+        bump_both(p->ln);
     }
     return 0;
 }
+
+cc_watch *cc_pipe_watch(cc_pipe *p) { return &p->ln->d[!p->side].watch; }
 
 int cc_pipe_closed(cc_pipe *p) { return p->closed; }
 int cc_pipe_readable(cc_pipe *p) { return p->can_read; }
@@ -360,6 +370,7 @@ static int set_broken(cc_pipe *p, uint32_t why) {
     uint32_t intact = INTACT;
     atomic_compare_exchange_strong(&p->ln->broken, &intact, why);
     shutdown(p->fd, SHUT_RDWR);
+    bump_both(p->ln);
     return -EPROTO;
 }
 
@@ -460,6 +471,7 @@ int cc_pipe_send(cc_pipe *p, const void *msg, size_t len, double deadline) {
     else if (r && r != -EOWNERDEAD) return r;
     r = p->ln->broken ? -EPROTO : write_frame(p, d, msg, len, deadline);
     cc_mutex_unlock(&d->send_lock);
+    cc_watch_bump(&d->watch);
     return r;
 }
 

@@ -23,10 +23,11 @@
  * what its timeout is for.
  *
  * Waiting: cc_cond (futex) with waiter counts: a put or get makes a system
- * call only when someone is asleep. `event` is bumped on every put and on
- * close for concur.wait, which sleeps on it.
+ * call only when someone is asleep. `watch` is bumped on every put and on
+ * close for cc_wait_any (wait.c), which sleeps on it.
  */
 #include "queue.h"
+#include "wait.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -60,8 +61,7 @@ struct cc_queue {
     cc_obj hdr;
     cc_mutex m;
     waitq not_empty, not_full;
-    _Atomic uint32_t event;
-    _Atomic uint32_t event_waiters;
+    cc_watch watch;       /* bumped on every put and on close, for cc_wait_any */
     int64_t maxsize;
     int64_t count;
     int64_t unfinished;   /* put minus task_done (JoinableQueue) */
@@ -152,10 +152,7 @@ static void wq_broadcast(waitq *w) {
     if (w->pending < w->sleepers) w->pending = w->sleepers;
 }
 
-static void notify_event(cc_queue *q) {
-    q->event++;
-    if (q->event_waiters) cc_futex_wake(&q->event, INT_MAX);
-}
+static void notify_event(cc_queue *q) { cc_watch_bump(&q->watch); }
 
 /* Append one message; the caller holds the lock and checked room. */
 static int append(cc_queue *q, const void *msg, size_t len) {
@@ -285,7 +282,7 @@ static int wait_item(cc_queue *q, double deadline) {
     while (is_empty(q)) {
         if (q->closed) return -EPIPE;
         if (!spun++ && worth_spinning(deadline)) {
-            spin_on(q, &q->event);
+            spin_on(q, &q->watch.seq);
             continue;
         }
         int r = wq_wait(q, &q->not_empty, deadline);
@@ -364,8 +361,7 @@ int cc_queue_ready(cc_queue *q) {
     return r;
 }
 
-_Atomic uint32_t *cc_queue_event_word(cc_queue *q) { return &q->event; }
-_Atomic uint32_t *cc_queue_event_waiters(cc_queue *q) { return &q->event_waiters; }
+cc_watch *cc_queue_watch(cc_queue *q) { return &q->watch; }
 
 int cc_queue_task_done(cc_queue *q) {
     lock(q);

@@ -25,12 +25,6 @@ int64_t cc_queue_len(cc_queue *q);
 int64_t cc_queue_maxsize(cc_queue *q);
 int cc_queue_close(cc_queue *q);
 int cc_queue_closed(cc_queue *q);
-/* For concur.wait: a word that changes whenever the queue gains an item or
- * closes; wait on it with cc_futex_wait. */
-_Atomic uint32_t *cc_queue_event_word(cc_queue *q);
-/* Sleepers on the event word register here so puts wake them. */
-_Atomic uint32_t *cc_queue_event_waiters(cc_queue *q);
-int cc_queue_ready(cc_queue *q);   /* an item is there, or it is closed */
 /* Joinable queues: every put adds an unfinished task, task_done removes
  * one (-EINVAL when none is left), join waits until none is left:
  * 0, -ETIMEDOUT or -EINTR. */
