@@ -37,7 +37,7 @@
 
 #define CHUNK (64u * 1024u)
 #define SPIN_LOCK 100   /* trylocks before sleeping on the mutex */
-#define SPIN_WAIT 2000  /* pauses a getter or putter watches the queue before sleeping */
+#define SPIN_WAIT 250   /* pauses a getter or putter watches the queue before sleeping */
 #define ALIGN8(n) (((n) + 7u) & ~(size_t)7u)
 
 typedef struct chunk {
