@@ -152,7 +152,15 @@ static void wq_broadcast(waitq *w) {
     if (w->pending < w->sleepers) w->pending = w->sleepers;
 }
 
-static void notify_event(cc_queue *q) { cc_watch_bump(&q->watch); }
+/* cc_watch_bump without its full fence: the lock is held, and a sleeper
+ * in wait.c registers before it checks the queue under this same lock, so
+ * either that check sees our item or this load sees the sleeper. */
+static void notify_event(cc_queue *q) {
+    cc_watch *w = &q->watch;
+    atomic_store_explicit(&w->seq, atomic_load_explicit(&w->seq, memory_order_relaxed) + 1,
+                          memory_order_release);
+    if (atomic_load_explicit(&w->sleepers, memory_order_relaxed)) cc_futex_wake(&w->seq, INT_MAX);
+}
 
 /* Append one message; the caller holds the lock and checked room. */
 static int append(cc_queue *q, const void *msg, size_t len) {
