@@ -42,6 +42,9 @@ int cc_pipe_send(cc_pipe *p, const void *msg, size_t len, double deadline);
  * dropped), -ENOMEM (no arena memory to keep a partial frame: it is dropped). */
 int cc_pipe_recv(cc_pipe *p, cc_buf *out, double deadline);
 int cc_pipe_poll(cc_pipe *p, double deadline);  /* 1 readable (data, EOF or broken), 0 timeout */
+/* Before sleeping on the fd elsewhere (concur.wait's poll): senders put
+ * what they stage on the socket from now on. */
+void cc_pipe_want(cc_pipe *p);
 int cc_pipe_close(cc_pipe *p);
 int cc_pipe_closed(cc_pipe *p);
 const char *cc_pipe_broken(cc_pipe *p);  /* NULL, or why the pipe is broken */

@@ -128,6 +128,11 @@ static void sleep_once(cc_waitable *w, int n, plan *p, double until, double now)
         return;
     }
     int ms = until < 0 ? -1 : (int)((until - now) * 1000) + 1;
+    if (p->npipe && !p->nwatch) { /* senders must put staged frames on the socket for poll() to see */
+        for (int i = 0; i < n; i++)
+            if (w[i].kind == CC_WAIT_PIPE) cc_pipe_want(w[i].pipe);
+        if (collect(w, n) > 0) return;
+    }
     if (p->nfd) poll(p->fds, (nfds_t)p->nfd, ms);
     else cc_sleep(until < 0 ? 1.0 : until - now); /* nothing to wait on: idle, not spinning */
 }
