@@ -653,8 +653,10 @@ static int at_eof(cc_pipe *p, dir *d, int midframe) {
 static int take_stage(cc_pipe *p, dir *d, uint32_t *start, uint32_t *end) {
     if (!d->stage || d->scan || !atomic_load_explicit(&d->st_len, memory_order_acquire)) return 0;
     if (d->next + (*end - *start) != d->sent) return 0; /* the socket first */
-    int r = cc_mutex_trylock(&d->send_lock);
-    if (r != 0 && r != -EOWNERDEAD) return -EBUSY; /* a sender is at work: it flushes if we sleep */
+    /* a sender holds the lock for a memcpy or a flush: wait that long, not
+     * longer (it may be stopped) */
+    int r = cc_mutex_lock(&d->send_lock, cc_now() + 0.005);
+    if (r != 0 && r != -EOWNERDEAD) return -EBUSY;
     if (r == -EOWNERDEAD && d->send_left) {
         cc_mutex_unlock(&d->send_lock);
         return set_broken(p, SENDER_DIED);
