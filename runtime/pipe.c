@@ -40,6 +40,28 @@
  *    then on send and recv on either end return -EPROTO. A stopped sender
  *    (SIGSTOP) still holds its lock: receivers time out and resume later.
  *
+ * Staging. A small frame (up to STAGE / 2 with its header) is not written
+ * to the socket by its send: it is appended, whole, to the direction's
+ * staging area in the link (16 KiB, guarded by the send lock) and committed
+ * with one store of st_len -- a sender killed before that store sent
+ * nothing; after it, the frame is in shared memory for any receiver. The
+ * staged bytes are the stream bytes [st_off, st_off + st_len), st_off being
+ * `sent` when staging began. They reach the socket (one sendmsg for many
+ * frames) when the area is full, before a large frame, or at once when a
+ * receiver is about to sleep on the socket (it sets `want`, then looks at
+ * st_len; the sender stores st_len, then looks at `want`: one of them sees
+ * the other). A receiver that has read everything put on the socket
+ * (next + buffered == sent) takes the staged frames itself under the send
+ * lock: one memcpy into its buffer, committed sender side first (sent, then
+ * st_len) and receiver side after (win). Killed between the two it loses
+ * what it took, like a receiver killed after a recv(); the next one
+ * resyncs. Whoever takes the send lock drops a staging that is no longer
+ * ahead of `sent` (its taker or its flusher died after the fact). So with
+ * a reader keeping up, small messages cost no system call on either side;
+ * a sleeping reader costs one wake-up per sleep, as before. A send into a
+ * pipe whose reading end was closed or destroyed fails with -EPIPE
+ * (rclosed), since a staged send does not touch the socket.
+ *
  * The receive buffer window (start, end) is one 64-bit word, so moving it
  * is one store. A frame larger than what is buffered is read straight into
  * the caller's buffer; a frame once started is never left half-sent by a

@@ -23,8 +23,13 @@
  * what its timeout is for.
  *
  * Waiting: cc_cond (futex) with waiter counts: a put or get makes a system
- * call only when someone is asleep. `watch` is bumped on every put and on
- * close for cc_wait_any (wait.c), which sleeps on it.
+ * call only when someone is asleep, and then one wake per sleeper, not one
+ * per put while it wakes up (waitq: sleepers and pending wakes). Before
+ * sleeping, a getter or putter drops the lock and watches the other side's
+ * word for a few microseconds (SPIN_WAIT), and a locker that finds the lock
+ * taken retries a few times (SPIN_LOCK): a producer and a consumer running
+ * side by side then hand over without the kernel. `watch` is bumped on
+ * every put and on close for cc_wait_any (wait.c), which sleeps on it.
  */
 #include "queue.h"
 #include "wait.h"
