@@ -62,7 +62,7 @@ static int l_new(lua_State *L) {
     if (r) return cb_fail(L, r, "pipe.new");
     cb_push(L, (cc_obj *)a);
     cb_push(L, (cc_obj *)b);
-    cb_pressure(L, 2 * (64 * 1024 + 1024)); /* two receive buffers and two sockets */
+    cb_pressure(L, 2 * (80 * 1024 + 1024)); /* two receive buffers, two staging areas, two sockets */
     return 2;
 }
 

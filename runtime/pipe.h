@@ -17,6 +17,11 @@
  * makes the pipe *broken*: every later send and recv on either end returns
  * -EPROTO and cc_pipe_broken() says why.
  *
+ * Small frames are staged in the link's shared memory and reach the
+ * socket in batches (or are taken from there by a receiver that has read
+ * the socket dry): see pipe.c. Sends into an end whose reader was closed
+ * fail with -EPIPE.
+ *
  * An end is a shared object (CC_T_PIPE) in the arena: its fd number is valid
  * in the process that made it and in every process forked from that one
  * afterwards (cc_pipe_usable tells). close() shuts the socket down for every
