@@ -191,6 +191,44 @@ static int append(cc_queue *q, const void *msg, size_t len) {
     return 0;
 }
 
+/* Append as many of the n messages at *pp (lens[i] each) as fit in the
+ * tail chunk (a new one if the first does not) and in the room left; one
+ * commit store for the run. Lock held, room checked. The count appended,
+ * or 0 with *err set. */
+static size_t append_run(cc_queue *q, const char **pp, const size_t *lens, size_t n, int *err) {
+    if (lens[0] > UINT32_MAX) {
+        *err = -EMSGSIZE;
+        return 0;
+    }
+    chunk *t = q->tail;
+    if (!t || t->size - t->wr < 8 + ALIGN8(lens[0])) {
+        *err = append(q, *pp, lens[0]); /* makes the chunk */
+        if (*err) return 0;
+        *pp += lens[0];
+        return 1;
+    }
+    size_t limit = n;
+    if (q->maxsize) limit = q->count < q->maxsize ? (size_t)(q->maxsize - q->count) : 0;
+    if (limit > n) limit = n;
+    const char *p = *pp;
+    size_t wr = t->wr, k = 0;
+    while (k < limit) {
+        size_t len = lens[k], need = 8 + ALIGN8(len);
+        if (len > UINT32_MAX || t->size - wr < need) break;
+        uint32_t l32 = (uint32_t)len;
+        memcpy(t->data + wr, &l32, 4);
+        memcpy(t->data + wr + 8, p, len);
+        wr += need;
+        p += len;
+        k++;
+    }
+    t->wr = wr; /* the commit */
+    q->count += (int64_t)k;
+    q->unfinished += (int64_t)k;
+    *pp = p;
+    return k;
+}
+
 /* Take the head message into out (appending at out->len); lock held, the
  * queue is not empty. */
 static int take(cc_queue *q, cc_buf *out) {
@@ -209,6 +247,32 @@ static int take(cc_queue *q, cc_buf *out) {
     if (q->count > 0) q->count--;
     if (h->rd == h->wr && !h->next) h->rd = h->wr = 0; /* reuse the last chunk */
     return 0;
+}
+
+/* Take up to room messages from the head chunk into out (appending), their
+ * sizes into lens; lock held, the queue is not empty. One commit store for
+ * the run: a getter killed before it leaves them all in the queue. */
+static size_t take_run(cc_queue *q, cc_buf *out, size_t *lens, size_t room) {
+    chunk *h = q->head;
+    while (h->rd == h->wr && h->next) { /* drained chunk: drop it */
+        q->head = h->next;
+        cc_free(h);
+        h = q->head;
+    }
+    size_t rd = h->rd, k = 0;
+    while (k < room && rd < h->wr) {
+        uint32_t len;
+        memcpy(&len, h->data + rd, 4);
+        if (out->cap - out->len < len && cc_buf_reserve(out, out->len + len) != 0) break;
+        memcpy(out->data + out->len, h->data + rd + 8, len);
+        out->len += len;
+        lens[k++] = len;
+        rd += 8 + ALIGN8(len);
+    }
+    h->rd = rd; /* the commit */
+    q->count = q->count > (int64_t)k ? q->count - (int64_t)k : 0;
+    if (h->rd == h->wr && !h->next) h->rd = h->wr = 0; /* reuse the last chunk */
+    return k;
 }
 
 static int is_empty(cc_queue *q) {
@@ -276,9 +340,9 @@ int64_t cc_queue_put_many(cc_queue *q, const void *buf, const size_t *lens, size
         if (r) break;
         size_t before = done;
         while (done < n && !is_full(q)) {
-            r = append(q, p, lens[done]);
-            if (r) break;
-            p += lens[done++];
+            size_t k = append_run(q, &p, lens + done, n - done, &r);
+            if (!k) break;
+            done += k;
         }
         if (done > before) { /* also when append failed part way */
             wq_broadcast(&q->not_empty);
@@ -325,7 +389,7 @@ int cc_queue_get_many(cc_queue *q, size_t max, cc_buf *out, size_t **lens, size_
     lock(q);
     int r = wait_item(q, deadline);
     if (!r) {
-        size_t cap = 64;
+        size_t cap = max < 1024 ? max : 1024;
         *lens = malloc(cap * sizeof **lens);
         if (!*lens) r = -ENOMEM;
         while (!r && *n < max && !is_empty(q)) {
@@ -334,9 +398,10 @@ int cc_queue_get_many(cc_queue *q, size_t max, cc_buf *out, size_t **lens, size_
                 if (!g) break;
                 *lens = g;
             }
-            size_t before = out->len;
-            r = take(q, out);
-            if (!r) (*lens)[(*n)++] = out->len - before;
+            size_t room = cap - *n < max - *n ? cap - *n : max - *n;
+            size_t k = take_run(q, out, *lens + *n, room);
+            if (!k) r = -ENOMEM; /* no process memory for the next one */
+            *n += k;
         }
         if (*n) r = 0;
         if (q->maxsize) wq_broadcast(&q->not_full);
