@@ -187,6 +187,45 @@ describe("queue", function()
     assert.equal("after", rest[#rest])
   end)
 
+  it("stays consistent when a producer is killed in the middle of put_many", function()
+    local q, acked = queue(), queue()
+    local p = process.spawn(function()
+      local b = 0
+      while true do
+        local batch = {}
+        for i = 1, 1000 do batch[i] = b * 1000 + i end
+        q:put_many(batch)
+        b = b + 1
+        acked:put(b)
+      end
+    end)
+    assert.is_truthy(acked:get(10))
+    concur.sleep(0.01)
+    p:kill(9)
+    pcall(p.join, p, 10)
+    local last = 0
+    while true do
+      local v = acked:get(0)
+      if not v then break end
+      last = v
+    end
+    -- every acknowledged batch is there, whole and in order; after them at
+    -- most a prefix of the batch it was putting; and the queue still works
+    local n = 0
+    while true do
+      local got = q:get_many(10000, 0)
+      if not got then break end
+      for _, v in ipairs(got) do
+        n = n + 1
+        assert.equal(n, v)
+      end
+    end
+    assert.is_true(n >= last * 1000)
+    assert.is_true(n < (last + 2) * 1000)
+    q:put("after")
+    assert.equal("after", q:get(1))
+  end)
+
   it("is usable after the thread that made it ended", function()
     local q = thread.new(function()
       local qq = require("concur").queue()
