@@ -621,15 +621,20 @@ static int caught_up(dir *d) { return !d->scan && d->next + buffered(d) == d->se
 
 /* Waiting for a header: 1 ready (or staged frames to take), 0 timeout,
  * negative errno. busy: the last try found a sender holding the staging;
- * look again every millisecond rather than spin (it may be stopped). */
-static int wait_plain(cc_pipe *p, dir *d, double deadline, int busy) {
+ * look again every millisecond rather than spin (it may be stopped), and
+ * for up to BUSY_GRACE past the deadline (poll said ready: recv(0) must
+ * find the frame a sender is putting on the socket right now). */
+#define BUSY_GRACE 0.005
+static int wait_plain(cc_pipe *p, dir *d, double deadline, double busy_since) {
     if (want_data(d) && caught_up(d)) {
-        if (!busy) return 1; /* staged since we looked: take it */
-        double until = cc_now() + 0.001;
-        if (deadline >= 0 && deadline < until) until = deadline;
+        if (busy_since < 0) return 1; /* staged since we looked: take it */
+        double now = cc_now(), end = busy_since + BUSY_GRACE;
+        if (deadline < 0 || deadline > end) end = deadline;
+        if (end >= 0 && now >= end) return 0;
+        double until = now + 0.001;
+        if (end >= 0 && end < until) until = end;
         int w = cc_wait_fd(p->fd, POLLIN, until);
-        if (w != 0) return w;
-        return deadline >= 0 && cc_now() >= deadline ? 0 : 1;
+        return w < 0 ? w : 1;
     }
     return cc_wait_fd(p->fd, POLLIN, deadline);
 }
@@ -638,7 +643,7 @@ static int wait_plain(cc_pipe *p, dir *d, double deadline, int busy) {
  * and while resynchronising, wait in WATCH slices and look at the sender
  * between them. */
 static int wait_in(cc_pipe *p, dir *d, double deadline, int mode) {
-    if (mode == W_PLAIN) return wait_plain(p, d, deadline, 0);
+    if (mode == W_PLAIN) return wait_plain(p, d, deadline, -1);
     for (;;) {
         double until = cc_now() + WATCH;
         if (deadline >= 0 && deadline < until) until = deadline;
@@ -675,9 +680,9 @@ static int at_eof(cc_pipe *p, dir *d, int midframe) {
 static int take_stage(cc_pipe *p, dir *d, uint32_t *start, uint32_t *end) {
     if (!d->stage || d->scan || !atomic_load_explicit(&d->st_len, memory_order_acquire)) return 0;
     if (d->next + (*end - *start) != d->sent) return 0; /* the socket first */
-    /* a sender holds the lock for a memcpy or a flush: wait that long, not
-     * longer (it may be stopped) */
-    int r = cc_mutex_lock(&d->send_lock, cc_now() + 0.005);
+    /* a sender holding the lock is appending or flushing: what it flushes
+     * is on the socket, read that (never sleep on its lock: it may be stopped) */
+    int r = cc_mutex_trylock(&d->send_lock);
     if (r != 0 && r != -EOWNERDEAD) return -EBUSY;
     if (r == -EOWNERDEAD && d->send_left) {
         cc_mutex_unlock(&d->send_lock);
@@ -722,9 +727,16 @@ static int fill(cc_pipe *p, dir *d, double deadline, int mode) {
         end = n;
         put64(&d->win, WIN(start, end));
     }
+    double busy_since = -1;
     for (;;) {
-        int t = mode == W_SCAN ? 0 : take_stage(p, d, &start, &end), busy = t == -EBUSY;
-        if (t && !busy) return t;
+        int t = mode == W_SCAN ? 0 : take_stage(p, d, &start, &end);
+        if (t == -EBUSY) {
+            if (busy_since < 0) busy_since = cc_now();
+        } else if (t) {
+            return t;
+        } else {
+            busy_since = -1;
+        }
         ssize_t n = recv(p->fd, d->rbuf + end, RBUF - end, MSG_DONTWAIT);
         if (n > 0) {
             put64(&d->win, WIN(start, end + (uint32_t)n)); /* the commit */
@@ -733,12 +745,14 @@ static int fill(cc_pipe *p, dir *d, double deadline, int mode) {
         if (n == 0 || (n < 0 && errno == ECONNRESET)) { /* EOF: what was staged before it first */
             t = mode == W_SCAN ? 0 : take_stage(p, d, &start, &end);
             if (t != -EBUSY) return t;
-            cc_sleep(0.001); /* a sender is finishing a frame (or is stopped): look again soon */
+            /* a sender is finishing a frame (or is stopped): look again soon */
+            if (deadline >= 0 && cc_now() >= deadline) return -ETIMEDOUT;
+            if (cc_sleep(0.001) == -EINTR) return -EINTR;
             continue;
         }
         if (errno == EINTR) continue;
         if (errno != EAGAIN && errno != EWOULDBLOCK) return -errno;
-        int r = mode == W_PLAIN ? wait_plain(p, d, deadline, busy) : wait_in(p, d, deadline, mode);
+        int r = mode == W_PLAIN ? wait_plain(p, d, deadline, busy_since) : wait_in(p, d, deadline, mode);
         if (r == 0) return -ETIMEDOUT;
         if (r < 0 || r == RESYNCED) return r;
     }
