@@ -83,8 +83,17 @@ static int q_put(lua_State *L) {
 static int q_get(lua_State *L) {
     cc_queue *q = check(L, "queue:get");
     double deadline = cb_opt_deadline(L, 2, "queue:get");
+    unsigned char small[FM_SMALL];
+    size_t len;
+    int r = cc_queue_get_small(q, small, sizeof small, &len, deadline);
+    if (r == 0) { /* no scratch buffer for a small message */
+        lua_settop(L, 0);
+        int n = fm_decode(L, small, len);
+        return n >= 0 ? n : cb_decode(L, small, len, "queue:get");
+    }
+    if (r != -E2BIG) return cb_fail(L, r, "queue:get");
     cc_buf *b = cb_buf_take(L, 0);
-    int r = cc_queue_get(q, b, deadline);
+    r = cc_queue_get(q, b, deadline);
     if (r) {
         cb_buf_give(L, b);
         return cb_fail(L, r, "queue:get");

@@ -410,6 +410,33 @@ int cc_queue_get_many(cc_queue *q, size_t max, cc_buf *out, size_t **lens, size_
     return r;
 }
 
+int cc_queue_get_small(cc_queue *q, void *buf, size_t cap, size_t *len, double deadline) {
+    lock(q);
+    int r = wait_item(q, deadline);
+    if (!r) {
+        chunk *h = q->head;
+        while (h->rd == h->wr && h->next) { /* drained chunk: drop it */
+            q->head = h->next;
+            cc_free(h);
+            h = q->head;
+        }
+        uint32_t l32;
+        memcpy(&l32, h->data + h->rd, 4);
+        if (l32 > cap) {
+            r = -E2BIG; /* left where it is */
+        } else {
+            memcpy(buf, h->data + h->rd + 8, l32);
+            *len = l32;
+            h->rd += 8 + ALIGN8(l32); /* the commit */
+            if (q->count > 0) q->count--;
+            if (h->rd == h->wr && !h->next) h->rd = h->wr = 0; /* reuse the last chunk */
+            if (q->maxsize) wq_signal(&q->not_full);
+        }
+    }
+    unlock(q);
+    return r;
+}
+
 int64_t cc_queue_len(cc_queue *q) {
     lock(q);
     int64_t n = q->count;

@@ -18,6 +18,9 @@ int cc_queue_put(cc_queue *q, const void *msg, size_t len, double deadline);
  * Returns the number put (>= 0) or a negative errno if none were. */
 int64_t cc_queue_put_many(cc_queue *q, const void *buf, const size_t *lens, size_t n, double deadline);
 int cc_queue_get(cc_queue *q, cc_buf *out, double deadline);   /* out->len = message size */
+/* The same into buf when the next message fits in cap bytes (*len its
+ * size); -E2BIG leaves a larger one in the queue (then use cc_queue_get). */
+int cc_queue_get_small(cc_queue *q, void *buf, size_t cap, size_t *len, double deadline);
 /* Take up to max messages under one lock (waits for the first): end to end
  * in out, sizes appended to *lens (malloc'd, caller frees); *n = count. */
 int cc_queue_get_many(cc_queue *q, size_t max, cc_buf *out, size_t **lens, size_t *n, double deadline);
