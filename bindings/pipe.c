@@ -16,6 +16,7 @@
  * file descriptor means nothing, and using it is an error.
  */
 #include "cb.h"
+#include "fastmsg.h"
 #include "../runtime/pipe.h"
 
 #include <errno.h>
@@ -61,7 +62,7 @@ static int l_new(lua_State *L) {
     if (r) return cb_fail(L, r, "pipe.new");
     cb_push(L, (cc_obj *)a);
     cb_push(L, (cc_obj *)b);
-    cb_pressure(L, 2 * (64 * 1024 + 1024)); /* two receive buffers and two sockets */
+    cb_pressure(L, 2 * (80 * 1024 + 1024)); /* two receive buffers, two staging areas, two sockets */
     return 2;
 }
 
@@ -77,11 +78,18 @@ static int e_send(lua_State *L) {
     if (lua_gettop(L) < 2) return luaL_error(L, "pipe:send: bad argument #1 (value expected)");
     if (!cc_pipe_writable(p)) return luaL_error(L, "pipe:send: this end is read-only");
     if (cc_pipe_closed(p)) return luaL_error(L, "pipe:send: the pipe end is closed");
-    cc_buf *b = cb_buf_take(L, 0);
-    cb_encode(L, 2, 1, b, "pipe:send", 1);
-    int r = cc_pipe_send(p, b->data, b->len, CC_FOREVER);
-    if (r) cc_msg_release(b->data, b->len);
-    cb_buf_give(L, b);
+    unsigned char small[FM_SMALL];
+    size_t n = fm_encode(L, 2, small);
+    int r;
+    if (n) { /* a scalar: no references to give back on failure */
+        r = cc_pipe_send(p, small, n, CC_FOREVER);
+    } else {
+        cc_buf *b = cb_buf_take(L, 0);
+        cb_encode(L, 2, 1, b, "pipe:send", 1);
+        r = cc_pipe_send(p, b->data, b->len, CC_FOREVER);
+        if (r) cc_msg_release(b->data, b->len);
+        cb_buf_give(L, b);
+    }
     if (r) {
         if (r == -EPIPE) return luaL_error(L, "pipe:send: the other end is closed");
         return fail(L, p, r, "pipe:send");
@@ -99,7 +107,8 @@ static int e_recv(lua_State *L) {
     if (r) cb_buf_give(L, b);
     if (r) return fail(L, p, r, "pipe:recv");
     lua_settop(L, 0);
-    int n = cb_decode(L, b->data, b->len, "pipe:recv");
+    int n = fm_decode(L, b->data, b->len);
+    if (n < 0) n = cb_decode(L, b->data, b->len, "pipe:recv");
     cb_buf_give(L, b);
     return n;
 }

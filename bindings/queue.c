@@ -17,6 +17,7 @@
  * travel by reference.
  */
 #include "cb.h"
+#include "fastmsg.h"
 #include "../runtime/queue.h"
 
 #include <errno.h>
@@ -54,6 +55,19 @@ static int q_put(lua_State *L) {
     cc_queue *q = check(L, "queue:put");
     if (lua_gettop(L) < 2) return luaL_error(L, "queue:put: bad argument #1 (value expected)");
     double deadline = cb_opt_deadline(L, 3, "queue:put");
+    unsigned char small[FM_SMALL];
+    size_t n = fm_encode(L, 2, small);
+    if (n) { /* a scalar: no references to give back on failure */
+        int r = cc_queue_put(q, small, n, deadline);
+        if (r == -ENOMEM) {
+            cb_collect(L);
+            r = cc_queue_put(q, small, n, deadline);
+        }
+        if (r == -EPIPE) return luaL_error(L, "queue:put: the queue is closed");
+        if (r) return cb_fail(L, r, "queue:put");
+        lua_pushboolean(L, 1);
+        return 1;
+    }
     cc_buf *b = cb_buf_take(L, 0);
     cb_encode(L, 2, 1, b, "queue:put", 1);
     int r;
@@ -69,14 +83,24 @@ static int q_put(lua_State *L) {
 static int q_get(lua_State *L) {
     cc_queue *q = check(L, "queue:get");
     double deadline = cb_opt_deadline(L, 2, "queue:get");
+    unsigned char small[FM_SMALL];
+    size_t len;
+    int r = cc_queue_get_small(q, small, sizeof small, &len, deadline);
+    if (r == 0) { /* no scratch buffer for a small message */
+        lua_settop(L, 0);
+        int n = fm_decode(L, small, len);
+        return n >= 0 ? n : cb_decode(L, small, len, "queue:get");
+    }
+    if (r != -E2BIG) return cb_fail(L, r, "queue:get");
     cc_buf *b = cb_buf_take(L, 0);
-    int r = cc_queue_get(q, b, deadline);
+    r = cc_queue_get(q, b, deadline);
     if (r) {
         cb_buf_give(L, b);
         return cb_fail(L, r, "queue:get");
     }
     lua_settop(L, 0);
-    int n = cb_decode(L, b->data, b->len, "queue:get");
+    int n = fm_decode(L, b->data, b->len);
+    if (n < 0) n = cb_decode(L, b->data, b->len, "queue:get");
     cb_buf_give(L, b);
     return n;
 }
@@ -94,9 +118,23 @@ static int q_put_many(lua_State *L) {
     /* encode every item first (a refusal raises, and the batch's __gc
      * gives back what the items before it had counted) */
     cb_batch *all = cb_batch_new(L);
+    all->lens = malloc(n * sizeof *all->lens); /* cb_batch_add grows it from here */
+    if (!all->lens || cc_buf_reserve(&all->all, n * 16 + FM_SMALL))
+        return luaL_error(L, "queue:put_many: out of memory");
+    all->cap = n;
     cc_buf *one = cb_buf_take(L, 0);
     for (size_t i = 0; i < n; i++) {
         lua_rawgeti(L, 2, (int)i + 1);
+        cc_buf *a = &all->all;
+        if (a->cap - a->len < FM_SMALL && cc_buf_reserve(a, a->len + FM_SMALL))
+            return luaL_error(L, "queue:put_many: out of memory");
+        size_t len = fm_encode(L, -1, (unsigned char *)a->data + a->len);
+        if (len) { /* a scalar, written in place */
+            lua_pop(L, 1);
+            a->len += len;
+            all->lens[all->n++] = len;
+            continue;
+        }
         cb_encode(L, -1, 1, one, "queue:put_many", (int)i + 1);
         lua_pop(L, 1);
         cb_batch_add(L, all, one->data, one->len, "queue:put_many");
@@ -127,7 +165,13 @@ static int q_get_many(lua_State *L) {
     lua_createtable(L, (int)n, 0);
     size_t off = 0;
     for (size_t i = 0; i < n; i++) {
-        cb_batch_decode(L, all, i, off, "queue:get_many");
+        /* a scalar holds no references: nothing for the batch to hand over */
+        if (fm_decode(L, all->all.data + off, all->lens[i]) < 0) {
+            cb_batch_decode(L, all, i, off, "queue:get_many");
+        } else if (all->next == i) { /* taken: nothing left to release */
+            all->next++;
+            all->off += all->lens[i];
+        }
         lua_rawseti(L, 2, (int)i + 1);
         off += all->lens[i];
     }
@@ -192,7 +236,8 @@ static int iter_next(lua_State *L) {
     if (r == -EPIPE) return 0;
     if (r) return cb_fail(L, r, "queue:iter");
     lua_settop(L, 0);
-    int n = cb_decode(L, b->data, b->len, "queue:iter");
+    int n = fm_decode(L, b->data, b->len);
+    if (n < 0) n = cb_decode(L, b->data, b->len, "queue:iter");
     cb_buf_give(L, b);
     return n > 0 ? 1 : 0;
 }

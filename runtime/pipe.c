@@ -40,6 +40,28 @@
  *    then on send and recv on either end return -EPROTO. A stopped sender
  *    (SIGSTOP) still holds its lock: receivers time out and resume later.
  *
+ * Staging. A small frame (up to STAGE / 2 with its header) is not written
+ * to the socket by its send: it is appended, whole, to the direction's
+ * staging area in the link (16 KiB, guarded by the send lock) and committed
+ * with one store of st_len -- a sender killed before that store sent
+ * nothing; after it, the frame is in shared memory for any receiver. The
+ * staged bytes are the stream bytes [st_off, st_off + st_len), st_off being
+ * `sent` when staging began. They reach the socket (one sendmsg for many
+ * frames) when the area is full, before a large frame, or at once when a
+ * receiver is about to sleep on the socket (it sets `want`, then looks at
+ * st_len; the sender stores st_len, then looks at `want`: one of them sees
+ * the other). A receiver that has read everything put on the socket
+ * (next + buffered == sent) takes the staged frames itself under the send
+ * lock: one memcpy into its buffer, committed sender side first (sent, then
+ * st_len) and receiver side after (win). Killed between the two it loses
+ * what it took, like a receiver killed after a recv(); the next one
+ * resyncs. Whoever takes the send lock drops a staging that is no longer
+ * ahead of `sent` (its taker or its flusher died after the fact). So with
+ * a reader keeping up, small messages cost no system call on either side;
+ * a sleeping reader costs one wake-up per sleep, as before. A send into a
+ * pipe whose reading end was closed or destroyed fails with -EPIPE
+ * (rclosed), since a staged send does not touch the socket.
+ *
  * The receive buffer window (start, end) is one 64-bit word, so moving it
  * is one store. A frame larger than what is buffered is read straight into
  * the caller's buffer; a frame once started is never left half-sent by a
@@ -61,6 +83,7 @@
  * once, even while forked children still hold the fd).
  */
 #include "pipe.h"
+#include "wait.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -79,6 +102,7 @@
 #define MAGIC 0x31504343u /* "CCP1" */
 #define WATCH 0.1         /* how often a receiver stalled mid-frame looks at the sender */
 #define MAX_ANCESTRY 64
+#define STAGE (16u * 1024u) /* per direction; frames up to STAGE / 2 are staged */
 
 enum { INTACT = 0, SENDER_DIED, SENDER_STOPPED, BAD_HEADER, OUT_OF_STEP, CUT_SHORT };
 
@@ -95,6 +119,13 @@ typedef struct dir {
     _Atomic uint64_t next;      /* stream offset where the next header starts */
     _Atomic int scan;           /* lost our place: look for the next real header */
     char *rbuf;                 /* RBUF bytes in the arena; NULL if no one receives */
+    cc_watch watch;             /* bumped after every send, and on close and break (wait.c) */
+    /* staging, guarded by send_lock: whole small frames not yet on the
+     * socket, stream bytes [st_off, st_off + st_len) */
+    char *stage;                /* STAGE bytes in the arena; NULL if no one receives */
+    _Atomic uint64_t st_off, st_len;
+    _Atomic uint32_t want;      /* a receiver is about to sleep on the socket: flush */
+    _Atomic uint32_t rclosed;   /* the receiving end was closed or destroyed */
 } dir;
 
 typedef struct plink {
@@ -242,6 +273,7 @@ static void link_free(plink *ln) {
         dir *d = &ln->d[i];
         if (d->keep) cc_free(d->keep);
         if (d->rbuf) cc_free(d->rbuf);
+        if (d->stage) cc_free(d->stage);
         cc_mutex_destroy(&d->send_lock);
         cc_mutex_destroy(&d->recv_lock);
     }
@@ -262,7 +294,8 @@ static plink *link_new(int duplex) {
         cc_mutex_init(&d->recv_lock);
         if (duplex || i == 1) { /* a one-way pipe: b (side 1) sends to a */
             d->rbuf = cc_alloc(RBUF);
-            if (!d->rbuf) ok = 0;
+            d->stage = cc_alloc(STAGE);
+            if (!d->rbuf || !d->stage) ok = 0;
         }
     }
     if (!ok) {
@@ -325,19 +358,29 @@ int cc_pipe_new(cc_pipe **a, cc_pipe **b, int duplex) {
 
 void cc_pipe_destroy(cc_obj *o) {
     cc_pipe *p = (cc_pipe *)o;
+    if (p->can_read) atomic_store(&p->ln->d[!p->side].rclosed, 1); /* senders: -EPIPE */
     untrack(p);
     atomic_store(&p->serial, 0); /* other holders close their copies */
     link_release(p->ln);
     cc_free(p);
 }
 
+static void bump_both(plink *ln) {
+    cc_watch_bump(&ln->d[0].watch);
+    cc_watch_bump(&ln->d[1].watch);
+}
+
 int cc_pipe_close(cc_pipe *p) {
     if (!p->closed) {
         p->closed = 1;
+        if (p->can_read) atomic_store(&p->ln->d[!p->side].rclosed, 1); /* senders: -EPIPE */
         if (cc_pipe_usable(p)) shutdown(p->fd, SHUT_RDWR);
+        bump_both(p->ln);
     }
     return 0;
 }
+
+cc_watch *cc_pipe_watch(cc_pipe *p) { return &p->ln->d[!p->side].watch; }
 
 int cc_pipe_closed(cc_pipe *p) { return p->closed; }
 int cc_pipe_readable(cc_pipe *p) { return p->can_read; }
@@ -360,6 +403,7 @@ static int set_broken(cc_pipe *p, uint32_t why) {
     uint32_t intact = INTACT;
     atomic_compare_exchange_strong(&p->ln->broken, &intact, why);
     shutdown(p->fd, SHUT_RDWR);
+    bump_both(p->ln);
     return -EPROTO;
 }
 
@@ -413,15 +457,12 @@ static void advance(struct msghdr *mh, size_t n) {
     }
 }
 
-/* Write the frame; its progress is in d->send_left all along. */
-static int write_frame(cc_pipe *p, dir *d, const void *msg, size_t len, double deadline) {
-    unsigned char hdr[HDR];
-    put_header(hdr, len, d->sent);
-    struct iovec iov[2] = {{hdr, HDR}, {(void *)msg, len}};
+/* Put bytes on the socket; their progress is in d->send_left all along. */
+static int write_out(cc_pipe *p, dir *d, struct iovec *iov, int niov, size_t total, double deadline) {
     struct msghdr mh = {0};
     mh.msg_iov = iov;
-    mh.msg_iovlen = 2;
-    size_t total = HDR + len, left = total;
+    mh.msg_iovlen = (size_t)niov;
+    size_t left = total;
     put64(&d->send_left, total);
     for (;;) {
         ssize_t n = sendmsg(p->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -450,6 +491,53 @@ static int write_frame(cc_pipe *p, dir *d, const void *msg, size_t len, double d
     }
 }
 
+static int write_frame(cc_pipe *p, dir *d, const void *msg, size_t len, double deadline) {
+    unsigned char hdr[HDR];
+    put_header(hdr, len, d->sent);
+    struct iovec iov[2] = {{hdr, HDR}, {(void *)msg, len}};
+    return write_out(p, d, iov, 2, HDR + len, deadline);
+}
+
+/* Staged bytes that are no longer ahead of the stream (a flusher died
+ * after its last byte, or a receiver after taking them) are dropped.
+ * send_lock held. */
+static void stage_fix(dir *d) {
+    if (d->st_len && d->st_off != d->sent) put64(&d->st_len, 0);
+}
+
+/* Put the staged frames on the socket. send_lock held. */
+static int flush(cc_pipe *p, dir *d, double deadline) {
+    atomic_store(&d->want, 0);
+    if (!d->st_len) return 0;
+    struct iovec iov = {d->stage, (size_t)d->st_len};
+    int r = write_out(p, d, &iov, 1, (size_t)d->st_len, deadline);
+    if (!r) put64(&d->st_len, 0); /* sent == st_off + st_len now: the commit */
+    return r;
+}
+
+/* A small frame goes to the staging area: one memcpy, no system call. It
+ * reaches the socket when the area fills, before a large frame, or at once
+ * when a receiver is about to sleep (want); a receiver that finds the socket
+ * drained takes it from there itself. */
+static int stage_frame(cc_pipe *p, dir *d, const void *msg, size_t len, double deadline) {
+    size_t need = HDR + len;
+    if (d->st_len + need > STAGE) {
+        int r = flush(p, d, deadline);
+        if (r) return r;
+    }
+    if (!d->st_len) put64(&d->st_off, d->sent);
+    char *at = d->stage + d->st_len;
+    put_header((unsigned char *)at, len, d->st_off + d->st_len);
+    memcpy(at + HDR, msg, len);
+    atomic_store(&d->st_len, d->st_len + need); /* the commit; a full fence before want is read */
+    if (atomic_load(&d->want)) {
+        int r = flush(p, d, deadline);
+        if (r == -ETIMEDOUT) r = 0; /* staged all the same: the receiver takes it */
+        return r;
+    }
+    return 0;
+}
+
 int cc_pipe_send(cc_pipe *p, const void *msg, size_t len, double deadline) {
     if (p->closed) return -EBADF;
     if (!p->can_write) return -EINVAL;
@@ -458,8 +546,19 @@ int cc_pipe_send(cc_pipe *p, const void *msg, size_t len, double deadline) {
     int r = cc_mutex_lock(&d->send_lock, deadline);
     if (r == -EOWNERDEAD && d->send_left) set_broken(p, SENDER_DIED);
     else if (r && r != -EOWNERDEAD) return r;
-    r = p->ln->broken ? -EPROTO : write_frame(p, d, msg, len, deadline);
+    if (p->ln->broken) r = -EPROTO;
+    else if (d->rclosed) r = -EPIPE;
+    else {
+        stage_fix(d);
+        if (d->stage && HDR + len <= STAGE / 2) {
+            r = stage_frame(p, d, msg, len, deadline);
+        } else {
+            r = flush(p, d, deadline);
+            if (!r) r = write_frame(p, d, msg, len, deadline);
+        }
+    }
     cc_mutex_unlock(&d->send_lock);
+    cc_watch_bump(&d->watch);
     return r;
 }
 
@@ -510,14 +609,45 @@ static int look(cc_pipe *p, dir *d, int mode) {
     return why ? set_broken(p, why) : res;
 }
 
+/* About to sleep on the socket: ask senders to flush what they stage from
+ * now on, and look at what is staged already (1: something is). */
+static int want_data(dir *d) {
+    if (!d->stage) return 0;
+    atomic_store(&d->want, 1); /* a full fence: then st_len is read */
+    return atomic_load(&d->st_len) != 0;
+}
+
+static int caught_up(dir *d) { return !d->scan && d->next + buffered(d) == d->sent; }
+
+/* Waiting for a header: 1 ready (or staged frames to take), 0 timeout,
+ * negative errno. busy: the last try found a sender holding the staging;
+ * look again every millisecond rather than spin (it may be stopped), and
+ * for up to BUSY_GRACE past the deadline (poll said ready: recv(0) must
+ * find the frame a sender is putting on the socket right now). */
+#define BUSY_GRACE 0.005
+static int wait_plain(cc_pipe *p, dir *d, double deadline, double busy_since) {
+    if (want_data(d) && caught_up(d)) {
+        if (busy_since < 0) return 1; /* staged since we looked: take it */
+        double now = cc_now(), end = busy_since + BUSY_GRACE;
+        if (deadline < 0 || deadline > end) end = deadline;
+        if (end >= 0 && now >= end) return 0;
+        double until = now + 0.001;
+        if (end >= 0 && end < until) until = end;
+        int w = cc_wait_fd(p->fd, POLLIN, until);
+        return w < 0 ? w : 1;
+    }
+    return cc_wait_fd(p->fd, POLLIN, deadline);
+}
+
 /* Wait for input: 1 ready, 0 timeout, RESYNCED, negative errno. Mid-frame
  * and while resynchronising, wait in WATCH slices and look at the sender
  * between them. */
 static int wait_in(cc_pipe *p, dir *d, double deadline, int mode) {
-    if (mode == W_PLAIN) return cc_wait_fd(p->fd, POLLIN, deadline);
+    if (mode == W_PLAIN) return wait_plain(p, d, deadline, -1);
     for (;;) {
         double until = cc_now() + WATCH;
         if (deadline >= 0 && deadline < until) until = deadline;
+        want_data(d); /* later frames: a sender flushes them, we read the socket */
         int w = cc_wait_fd(p->fd, POLLIN, until);
         if (w != 0) return w;
         if (deadline >= 0 && cc_now() >= deadline) return 0;
@@ -541,6 +671,46 @@ static int at_eof(cc_pipe *p, dir *d, int midframe) {
     return set_broken(p, why);
 }
 
+/* Take the staged frames into the window [*start, *end) (less than a
+ * header, at the stream offset d->next) when every byte put on the socket
+ * has been read: 1 took some, 0 nothing to take, -EBUSY (a sender holds
+ * the lock), -EPROTO. The sender's side
+ * is committed first: a receiver killed between the two stores loses what
+ * it took, as one killed after a recv() does, and the next one resyncs. */
+static int take_stage(cc_pipe *p, dir *d, uint32_t *start, uint32_t *end) {
+    if (!d->stage || d->scan || !atomic_load_explicit(&d->st_len, memory_order_acquire)) return 0;
+    if (d->next + (*end - *start) != d->sent) return 0; /* the socket first */
+    /* a sender holding the lock is appending or flushing: what it flushes
+     * is on the socket, read that (never sleep on its lock: it may be stopped) */
+    int r = cc_mutex_trylock(&d->send_lock);
+    if (r != 0 && r != -EOWNERDEAD) return -EBUSY;
+    if (r == -EOWNERDEAD && d->send_left) {
+        cc_mutex_unlock(&d->send_lock);
+        return set_broken(p, SENDER_DIED);
+    }
+    stage_fix(d);
+    uint64_t n = d->st_len;
+    int got = 0;
+    if (n && d->st_off == d->sent && d->next + (*end - *start) == d->sent) {
+        if (RBUF - *end < n) { /* make room: the window is shorter than a header */
+            uint32_t k = *end - *start;
+            if (k > *start) abort();
+            memcpy(d->rbuf, d->rbuf + *start, k);
+            *start = 0;
+            *end = k;
+            put64(&d->win, WIN(*start, *end));
+        }
+        memcpy(d->rbuf + *end, d->stage, (size_t)n);
+        put64(&d->sent, d->sent + n); /* the sender's side: the stream moved on */
+        put64(&d->st_len, 0);
+        *end += (uint32_t)n;
+        put64(&d->win, WIN(*start, *end)); /* ours */
+        got = 1;
+    }
+    cc_mutex_unlock(&d->send_lock);
+    return got;
+}
+
 /* Pull bytes into the buffer, which holds less than a header (or nothing):
  * 1 got some, 0 EOF, RESYNCED, negative errno. */
 static int fill(cc_pipe *p, dir *d, double deadline, int mode) {
@@ -557,17 +727,32 @@ static int fill(cc_pipe *p, dir *d, double deadline, int mode) {
         end = n;
         put64(&d->win, WIN(start, end));
     }
+    double busy_since = -1;
     for (;;) {
+        int t = mode == W_SCAN ? 0 : take_stage(p, d, &start, &end);
+        if (t == -EBUSY) {
+            if (busy_since < 0) busy_since = cc_now();
+        } else if (t) {
+            return t;
+        } else {
+            busy_since = -1;
+        }
         ssize_t n = recv(p->fd, d->rbuf + end, RBUF - end, MSG_DONTWAIT);
         if (n > 0) {
             put64(&d->win, WIN(start, end + (uint32_t)n)); /* the commit */
             return 1;
         }
-        if (n == 0) return 0;
+        if (n == 0 || (n < 0 && errno == ECONNRESET)) { /* EOF: what was staged before it first */
+            t = mode == W_SCAN ? 0 : take_stage(p, d, &start, &end);
+            if (t != -EBUSY) return t;
+            /* a sender is finishing a frame (or is stopped): look again soon */
+            if (deadline >= 0 && cc_now() >= deadline) return -ETIMEDOUT;
+            if (cc_sleep(0.001) == -EINTR) return -EINTR;
+            continue;
+        }
         if (errno == EINTR) continue;
-        if (errno == ECONNRESET) return 0;
         if (errno != EAGAIN && errno != EWOULDBLOCK) return -errno;
-        int r = wait_in(p, d, deadline, mode);
+        int r = mode == W_PLAIN ? wait_plain(p, d, deadline, busy_since) : wait_in(p, d, deadline, mode);
         if (r == 0) return -ETIMEDOUT;
         if (r < 0 || r == RESYNCED) return r;
     }
@@ -706,6 +891,13 @@ int cc_pipe_recv(cc_pipe *p, cc_buf *out, double deadline) {
 int cc_pipe_poll(cc_pipe *p, double deadline) {
     if (p->closed || !p->can_read) return 0;
     if (p->ln->broken) return 1;
-    if (buffered(&p->ln->d[!p->side])) return 1;
+    dir *d = &p->ln->d[!p->side];
+    if (buffered(d) || atomic_load(&d->st_len)) return 1;
+    if (deadline >= 0 && deadline <= cc_now()) return cc_wait_fd(p->fd, POLLIN, deadline);
+    if (want_data(d)) return 1;
     return cc_wait_fd(p->fd, POLLIN, deadline);
+}
+
+void cc_pipe_want(cc_pipe *p) {
+    if (p->can_read) want_data(&p->ln->d[!p->side]);
 }

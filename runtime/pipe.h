@@ -17,6 +17,11 @@
  * makes the pipe *broken*: every later send and recv on either end returns
  * -EPROTO and cc_pipe_broken() says why.
  *
+ * Small frames are staged in the link's shared memory and reach the
+ * socket in batches (or are taken from there by a receiver that has read
+ * the socket dry): see pipe.c. Sends into an end whose reader was closed
+ * fail with -EPIPE.
+ *
  * An end is a shared object (CC_T_PIPE) in the arena: its fd number is valid
  * in the process that made it and in every process forked from that one
  * afterwards (cc_pipe_usable tells). close() shuts the socket down for every
@@ -42,6 +47,9 @@ int cc_pipe_send(cc_pipe *p, const void *msg, size_t len, double deadline);
  * dropped), -ENOMEM (no arena memory to keep a partial frame: it is dropped). */
 int cc_pipe_recv(cc_pipe *p, cc_buf *out, double deadline);
 int cc_pipe_poll(cc_pipe *p, double deadline);  /* 1 readable (data, EOF or broken), 0 timeout */
+/* Before sleeping on the fd elsewhere (concur.wait's poll): senders put
+ * what they stage on the socket from now on. */
+void cc_pipe_want(cc_pipe *p);
 int cc_pipe_close(cc_pipe *p);
 int cc_pipe_closed(cc_pipe *p);
 const char *cc_pipe_broken(cc_pipe *p);  /* NULL, or why the pipe is broken */

@@ -23,17 +23,26 @@
  * what its timeout is for.
  *
  * Waiting: cc_cond (futex) with waiter counts: a put or get makes a system
- * call only when someone is asleep. `event` is bumped on every put and on
- * close for concur.wait, which sleeps on it.
+ * call only when someone is asleep, and then one wake per sleeper, not one
+ * per put while it wakes up (waitq: sleepers and pending wakes). Before
+ * sleeping, a getter or putter drops the lock and watches the other side's
+ * word for a few microseconds (SPIN_WAIT), and a locker that finds the lock
+ * taken retries a few times (SPIN_LOCK): a producer and a consumer running
+ * side by side then hand over without the kernel. `watch` is bumped on
+ * every put and on close for cc_wait_any (wait.c), which sleeps on it.
  */
 #include "queue.h"
+#include "wait.h"
 
 #include <errno.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define CHUNK (64u * 1024u)
+#define SPIN_LOCK 100   /* trylocks before sleeping on the mutex */
+#define SPIN_WAIT 250   /* pauses a getter or putter watches the queue before sleeping */
 #define ALIGN8(n) (((n) + 7u) & ~(size_t)7u)
 
 typedef struct chunk {
@@ -42,12 +51,22 @@ typedef struct chunk {
     char data[];
 } chunk;
 
+/* A condition that is signalled at most once per sleeper: sleepers and
+ * pending (wakes sent and not yet taken) are counted under the queue lock,
+ * so a stream of puts to a queue whose getter is waking up makes one futex
+ * wake, not one per put. Orders of the stores make a SIGKILL at any point
+ * cost at most a spare wake, never a missed one: a waiter drops pending
+ * before sleepers, a signaller wakes before it counts the wake. */
+typedef struct waitq {
+    cc_cond c;
+    int32_t sleepers, pending;
+} waitq;
+
 struct cc_queue {
     cc_obj hdr;
     cc_mutex m;
-    cc_cond not_empty, not_full;
-    _Atomic uint32_t event;
-    _Atomic uint32_t event_waiters;
+    waitq not_empty, not_full;
+    cc_watch watch;       /* bumped on every put and on close, for cc_wait_any */
     int64_t maxsize;
     int64_t count;
     int64_t unfinished;   /* put minus task_done (JoinableQueue) */
@@ -65,8 +84,8 @@ int cc_queue_new(cc_queue **out, int64_t maxsize) {
         cc_free(q);
         return r;
     }
-    cc_cond_init(&q->not_empty);
-    cc_cond_init(&q->not_full);
+    cc_cond_init(&q->not_empty.c);
+    cc_cond_init(&q->not_full.c);
     cc_cond_init(&q->all_done);
     q->maxsize = maxsize > 0 ? maxsize : 0;
     *out = q;
@@ -90,16 +109,62 @@ void cc_queue_destroy(cc_obj *o) {
     cc_free(q);
 }
 
+static inline void relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* The lock is held for a memcpy: a locker that finds it taken tries again
+ * a few times before the robust mutex puts it to sleep in the kernel (a
+ * futex wait and a wake per collision otherwise). */
 static int lock(cc_queue *q) {
+    for (int i = 0; i < SPIN_LOCK; i++) {
+        int r = cc_mutex_trylock(&q->m);
+        if (r != -EBUSY) return r == -EOWNERDEAD ? 0 : r; /* consistent by construction */
+        relax();
+    }
     int r = cc_mutex_lock_hard(&q->m);
-    return r == -EOWNERDEAD ? 0 : r; /* consistent by construction */
+    return r == -EOWNERDEAD ? 0 : r;
 }
 
 static void unlock(cc_queue *q) { cc_mutex_unlock(&q->m); }
 
+/* Sleep on w (lock held; held again on return). */
+static int wq_wait(cc_queue *q, waitq *w, double deadline) {
+    w->sleepers++;
+    int r = cc_cond_wait(&w->c, &q->m, deadline);
+    if (w->pending > 0) w->pending--;
+    if (w->sleepers > 0) w->sleepers--;
+    return r;
+}
+
+/* Wake one sleeper that has no wake on its way yet; the sequence word
+ * moves either way (spinners watch it). */
+static void wq_signal(waitq *w) {
+    if (w->sleepers > w->pending) {
+        cc_cond_signal(&w->c);
+        w->pending++;
+    } else {
+        atomic_fetch_add_explicit(&w->c.seq, 1, memory_order_release);
+    }
+}
+
+static void wq_broadcast(waitq *w) {
+    cc_cond_broadcast(&w->c);
+    if (w->pending < w->sleepers) w->pending = w->sleepers;
+}
+
+/* cc_watch_bump without its full fence: the lock is held, and a sleeper
+ * in wait.c registers before it checks the queue under this same lock, so
+ * either that check sees our item or this load sees the sleeper. */
 static void notify_event(cc_queue *q) {
-    q->event++;
-    if (q->event_waiters) cc_futex_wake(&q->event, INT_MAX);
+    cc_watch *w = &q->watch;
+    atomic_store_explicit(&w->seq, atomic_load_explicit(&w->seq, memory_order_relaxed) + 1,
+                          memory_order_release);
+    if (atomic_load_explicit(&w->sleepers, memory_order_relaxed)) cc_futex_wake(&w->seq, INT_MAX);
 }
 
 /* Append one message; the caller holds the lock and checked room. */
@@ -126,6 +191,44 @@ static int append(cc_queue *q, const void *msg, size_t len) {
     return 0;
 }
 
+/* Append as many of the n messages at *pp (lens[i] each) as fit in the
+ * tail chunk (a new one if the first does not) and in the room left; one
+ * commit store for the run. Lock held, room checked. The count appended,
+ * or 0 with *err set. */
+static size_t append_run(cc_queue *q, const char **pp, const size_t *lens, size_t n, int *err) {
+    if (lens[0] > UINT32_MAX) {
+        *err = -EMSGSIZE;
+        return 0;
+    }
+    chunk *t = q->tail;
+    if (!t || t->size - t->wr < 8 + ALIGN8(lens[0])) {
+        *err = append(q, *pp, lens[0]); /* makes the chunk */
+        if (*err) return 0;
+        *pp += lens[0];
+        return 1;
+    }
+    size_t limit = n;
+    if (q->maxsize) limit = q->count < q->maxsize ? (size_t)(q->maxsize - q->count) : 0;
+    if (limit > n) limit = n;
+    const char *p = *pp;
+    size_t wr = t->wr, k = 0;
+    while (k < limit) {
+        size_t len = lens[k], need = 8 + ALIGN8(len);
+        if (len > UINT32_MAX || t->size - wr < need) break;
+        uint32_t l32 = (uint32_t)len;
+        memcpy(t->data + wr, &l32, 4);
+        memcpy(t->data + wr + 8, p, len);
+        wr += need;
+        p += len;
+        k++;
+    }
+    t->wr = wr; /* the commit */
+    q->count += (int64_t)k;
+    q->unfinished += (int64_t)k;
+    *pp = p;
+    return k;
+}
+
 /* Take the head message into out (appending at out->len); lock held, the
  * queue is not empty. */
 static int take(cc_queue *q, cc_buf *out) {
@@ -146,6 +249,32 @@ static int take(cc_queue *q, cc_buf *out) {
     return 0;
 }
 
+/* Take up to room messages from the head chunk into out (appending), their
+ * sizes into lens; lock held, the queue is not empty. One commit store for
+ * the run: a getter killed before it leaves them all in the queue. */
+static size_t take_run(cc_queue *q, cc_buf *out, size_t *lens, size_t room) {
+    chunk *h = q->head;
+    while (h->rd == h->wr && h->next) { /* drained chunk: drop it */
+        q->head = h->next;
+        cc_free(h);
+        h = q->head;
+    }
+    size_t rd = h->rd, k = 0;
+    while (k < room && rd < h->wr) {
+        uint32_t len;
+        memcpy(&len, h->data + rd, 4);
+        if (out->cap - out->len < len && cc_buf_reserve(out, out->len + len) != 0) break;
+        memcpy(out->data + out->len, h->data + rd + 8, len);
+        out->len += len;
+        lens[k++] = len;
+        rd += 8 + ALIGN8(len);
+    }
+    h->rd = rd; /* the commit */
+    q->count = q->count > (int64_t)k ? q->count - (int64_t)k : 0;
+    if (h->rd == h->wr && !h->next) h->rd = h->wr = 0; /* reuse the last chunk */
+    return k;
+}
+
 static int is_empty(cc_queue *q) {
     for (chunk *c = q->head; c; c = c->next)
         if (c->rd < c->wr) return 0;
@@ -154,10 +283,35 @@ static int is_empty(cc_queue *q) {
 
 static int is_full(cc_queue *q) { return q->maxsize && q->count >= q->maxsize; }
 
+/* Before sleeping on a condition: drop the lock and watch the word that
+ * the other side bumps (seq) for a short while. A producer and a consumer
+ * running side by side then hand over without a futex wake per message.
+ * Returns with the lock held again. */
+static void spin_on(cc_queue *q, _Atomic uint32_t *word) {
+    uint32_t seen = atomic_load_explicit(word, memory_order_relaxed);
+    unlock(q);
+    for (int i = 0; i < SPIN_WAIT; i++) {
+        relax();
+        if (atomic_load_explicit(word, memory_order_acquire) != seen) break;
+    }
+    lock(q);
+}
+
+/* A zero timeout (a poll) does not spin. */
+static int worth_spinning(double deadline) { return deadline < 0 || deadline > cc_now(); }
+
 static int wait_room(cc_queue *q, double deadline) {
+    int spun = 0;
     while (!q->closed && is_full(q)) {
-        int r = cc_cond_wait(&q->not_full, &q->m, deadline);
-        if (r && r != -EOWNERDEAD) return r;
+        if (!spun++ && worth_spinning(deadline)) {
+            spin_on(q, &q->not_full.c.seq);
+            continue;
+        }
+        int r = wq_wait(q, &q->not_full, deadline);
+        if (r && r != -EOWNERDEAD) {
+            if (!q->closed && !is_full(q)) wq_signal(&q->not_full); /* pass on a wake we may have had */
+            return r;
+        }
     }
     return q->closed ? -EPIPE : 0;
 }
@@ -168,7 +322,7 @@ int cc_queue_put(cc_queue *q, const void *msg, size_t len, double deadline) {
     int r = wait_room(q, deadline);
     if (!r) r = append(q, msg, len);
     if (!r) {
-        cc_cond_signal(&q->not_empty);
+        wq_signal(&q->not_empty);
         notify_event(q);
     }
     unlock(q);
@@ -184,24 +338,35 @@ int64_t cc_queue_put_many(cc_queue *q, const void *buf, const size_t *lens, size
     while (done < n) {
         r = wait_room(q, deadline);
         if (r) break;
+        size_t before = done;
         while (done < n && !is_full(q)) {
-            r = append(q, p, lens[done]);
-            if (r) break;
-            p += lens[done++];
+            size_t k = append_run(q, &p, lens + done, n - done, &r);
+            if (!k) break;
+            done += k;
+        }
+        if (done > before) { /* also when append failed part way */
+            wq_broadcast(&q->not_empty);
+            notify_event(q);
         }
         if (r) break;
-        cc_cond_broadcast(&q->not_empty);
-        notify_event(q);
     }
     unlock(q);
     return done ? (int64_t)done : r;
 }
 
 static int wait_item(cc_queue *q, double deadline) {
+    int spun = 0;
     while (is_empty(q)) {
         if (q->closed) return -EPIPE;
-        int r = cc_cond_wait(&q->not_empty, &q->m, deadline);
-        if (r && r != -EOWNERDEAD) return r;
+        if (!spun++ && worth_spinning(deadline)) {
+            spin_on(q, &q->watch.seq);
+            continue;
+        }
+        int r = wq_wait(q, &q->not_empty, deadline);
+        if (r && r != -EOWNERDEAD) {
+            if (!is_empty(q)) wq_signal(&q->not_empty); /* pass on a wake we may have had */
+            return r;
+        }
     }
     return 0;
 }
@@ -211,7 +376,7 @@ int cc_queue_get(cc_queue *q, cc_buf *out, double deadline) {
     int r = wait_item(q, deadline);
     out->len = 0;
     if (!r) r = take(q, out);
-    if (!r && q->maxsize) cc_cond_signal(&q->not_full);
+    if (!r && q->maxsize) wq_signal(&q->not_full);
     unlock(q);
     return r;
 }
@@ -224,7 +389,7 @@ int cc_queue_get_many(cc_queue *q, size_t max, cc_buf *out, size_t **lens, size_
     lock(q);
     int r = wait_item(q, deadline);
     if (!r) {
-        size_t cap = 64;
+        size_t cap = max < 1024 ? max : 1024;
         *lens = malloc(cap * sizeof **lens);
         if (!*lens) r = -ENOMEM;
         while (!r && *n < max && !is_empty(q)) {
@@ -233,12 +398,40 @@ int cc_queue_get_many(cc_queue *q, size_t max, cc_buf *out, size_t **lens, size_
                 if (!g) break;
                 *lens = g;
             }
-            size_t before = out->len;
-            r = take(q, out);
-            if (!r) (*lens)[(*n)++] = out->len - before;
+            size_t room = cap - *n < max - *n ? cap - *n : max - *n;
+            size_t k = take_run(q, out, *lens + *n, room);
+            if (!k) r = -ENOMEM; /* no process memory for the next one */
+            *n += k;
         }
         if (*n) r = 0;
-        if (q->maxsize) cc_cond_broadcast(&q->not_full);
+        if (q->maxsize) wq_broadcast(&q->not_full);
+    }
+    unlock(q);
+    return r;
+}
+
+int cc_queue_get_small(cc_queue *q, void *buf, size_t cap, size_t *len, double deadline) {
+    lock(q);
+    int r = wait_item(q, deadline);
+    if (!r) {
+        chunk *h = q->head;
+        while (h->rd == h->wr && h->next) { /* drained chunk: drop it */
+            q->head = h->next;
+            cc_free(h);
+            h = q->head;
+        }
+        uint32_t l32;
+        memcpy(&l32, h->data + h->rd, 4);
+        if (l32 > cap) {
+            r = -E2BIG; /* left where it is */
+        } else {
+            memcpy(buf, h->data + h->rd + 8, l32);
+            *len = l32;
+            h->rd += 8 + ALIGN8(l32); /* the commit */
+            if (q->count > 0) q->count--;
+            if (h->rd == h->wr && !h->next) h->rd = h->wr = 0; /* reuse the last chunk */
+            if (q->maxsize) wq_signal(&q->not_full);
+        }
     }
     unlock(q);
     return r;
@@ -256,8 +449,8 @@ int64_t cc_queue_maxsize(cc_queue *q) { return q->maxsize; }
 int cc_queue_close(cc_queue *q) {
     lock(q);
     q->closed = 1;
-    cc_cond_broadcast(&q->not_empty);
-    cc_cond_broadcast(&q->not_full);
+    wq_broadcast(&q->not_empty);
+    wq_broadcast(&q->not_full);
     notify_event(q);
     unlock(q);
     return 0;
@@ -273,8 +466,7 @@ int cc_queue_ready(cc_queue *q) {
     return r;
 }
 
-_Atomic uint32_t *cc_queue_event_word(cc_queue *q) { return &q->event; }
-_Atomic uint32_t *cc_queue_event_waiters(cc_queue *q) { return &q->event_waiters; }
+cc_watch *cc_queue_watch(cc_queue *q) { return &q->watch; }
 
 int cc_queue_task_done(cc_queue *q) {
     lock(q);

@@ -18,6 +18,9 @@ int cc_queue_put(cc_queue *q, const void *msg, size_t len, double deadline);
  * Returns the number put (>= 0) or a negative errno if none were. */
 int64_t cc_queue_put_many(cc_queue *q, const void *buf, const size_t *lens, size_t n, double deadline);
 int cc_queue_get(cc_queue *q, cc_buf *out, double deadline);   /* out->len = message size */
+/* The same into buf when the next message fits in cap bytes (*len its
+ * size); -E2BIG leaves a larger one in the queue (then use cc_queue_get). */
+int cc_queue_get_small(cc_queue *q, void *buf, size_t cap, size_t *len, double deadline);
 /* Take up to max messages under one lock (waits for the first): end to end
  * in out, sizes appended to *lens (malloc'd, caller frees); *n = count. */
 int cc_queue_get_many(cc_queue *q, size_t max, cc_buf *out, size_t **lens, size_t *n, double deadline);
@@ -25,12 +28,6 @@ int64_t cc_queue_len(cc_queue *q);
 int64_t cc_queue_maxsize(cc_queue *q);
 int cc_queue_close(cc_queue *q);
 int cc_queue_closed(cc_queue *q);
-/* For concur.wait: a word that changes whenever the queue gains an item or
- * closes; wait on it with cc_futex_wait. */
-_Atomic uint32_t *cc_queue_event_word(cc_queue *q);
-/* Sleepers on the event word register here so puts wake them. */
-_Atomic uint32_t *cc_queue_event_waiters(cc_queue *q);
-int cc_queue_ready(cc_queue *q);   /* an item is there, or it is closed */
 /* Joinable queues: every put adds an unfinished task, task_done removes
  * one (-EINVAL when none is left), join waits until none is left:
  * 0, -ETIMEDOUT or -EINTR. */

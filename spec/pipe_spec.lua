@@ -115,6 +115,58 @@ describe("pipe", function()
     assert.same({50, 50}, counts)
   end)
 
+  it("never interleaves or reorders two sender processes' small messages", function()
+    local r, w = pipe{duplex = false}
+    local N = 20000
+    local ps = {}
+    for k = 1, 2 do
+      ps[k] = process.spawn(function() for i = 1, N do w:send(k * 1000000 + i) end end)
+    end
+    local last = {0, 0}
+    for _ = 1, 2 * N do
+      local v = r:recv(30)
+      local k = math.floor(v / 1000000)
+      local i = v - k * 1000000
+      assert.equal(last[k] + 1, i)
+      last[k] = i
+    end
+    for _, p in ipairs(ps) do p:join(30) end
+    assert.same({N, N}, last)
+  end)
+
+  it("delivers the small messages a sender process sent before it exited", function()
+    local a, b = pipe()
+    local p = process.spawn(function() for i = 1, 5 do a:send(i) end end)
+    p:join(10)
+    for i = 1, 5 do assert.equal(i, b:recv(5)) end
+    assert.equal("timeout", select(2, b:recv(0.01)))
+  end)
+
+  it("delivers small messages sent just before close, then reports closed", function()
+    local a, b = pipe()
+    for i = 1, 100 do a:send(i) end
+    a:close()
+    for i = 1, 100 do assert.equal(i, b:recv(1)) end
+    assert.equal("closed", select(2, b:recv(1)))
+  end)
+
+  it("lets poll and concur.wait see a small message at once", function()
+    local a, b = pipe()
+    a:send(1)
+    assert.is_true(b:poll())
+    assert.same({b}, concur.wait({b}, 1))
+    assert.equal(1, b:recv(0))
+  end)
+
+  it("wakes a receiver sleeping in recv or in concur.wait for one small message", function()
+    local a, b = pipe()
+    local t = thread.new(function(e) concur.sleep(0.05) e:send("one") concur.sleep(0.05) e:send("two") end, a)
+    assert.equal("one", b:recv(10))
+    assert.same({b}, concur.wait({b}, 10))
+    assert.equal("two", b:recv(0))
+    t:join(10)
+  end)
+
   it("passes an end to a thread through a queue", function()
     local a, b = pipe()
     local q = queue()

@@ -1,6 +1,7 @@
 -- queue: put/get/close/iter/batches, across threads and processes
 local concur = require "concur"
 local queue, process, thread = concur.queue, concur.process, concur.thread
+local support = require "spec.support"
 
 describe("queue", function()
   it("is first in, first out", function()
@@ -186,6 +187,45 @@ describe("queue", function()
     assert.equal("after", rest[#rest])
   end)
 
+  it("stays consistent when a producer is killed in the middle of put_many", function()
+    local q, acked = queue(), queue()
+    local p = process.spawn(function()
+      local b = 0
+      while true do
+        local batch = {}
+        for i = 1, 1000 do batch[i] = b * 1000 + i end
+        q:put_many(batch)
+        b = b + 1
+        acked:put(b)
+      end
+    end)
+    assert.is_truthy(acked:get(10))
+    concur.sleep(0.01)
+    p:kill(9)
+    pcall(p.join, p, 10)
+    local last = 0
+    while true do
+      local v = acked:get(0)
+      if not v then break end
+      last = v
+    end
+    -- every acknowledged batch is there, whole and in order; after them at
+    -- most a prefix of the batch it was putting; and the queue still works
+    local n = 0
+    while true do
+      local got = q:get_many(10000, 0)
+      if not got then break end
+      for _, v in ipairs(got) do
+        n = n + 1
+        assert.equal(n, v)
+      end
+    end
+    assert.is_true(n >= last * 1000)
+    assert.is_true(n < (last + 2) * 1000)
+    q:put("after")
+    assert.equal("after", q:get(1))
+  end)
+
   it("is usable after the thread that made it ended", function()
     local q = thread.new(function()
       local qq = require("concur").queue()
@@ -193,6 +233,98 @@ describe("queue", function()
       return qq
     end):join(10)
     assert.equal("made in a thread", q:get(1))
+  end)
+
+  it("carries edge scalars unchanged through put/get, put_many/get_many and iter", function()
+    local big = string.rep("\0z", 40)
+    local vals = {true, false, 0, -1, 1.5, -0.0, 1 / 0, -1 / 0, 2^53, 2^63, -2^63, 1e308, 5e-324,
+                  "", "a\0b", string.rep("x", 51), string.rep("y", 52), big}
+    if math.type then
+      for _, v in ipairs{math.maxinteger, math.mininteger, math.tointeger(2^62), -math.tointeger(2^62), 127, 128, -64, -65} do
+        vals[#vals + 1] = v
+      end
+    end
+    local function same(a, b)
+      assert.equal(type(a), type(b))
+      if math.type then assert.equal(math.type(a), math.type(b)) end
+      if a == 0 and b == 0 then assert.equal(1 / a, 1 / b) else assert.equal(a, b) end
+    end
+    local q = queue()
+    for _, v in ipairs(vals) do q:put(v) end
+    for _, v in ipairs(vals) do same(v, q:get(1)) end
+    assert.equal(#vals, q:put_many(vals))
+    local got = q:get_many(#vals, 1)
+    for i, v in ipairs(vals) do same(v, got[i]) end
+    q:put(0 / 0)
+    local nan = q:get(1)
+    assert.is_true(nan ~= nan)
+    q:put(nil)
+    assert.equal(1, select("#", q:get(1)))
+    q:put_many{1, {2}, "three", q}
+    got = q:get_many(4, 1)
+    assert.equal(1, got[1])
+    assert.same({2}, got[2])
+    assert.equal("three", got[3])
+    assert.equal(q, got[4])
+    for _, v in ipairs(vals) do q:put(v) end
+    q:close()
+    local i = 0
+    for v in q:iter() do i = i + 1 same(vals[i], v) end
+    assert.equal(#vals, i)
+  end)
+
+  it("carries edge scalars to another process", function()
+    local q, back = queue(), queue()
+    local vals = {2^63, -0.0, "", "a\0b", 1 / 0, true, false, 12345678901}
+    local p = process.spawn(function()
+      for _ = 1, #vals do back:put(q:get(10)) end
+    end)
+    for _, v in ipairs(vals) do q:put(v) end
+    for _, v in ipairs(vals) do
+      local g = back:get(10)
+      assert.equal(v, g)
+      if math.type then assert.equal(math.type(v), math.type(g)) end
+    end
+    assert.equal(-math.huge, 1 / vals[2])
+    p:join(10)
+  end)
+
+  it("wakes each of several sleeping getters as items arrive one at a time", function()
+    local q, ready = queue(), queue()
+    local ts = {}
+    for k = 1, 3 do
+      ts[k] = thread.new(function(qq, rr)
+        rr:put(true)
+        return qq:get(10)
+      end, q, ready)
+    end
+    for _ = 1, 3 do ready:get(10) end
+    concur.sleep(0.05) -- all three asleep in get
+    local t0 = concur.clock()
+    for i = 1, 3 do q:put(i) end
+    local sum = 0
+    for k = 1, 3 do sum = sum + ts[k]:join(10) end
+    assert.equal(6, sum)
+    assert.is_true(concur.clock() - t0 < 5) -- not one of them slept to its timeout
+  end)
+
+  it("wakes a sleeping getter when put_many runs out of shared memory part way", function()
+    local out = support.run([[
+      local q = concur.queue()
+      local t = concur.thread.new(function(qq)
+        local t0 = concur.clock()
+        local v = qq:get(3)
+        return v and #v or "nothing", concur.clock() - t0
+      end, q)
+      concur.sleep(0.2) -- the getter is asleep
+      local s = string.rep("x", 100000)
+      local batch = {}
+      for i = 1, 100 do batch[i] = s end
+      local put = q:put_many(batch)
+      local n, waited = t:join(10)
+      print(put > 0 and put < 100, n, waited < 2.5)
+    ]], "CONCUR_SHM=2M", 30)
+    assert.matches("true\t100000\ttrue", out)
   end)
 
   it("rejects bad input", function()

@@ -107,6 +107,22 @@ end
 W.queue_tt = function(n) return queue_rate(thread.new, 1, n) end
 W.queue_pp = function(n) return queue_rate(process.spawn, 1, n) end
 W.queue_pp4 = function(n) return queue_rate(process.spawn, 4, n) end
+-- msgs/s through a queue in batches of 1000: put_many / get_many, thread -> thread
+W.queue_batch_tt = function(n)
+  local q = queue(100000)
+  local B = 1000
+  local batches = n // B
+  return batches * B / timed(function()
+    local t = thread.new(function(qq, nb, b)
+      local batch = {}
+      for i = 1, b do batch[i] = i end
+      for _ = 1, nb do qq:put_many(batch) end
+    end, q, batches, B)
+    local got = 0
+    while got < batches * B do got = got + #q:get_many(B) end
+    t:join()
+  end)
+end
 
 -- pipe: one-way msgs/s between processes, and round trip in microseconds
 W.pipe_oneway = function(n)

@@ -58,6 +58,7 @@ local rows = {
   {"queue_tt", "queue, thread -> thread", "/s", true, {"queue_tt", 1000000, 100000}, {"queue_tt", 200000, 50000}, {"queue_tt", 1000000, 100000}, {">=", 2e6, "abs"}},
   {"queue_pp", "queue, process -> process", "/s", true, {"queue_pp", 1000000, 100000}, {"queue_pp", 200000, 50000}, {"queue_pp", 1000000, 100000}, {">=", 1e6, "abs"}},
   {"queue_pp4", "queue, 4 producer processes -> 1", "/s", true, {"queue_pp4", 1000000, 100000}, {"queue_pp4", 200000, 50000}, {"queue_pp4", 1000000, 100000}},
+  {"queue_batch_tt", "queue put_many/get_many in 1000s, thread -> thread", "/s", true, {"queue_batch_tt", 2000000, 200000}, false, false, {">=", 25e6, "abs"}},
   {"pipe_oneway", "pipe one-way, process -> process", "/s", true, {"pipe_oneway", 500000, 50000}, {"pipe_oneway", 200000, 50000}, {"pipe_oneway", 500000, 50000}, {">=", 1e6, "abs"}},
   {"pipe_rtt", "pipe round trip", "us", false, {"pipe_rtt", 20000, 2000}, {"pipe_rtt", 20000, 2000}, {"pipe_rtt", 20000, 2000}, {"<=", 2, "vs_c"}},
   {"lock_uncontended", "lock acquire+release, uncontended", "/s", true, {"lock_uncontended", 5000000, 500000}, {"lock_uncontended", 5000000, 500000}, {"lock_uncontended", 5000000, 500000}, {">=", 1.3, "vs_py"}},
