@@ -20,9 +20,15 @@
  * joined is reported on stderr, with its traceback, once.
  *
  * cancel sets a flag that the thread's blocking waits poll (they fail with
- * "interrupted") and, under Lua 5.4, a count hook checks between Lua
- * instructions. thread.cancelled() reads it, so a loop that catches errors
- * can still stop. join of a cancelled thread returns nil, "cancelled".
+ * "interrupted"). Under Lua 5.4 it also sends the thread CANCEL_SIG, whose
+ * handler sets a count hook that raises "thread cancelled" on the state the
+ * thread is running at that moment: no hook is set before (a hook, any
+ * hook, puts Lua 5.4's VM on its slow path). Which state that is, a
+ * coroutine or the thread's own, is kept by wrapping coroutine.resume and
+ * coroutine.wrap in thread states; a coroutine resumed from C (lua_resume)
+ * is not seen, and stops when it yields back. thread.cancelled() reads the
+ * flag, so a loop that catches errors can still stop. join of a cancelled
+ * thread returns nil, "cancelled".
  *
  * Every new state seeds math.random from the OS (getrandom): without it
  * states made in the same instant draw the same numbers.
@@ -42,6 +48,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,6 +79,10 @@ static const char OSEXIT_KEY = 'x';
 static const char *const MT = "concur.thread";
 static _Atomic int counter;
 
+/* The signal thread:cancel sends to the thread's pthread under Lua 5.4
+ * (see cancel). Nothing else in concur uses it; an embedding program must
+ * leave it alone. */
+#define CANCEL_SIG (SIGRTMIN + 5)
 #define GRACE 2.0        /* seconds a cancelled thread gets to stop at exit */
 #define NOTICE_AFTER 1.0 /* a wait at close longer than this says so */
 
@@ -127,11 +138,130 @@ void cb_seed_random(lua_State *L) {
 /* ---- in the new thread ---- */
 
 #if CB_CANCEL_HOOK
+/* The state this OS thread is running Lua in right now: its thread's state,
+ * or the coroutine that state (or a coroutine of it) resumed. NULL outside
+ * thread.new's threads and while a state is being made or closed. Written
+ * and read on its own thread only (the cancel signal's handler runs there). */
+static __thread lua_State *volatile running;
+
 static void cancel_hook(lua_State *L, lua_Debug *ar) {
     (void)ar;
-    if (self && self->cancel) luaL_error(L, "thread cancelled");
+    if (self && atomic_load(&self->cancel)) luaL_error(L, "thread cancelled");
+}
+
+/* The hook that raises "thread cancelled", on L. Until cancel no hook is
+ * set: any hook puts Lua 5.4's VM on its slow path. */
+static void arm(lua_State *L) { lua_sethook(L, cancel_hook, LUA_MASKCOUNT, 1000); }
+
+/* CANCEL_SIG's handler, on the cancelled thread: lua_sethook is the one
+ * Lua call made to be called from a signal handler (lua.c's Ctrl-C does);
+ * here it acts on the state this same thread is executing. */
+static void on_cancel_signal(int sig) {
+    (void)sig;
+    int e = errno;
+    lua_State *L = running;
+    if (L) arm(L);
+    errno = e;
+}
+
+static pthread_once_t signal_once = PTHREAD_ONCE_INIT;
+static int signal_ok;
+
+static void install_signal(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_cancel_signal;
+    sa.sa_flags = SA_RESTART; /* a C module's read() in the thread goes on */
+    sigemptyset(&sa.sa_mask);
+    signal_ok = sigaction(CANCEL_SIG, &sa, NULL) == 0;
+}
+
+/* Call the function at fn with the arguments on the stack while `running`
+ * is co; back in L, a cancel that arrived meanwhile arms L (the hook in co
+ * ended co only). An error is re-raised after `running` is put back; with
+ * where, a string error gets the caller's position, as coroutine.wrap's
+ * functions give it (the original's luaL_where sees this C function). */
+static int run_in(lua_State *L, lua_State *co, int fn, int where) {
+    int n = lua_gettop(L);
+    lua_pushvalue(L, fn);
+    lua_insert(L, 1);
+    lua_State *prev = running;
+    running = co;
+    int st = lua_pcall(L, n, LUA_MULTRET, 0);
+    running = prev;
+    if (self && atomic_load(&self->cancel)) arm(L);
+    if (st == LUA_OK) return lua_gettop(L);
+    if (where && st != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
+        luaL_where(L, 1);
+        lua_insert(L, -2);
+        lua_concat(L, 2);
+    }
+    return lua_error(L);
+}
+
+/* coroutine.resume in a thread's state: the original is upvalue 1. */
+static int co_resume(lua_State *L) {
+    lua_State *co = lua_tothread(L, 1);
+    if (!co) return lua_tocfunction(L, lua_upvalueindex(1))(L); /* its own error */
+    return run_in(L, co, lua_upvalueindex(1), 0);
+}
+
+/* A function made by co_wrap: upvalue 1 the coroutine, 2 the original
+ * wrap's function resuming it. */
+static int co_wrapped(lua_State *L) {
+    return run_in(L, lua_tothread(L, lua_upvalueindex(1)), lua_upvalueindex(2), 1);
+}
+
+/* coroutine.wrap in a thread's state: the original is upvalue 1. */
+static int co_wrap(lua_State *L) {
+    if (!lua_isfunction(L, 1)) return lua_tocfunction(L, lua_upvalueindex(1))(L); /* its own error */
+    lua_settop(L, 1);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, 1, 1);
+    if (!lua_getupvalue(L, 1, 1) || !lua_isthread(L, -1)) {
+        lua_pop(L, 1);
+        return 1; /* not the stock wrap: left as it is */
+    }
+    lua_insert(L, 1);
+    lua_pushcclosure(L, co_wrapped, 2);
+    return 1;
+}
+
+/* Route coroutine.resume and coroutine.wrap through the wrappers above, so
+ * the cancel signal finds the coroutine that is running. */
+static void track_coroutines(lua_State *L) {
+    lua_getglobal(L, "coroutine");
+    if (lua_istable(L, -1)) {
+        static const struct { const char *name; lua_CFunction f; } W[] = {
+            {"resume", co_resume}, {"wrap", co_wrap},
+        };
+        for (size_t i = 0; i < sizeof W / sizeof W[0]; i++) {
+            lua_getfield(L, -1, W[i].name);
+            if (lua_iscfunction(L, -1)) {
+                lua_pushcclosure(L, W[i].f, 1);
+                lua_setfield(L, -2, W[i].name);
+            } else {
+                lua_pop(L, 1);
+            }
+        }
+    }
+    lua_pop(L, 1);
 }
 #endif
+
+/* Set t's cancel flag; the first time, under Lua 5.4, also signal its
+ * thread so pure Lua code there stops (the signal arms the hook). Only the
+ * process that started t may signal it: elsewhere its pthread_t means
+ * nothing. */
+static void cancel(cthread *t) {
+    if (atomic_exchange(&t->cancel, 1)) return;
+#if CB_CANCEL_HOOK
+    if (!t->started || t->joined || t->owner != cc_pid() || cc_done_get(&t->done)) return;
+    pthread_once(&signal_once, install_signal);
+    if (signal_ok) pthread_kill(t->tid, CANCEL_SIG); /* ESRCH: it just ended */
+#endif
+}
 
 static int body(lua_State *L) {
     cthread *t = lua_touserdata(L, 1);
@@ -194,13 +324,21 @@ static int setup_and_run(lua_State *L) {
     else cb_requiref(L, "concur", luaopen_concur);
     if (init_fn) init_fn(L, init_ud);
 #if CB_CANCEL_HOOK
-    lua_sethook(L, cancel_hook, LUA_MASKCOUNT, 1000);
+    track_coroutines(L);
 #endif
     lua_settop(L, 0);
     lua_pushcfunction(L, cb_msghandler);
     lua_pushcfunction(L, body);
     lua_pushlightuserdata(L, t);
-    if (lua_pcall(L, 1, 0, 1) == LUA_OK) {
+#if CB_CANCEL_HOOK
+    running = L;
+    if (atomic_load(&t->cancel)) arm(L); /* cancelled before it got here */
+#endif
+    int st = lua_pcall(L, 1, 0, 1);
+#if CB_CANCEL_HOOK
+    running = NULL;
+#endif
+    if (st == LUA_OK) {
         lua_pushinteger(L, RETURNED);
         return 1;
     }
@@ -218,7 +356,11 @@ static void *run(void *arg) {
     if (L) {
         lua_pushcfunction(L, setup_and_run);
         lua_pushlightuserdata(L, t);
-        if (lua_pcall(L, 1, 1, 0) == LUA_OK) {
+        int st = lua_pcall(L, 1, 1, 0);
+#if CB_CANCEL_HOOK
+        running = NULL;
+#endif
+        if (st == LUA_OK) {
             outcome = (int)lua_tointeger(L, -1);
         } else {
             if (t->holds_refs) cc_msg_release(t->msg.data, t->msg.len);
@@ -354,16 +496,15 @@ static int t_alive(lua_State *L) {
 }
 
 static int t_cancel(lua_State *L) {
-    cthread *t = check(L, 1, "thread:cancel");
-    atomic_store(&t->cancel, 1);
+    cancel(check(L, 1, "thread:cancel"));
     return 0;
 }
 
 /* Cancel t and give it GRACE seconds (our own waits not interruptible);
  * one that does not stop is detached and left to the process's exit. */
 static void stop(cthread *t) {
-    int running = !cc_done_get(&t->done);
-    atomic_store(&t->cancel, 1);
+    int alive = !cc_done_get(&t->done);
+    cancel(t);
     _Atomic int *flag = cc_interrupt_get();
     cc_interrupt_set(NULL);
     int r = cc_done_wait(&t->done, cc_deadline(GRACE));
@@ -377,7 +518,7 @@ static void stop(cthread *t) {
         snprintf(note, sizeof note, "thread-%d (did not stop, left running)", t->num);
     }
     t->joined = 1;
-    if (running && cc_stopping()) cc_exit_note(note);
+    if (alive && cc_stopping()) cc_exit_note(note);
 }
 
 /* The finalizer's wait: join, telling stderr when it takes long; a wait
