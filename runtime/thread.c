@@ -1,7 +1,10 @@
 /*
- * thread.c -- OS threads for thread.new, and the one-shot event a joiner
- * waits on (a condition on CLOCK_MONOTONIC, so a join timeout is immune to
- * wall-clock changes, woken in slices when the joiner can be interrupted).
+ * thread.c -- OS threads for thread.new, and the one-shot event a closing
+ * state waits on (a condition on CLOCK_MONOTONIC, so a timeout is immune to
+ * wall-clock changes, woken in slices when the waiter can be interrupted).
+ * A join waits on the thread's exit itself (pthread_clockjoin_np, in the
+ * same slices): one wake-up, where the event and then pthread_join were
+ * two.
  */
 #include "thread.h"
 #include "cc.h"
@@ -66,4 +69,18 @@ int cc_thread_start(pthread_t *t, void *(*fn)(void *), void *arg) {
     int r = pthread_create(t, &a, fn, arg);
     pthread_attr_destroy(&a);
     return -r;
+}
+
+int cc_thread_join(pthread_t t, double deadline) {
+    if (pthread_tryjoin_np(t, NULL) == 0) return 0;
+    for (;;) {
+        if (cc_interrupted()) return -EINTR;
+        double until = cc_wait_slice(deadline);
+        if (until < 0) return -pthread_join(t, NULL);
+        struct timespec ts;
+        cc_timespec(until, &ts);
+        int r = pthread_clockjoin_np(t, NULL, CLOCK_MONOTONIC, &ts);
+        if (r != ETIMEDOUT) return -r;
+        if (deadline >= 0 && cc_now() >= deadline) return -ETIMEDOUT;
+    }
 }
