@@ -92,6 +92,7 @@ describe("thread.new", function()
   end)
 
   it("runs a thread with no hook set until it is cancelled (Lua 5.4 runs hooked code on its slow path)", function()
+    if os.getenv("CONCUR_TEST_FLAVOUR") == "tsan" then pending("TSan holds signals back: the hook is set from the start there") return end
     local t = thread.new(function()
       local co = coroutine.create(function() return debug.gethook() end)
       return debug.gethook(), select(2, coroutine.resume(co))
