@@ -185,6 +185,35 @@ describe("thread.new", function()
     end
   end)
 
+  it("gives a thread's state a heap that holds up under growth, shrinking and churn", function()
+    -- small objects past the state's own region, tables grown and shrunk
+    -- through every size class, strings of every length: same answers as
+    -- the main state
+    local function churn()
+      local keep, sum = {}, 0
+      for round = 1, 3 do
+        local t = {}
+        for i = 1, 20000 do t[i] = {i, tostring(i) .. string.rep("x", i % 300)} end
+        for i = 1, 20000, 2 do t[i] = nil end
+        collectgarbage()
+        for i = 2, 20000, 2 do sum = sum + t[i][1] + #t[i][2] end
+        local s = {}
+        for i = 1, 600 do s[#s + 1] = string.rep(string.char(65 + i % 26), i) end
+        keep[round] = table.concat(s, ",", 1, 600)
+        local g = {}
+        for i = 1, 5000 do g["k" .. i] = i end
+        for i = 1, 5000 do g["k" .. i] = nil end
+        collectgarbage()
+      end
+      return sum, #keep[1] + #keep[2] + #keep[3], keep[3]:sub(-50)
+    end
+    local a, b, c = churn()
+    local x, y, z = thread.new(churn):join(60)
+    assert.equal(a, x)
+    assert.equal(b, y)
+    assert.equal(c, z)
+  end)
+
   it("refuses a thread joining itself", function()
     -- a thread handle cannot be sent, so the check is reached through the
     -- main state joining its own handle from inside a callback is impossible;
