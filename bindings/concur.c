@@ -83,7 +83,8 @@ void cb_newtype(lua_State *L, enum cc_type t, const char *name, const luaL_Reg *
                 const luaL_Reg *meta) {
     char full[64];
     snprintf(full, sizeof full, "concur.%s", name);
-    if (luaL_getmetatable(L, full) == LUA_TNIL) { /* sized at once: no rehash per field */
+    luaL_getmetatable(L, full);
+    if (lua_isnil(L, -1)) { /* sized at once: no rehash per field */
         int n = 5;
         for (const luaL_Reg *r = meta; r && r->name; r++) n++;
         lua_pop(L, 1);
