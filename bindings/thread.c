@@ -188,8 +188,11 @@ static void install_signal(void) {
 }
 
 /* Call the function at fn with the arguments on the stack while `running`
- * is co; back in L, a cancel that arrived meanwhile arms L (the hook in co
- * ended co only). An error is re-raised after `running` is put back; with
+ * is co. A cancel that came before arms co first: co may have been made
+ * before it (a new coroutine copies its maker's hook) or while the signal
+ * was being handled. Back in L, a cancel that arrived meanwhile arms L (the
+ * hook in co ended co only). An error is re-raised after `running` is put
+ * back; with
  * where, a string error gets the caller's position, as coroutine.wrap's
  * functions give it (the original's luaL_where sees this C function). */
 static int run_in(lua_State *L, lua_State *co, int fn, int where) {
@@ -198,6 +201,7 @@ static int run_in(lua_State *L, lua_State *co, int fn, int where) {
     lua_insert(L, 1);
     lua_State *prev = running;
     running = co;
+    if (self && atomic_load(&self->cancel)) arm(co);
     int st = lua_pcall(L, n, LUA_MULTRET, 0);
     running = prev;
     if (self && atomic_load(&self->cancel)) arm(L);

@@ -127,6 +127,28 @@ describe("thread.new", function()
     assert.equal("cancelled", select(2, t:join(10)))
   end)
 
+  it("cancels a loop in a coroutine made before the cancel and resumed after it (Lua 5.4)", function()
+    if luajit then pending("LuaJIT: no count hook; cancel acts at blocking waits") return end
+    -- the probe runs in a child process, so a thread that never stops
+    -- cannot hang the spec: the child is killed after 15 s
+    local p = concur.process.spawn(function()
+      local th, q = require("concur").thread, require("concur").queue()
+      local t = th.new(function(qq)
+        local co = coroutine.create(function() while true do end end)
+        qq:put("ready")
+        pcall(function() while true do end end) -- the cancel lands here
+        coroutine.resume(co) -- co has no hook of its own
+        while true do end
+      end, q)
+      assert(q:get(10) == "ready")
+      t:cancel()
+      return select(2, t:join(10))
+    end)
+    local ok, v = pcall(p.join, p, 15)
+    if not ok or v == nil then p:kill("KILL") pcall(p.join, p, 5) end
+    assert.equal("cancelled", v)
+  end)
+
   it("keeps coroutine.resume and coroutine.wrap behaving in a thread as in the main state", function()
     local function probe()
       local r = {}
