@@ -175,6 +175,16 @@ static void on_cancel_signal(int sig) {
     errno = e;
 }
 
+/* CANCEL_SIG blocked (how 1) or unblocked (0) in the calling thread. A new
+ * thread starts with it blocked until its thread-locals exist: in a
+ * dlopen'd module the handler's first touch of one could allocate. */
+static void mask_cancel(int how) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, CANCEL_SIG);
+    pthread_sigmask(how ? SIG_BLOCK : SIG_UNBLOCK, &set, NULL);
+}
+
 static pthread_once_t signal_once = PTHREAD_ONCE_INIT;
 static int signal_ok;
 
@@ -501,6 +511,10 @@ static void close_state(lua_State *L, own_state *o) { (void)o; lua_close(L); }
 static void *run(void *arg) {
     cthread *t = arg;
     self = t;
+#if CB_CANCEL_HOOK
+    running = NULL;
+    mask_cancel(0); /* blocked by l_new around pthread_create */
+#endif
     cc_interrupt_set(&t->cancel);
     int outcome = FAILED;
     own_state own;
@@ -592,7 +606,15 @@ static int l_new(lua_State *L) {
     t->globals = !lua_isnil(L, -1) && lua_rawequal(L, -1, -2);
     lua_pop(L, 3);
     atomic_store(&t->refs, 2); /* the handle and the thread */
+#if CB_CANCEL_HOOK
+    sigset_t was;
+    pthread_sigmask(SIG_SETMASK, NULL, &was);
+    mask_cancel(1);
+#endif
     int r = cc_thread_start(&t->tid, run, t);
+#if CB_CANCEL_HOOK
+    if (!sigismember(&was, CANCEL_SIG)) mask_cancel(0);
+#endif
     if (r) {
         atomic_store(&t->refs, 1);
         return luaL_error(L, "thread.new: cannot start a thread: %s", strerror(-r));
