@@ -84,7 +84,15 @@ void cb_newtype(lua_State *L, enum cc_type t, const char *name, const luaL_Reg *
                 const luaL_Reg *meta) {
     char full[64];
     snprintf(full, sizeof full, "concur.%s", name);
-    luaL_newmetatable(L, full);
+    luaL_getmetatable(L, full);
+    if (lua_isnil(L, -1)) { /* sized at once: no rehash per field */
+        int n = 5;
+        for (const luaL_Reg *r = meta; r && r->name; r++) n++;
+        lua_pop(L, 1);
+        lua_createtable(L, 0, n);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, LUA_REGISTRYINDEX, full);
+    }
     lua_pushboolean(L, 1);
     cb_rawsetp(L, -2, &HANDLE_KEY);
     lua_pushcfunction(L, h_gc);
@@ -100,7 +108,9 @@ void cb_newtype(lua_State *L, enum cc_type t, const char *name, const luaL_Reg *
         lua_getfield(L, -1, "__index");
         if (!lua_istable(L, -1)) {
             lua_pop(L, 1);
-            lua_newtable(L);
+            int n = 0;
+            for (const luaL_Reg *r = methods; r->name; r++) n++;
+            lua_createtable(L, 0, n);
             lua_pushvalue(L, -1);
             lua_setfield(L, -3, "__index");
         }

@@ -20,9 +20,15 @@
  * joined is reported on stderr, with its traceback, once.
  *
  * cancel sets a flag that the thread's blocking waits poll (they fail with
- * "interrupted") and, under Lua 5.4, a count hook checks between Lua
- * instructions. thread.cancelled() reads it, so a loop that catches errors
- * can still stop. join of a cancelled thread returns nil, "cancelled".
+ * "interrupted"). Under Lua 5.4 it also sends the thread CANCEL_SIG, whose
+ * handler sets a count hook that raises "thread cancelled" on the state the
+ * thread is running at that moment: no hook is set before (a hook, any
+ * hook, puts Lua 5.4's VM on its slow path). Which state that is, a
+ * coroutine or the thread's own, is kept by wrapping coroutine.resume and
+ * coroutine.wrap in thread states; a coroutine resumed from C (lua_resume)
+ * is not seen, and stops when it yields back. thread.cancelled() reads the
+ * flag, so a loop that catches errors can still stop. join of a cancelled
+ * thread returns nil, "cancelled".
  *
  * Every new state seeds math.random from the OS (getrandom): without it
  * states made in the same instant draw the same numbers.
@@ -42,6 +48,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,6 +79,10 @@ static const char OSEXIT_KEY = 'x';
 static const char *const MT = "concur.thread";
 static _Atomic int counter;
 
+/* The signal thread:cancel sends to the thread's pthread under Lua 5.4
+ * (see cancel). Nothing else in concur uses it; an embedding program must
+ * leave it alone. */
+#define CANCEL_SIG (SIGRTMIN + 5)
 #define GRACE 2.0        /* seconds a cancelled thread gets to stop at exit */
 #define NOTICE_AFTER 1.0 /* a wait at close longer than this says so */
 
@@ -126,12 +137,156 @@ void cb_seed_random(lua_State *L) {
 
 /* ---- in the new thread ---- */
 
+#if defined(__SANITIZE_THREAD__)
+#define TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define TSAN 1
+#endif
+#endif
+#ifndef TSAN
+#define TSAN 0
+#endif
+
 #if CB_CANCEL_HOOK
+/* The state this OS thread is running Lua in right now: its thread's state,
+ * or the coroutine that state (or a coroutine of it) resumed. NULL outside
+ * thread.new's threads and while a state is being made or closed. Written
+ * and read on its own thread only (the cancel signal's handler runs there). */
+static __thread lua_State *volatile running;
+
 static void cancel_hook(lua_State *L, lua_Debug *ar) {
     (void)ar;
-    if (self && self->cancel) luaL_error(L, "thread cancelled");
+    if (self && atomic_load(&self->cancel)) luaL_error(L, "thread cancelled");
+}
+
+/* The hook that raises "thread cancelled", on L. Until cancel no hook is
+ * set: any hook puts Lua 5.4's VM on its slow path. */
+static void arm(lua_State *L) { lua_sethook(L, cancel_hook, LUA_MASKCOUNT, 1000); }
+
+/* CANCEL_SIG's handler, on the cancelled thread: lua_sethook is the one
+ * Lua call made to be called from a signal handler (lua.c's Ctrl-C does);
+ * here it acts on the state this same thread is executing. */
+static void on_cancel_signal(int sig) {
+    (void)sig;
+    int e = errno;
+    lua_State *L = running;
+    if (L) arm(L);
+    errno = e;
+}
+
+/* CANCEL_SIG blocked (how 1) or unblocked (0) in the calling thread. A new
+ * thread starts with it blocked until its thread-locals exist: in a
+ * dlopen'd module the handler's first touch of one could allocate. */
+static void mask_cancel(int how) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, CANCEL_SIG);
+    pthread_sigmask(how ? SIG_BLOCK : SIG_UNBLOCK, &set, NULL);
+}
+
+static pthread_once_t signal_once = PTHREAD_ONCE_INIT;
+static int signal_ok;
+
+static void install_signal(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_cancel_signal;
+    sa.sa_flags = SA_RESTART; /* a C module's read() in the thread goes on */
+    sigemptyset(&sa.sa_mask);
+    signal_ok = sigaction(CANCEL_SIG, &sa, NULL) == 0;
+}
+
+/* Call the function at fn with the arguments on the stack while `running`
+ * is co. A cancel that came before arms co first: co may have been made
+ * before it (a new coroutine copies its maker's hook) or while the signal
+ * was being handled. Back in L, a cancel that arrived meanwhile arms L (the
+ * hook in co ended co only). An error is re-raised after `running` is put
+ * back; with
+ * where, a string error gets the caller's position, as coroutine.wrap's
+ * functions give it (the original's luaL_where sees this C function). */
+static int run_in(lua_State *L, lua_State *co, int fn, int where) {
+    int n = lua_gettop(L);
+    lua_pushvalue(L, fn);
+    lua_insert(L, 1);
+    lua_State *prev = running;
+    running = co;
+    if (self && atomic_load(&self->cancel)) arm(co);
+    int st = lua_pcall(L, n, LUA_MULTRET, 0);
+    running = prev;
+    if (self && atomic_load(&self->cancel)) arm(L);
+    if (st == LUA_OK) return lua_gettop(L);
+    if (where && st != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
+        luaL_where(L, 1);
+        lua_insert(L, -2);
+        lua_concat(L, 2);
+    }
+    return lua_error(L);
+}
+
+/* coroutine.resume in a thread's state: the original is upvalue 1. */
+static int co_resume(lua_State *L) {
+    lua_State *co = lua_tothread(L, 1);
+    if (!co) return lua_tocfunction(L, lua_upvalueindex(1))(L); /* its own error */
+    return run_in(L, co, lua_upvalueindex(1), 0);
+}
+
+/* A function made by co_wrap: upvalue 1 the coroutine, 2 the original
+ * wrap's function resuming it. */
+static int co_wrapped(lua_State *L) {
+    return run_in(L, lua_tothread(L, lua_upvalueindex(1)), lua_upvalueindex(2), 1);
+}
+
+/* coroutine.wrap in a thread's state: the original is upvalue 1. */
+static int co_wrap(lua_State *L) {
+    if (!lua_isfunction(L, 1)) return lua_tocfunction(L, lua_upvalueindex(1))(L); /* its own error */
+    lua_settop(L, 1);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, 1, 1);
+    if (!lua_getupvalue(L, 1, 1) || !lua_isthread(L, -1)) {
+        lua_pop(L, 1);
+        return 1; /* not the stock wrap: left as it is */
+    }
+    lua_insert(L, 1);
+    lua_pushcclosure(L, co_wrapped, 2);
+    return 1;
+}
+
+/* Route coroutine.resume and coroutine.wrap through the wrappers above, so
+ * the cancel signal finds the coroutine that is running. */
+static void track_coroutines(lua_State *L) {
+    lua_getglobal(L, "coroutine");
+    if (lua_istable(L, -1)) {
+        static const struct { const char *name; lua_CFunction f; } W[] = {
+            {"resume", co_resume}, {"wrap", co_wrap},
+        };
+        for (size_t i = 0; i < sizeof W / sizeof W[0]; i++) {
+            lua_getfield(L, -1, W[i].name);
+            if (lua_iscfunction(L, -1)) {
+                lua_pushcclosure(L, W[i].f, 1);
+                lua_setfield(L, -2, W[i].name);
+            } else {
+                lua_pop(L, 1);
+            }
+        }
+    }
+    lua_pop(L, 1);
 }
 #endif
+
+/* Set t's cancel flag; the first time, under Lua 5.4, also signal its
+ * thread so pure Lua code there stops (the signal arms the hook). Only the
+ * process that started t may signal it: elsewhere its pthread_t means
+ * nothing. */
+static void cancel(cthread *t) {
+    if (atomic_exchange(&t->cancel, 1)) return;
+#if CB_CANCEL_HOOK
+    if (!t->started || t->joined || t->owner != cc_pid() || cc_done_get(&t->done)) return;
+    pthread_once(&signal_once, install_signal);
+    if (signal_ok) pthread_kill(t->tid, CANCEL_SIG); /* ESRCH: it just ended */
+#endif
+}
 
 static int body(lua_State *L) {
     cthread *t = lua_touserdata(L, 1);
@@ -194,13 +349,23 @@ static int setup_and_run(lua_State *L) {
     else cb_requiref(L, "concur", luaopen_concur);
     if (init_fn) init_fn(L, init_ud);
 #if CB_CANCEL_HOOK
-    lua_sethook(L, cancel_hook, LUA_MASKCOUNT, 1000);
+    track_coroutines(L);
 #endif
     lua_settop(L, 0);
     lua_pushcfunction(L, cb_msghandler);
     lua_pushcfunction(L, body);
     lua_pushlightuserdata(L, t);
-    if (lua_pcall(L, 1, 0, 1) == LUA_OK) {
+#if CB_CANCEL_HOOK
+    running = L;
+    /* cancelled before it got here; under TSan always: it holds a signal
+     * back until the thread enters a libc call, which a Lua loop never does */
+    if (TSAN || atomic_load(&t->cancel)) arm(L);
+#endif
+    int st = lua_pcall(L, 1, 0, 1);
+#if CB_CANCEL_HOOK
+    running = NULL;
+#endif
+    if (st == LUA_OK) {
         lua_pushinteger(L, RETURNED);
         return 1;
     }
@@ -209,23 +374,166 @@ static int setup_and_run(lua_State *L) {
     return 1;
 }
 
+/* ---- the thread state's heap ----
+ *
+ * A thread's state is made, used and closed by one OS thread, and making
+ * one is hundreds of small allocations (the libraries' tables, closures,
+ * names). Under Lua 5.4 the small ones come from a region of the state's
+ * own, REGION bytes malloc'd once: carved in GRAIN steps, freed objects kept
+ * on a list per size for reuse; Lua passes each object's size back when it
+ * frees it, so nothing carries a header. Larger objects, and all once the
+ * region is used up, come from malloc; whatever was carved goes at once
+ * when the state is closed. What the region keeps for reuse is bounded by
+ * its size. Not under the sanitizers: they should see every Lua object. */
+#if !defined(CB_LUAJIT) && !defined(__SANITIZE_ADDRESS__) && !TSAN
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define NO_OWN_HEAP 1
+#endif
+#endif
+#ifndef NO_OWN_HEAP
+#define OWN_HEAP 1
+#endif
+#endif
+
+#if OWN_HEAP
+#define GRAIN 16
+#define SMALL 256          /* larger objects come from malloc */
+#define REGION (64 << 10)  /* a fresh state with concur takes about 40 KiB */
+
+typedef struct heap {
+    void *free[SMALL / GRAIN + 1]; /* by size class, linked through the first word */
+    char *base, *cur, *end;        /* the region; cur: its first byte never carved */
+} heap;
+
+static size_t size_class(size_t n) { return n <= SMALL ? (n + GRAIN - 1) / GRAIN : 0; }
+
+static int owns(heap *h, void *p) { return (char *)p >= h->base && (char *)p < h->end; }
+
+/* A block of class c from the region, or NULL (not small, or no room). */
+static void *carve(heap *h, size_t c) {
+    if (!c) return NULL;
+    void *p = h->free[c];
+    if (p) {
+        h->free[c] = *(void **)p;
+        return p;
+    }
+    size_t n = c * GRAIN;
+    if ((size_t)(h->end - h->cur) < n) return NULL;
+    p = h->cur;
+    h->cur += n;
+    return p;
+}
+
+static void give_back(heap *h, void *p, size_t osize) {
+    if (!owns(h, p)) {
+        free(p);
+        return;
+    }
+    size_t c = size_class(osize);
+    *(void **)p = h->free[c];
+    h->free[c] = p;
+}
+
+/* lua_Alloc: osize is the block's size when p is not NULL. A NULL answer
+ * leaves p as it was, as Lua expects. */
+static void *heap_alloc(void *ud, void *p, size_t osize, size_t nsize) {
+    heap *h = ud;
+    if (nsize == 0) {
+        if (p) give_back(h, p, osize);
+        return NULL;
+    }
+    if (p && owns(h, p) && size_class(osize) == size_class(nsize)) return p;
+    void *q = carve(h, size_class(nsize));
+    if (!q) {
+        if (p && !owns(h, p)) return realloc(p, nsize);
+        q = malloc(nsize);
+        if (!q) return NULL;
+    }
+    if (p) {
+        memcpy(q, p, osize < nsize ? osize : nsize);
+        give_back(h, p, osize);
+    }
+    return q;
+}
+
+static int panic(lua_State *L) {
+    const char *msg = lua_tostring(L, -1);
+    fprintf(stderr, "PANIC: unprotected error in call to Lua API (%s)\n", msg ? msg : "error object is not a string");
+    fflush(stderr);
+    return 0;
+}
+
+/* Warnings as lauxlib's default has them: off until "@on"; a message in
+ * pieces (tocont) is one line. ud is the state's on/continuing flags. */
+static void warn(void *ud, const char *msg, int tocont) {
+    int *st = ud; /* st[0]: on, st[1]: inside a message */
+    if (!st[1] && *msg == '@') {
+        if (!strcmp(msg, "@on")) st[0] = 1;
+        else if (!strcmp(msg, "@off")) st[0] = 0;
+        return;
+    }
+    if (st[0]) {
+        if (!st[1]) fputs("Lua warning: ", stderr);
+        fputs(msg, stderr);
+        if (!tocont) fputs("\n", stderr);
+        fflush(stderr);
+    }
+    st[1] = tocont;
+}
+
+typedef struct own_state { heap h; int warn[2]; } own_state;
+
+static lua_State *new_state(own_state *o) {
+    memset(o, 0, sizeof *o);
+    o->h.base = o->h.cur = malloc(REGION);
+    o->h.end = o->h.base ? o->h.base + REGION : NULL;
+    lua_State *L = lua_newstate(heap_alloc, &o->h);
+    if (!L) {
+        free(o->h.base);
+        return NULL;
+    }
+    lua_atpanic(L, panic);
+    lua_setwarnf(L, warn, o->warn);
+    return L;
+}
+
+static void close_state(lua_State *L, own_state *o) {
+    lua_close(L);
+    free(o->h.base);
+}
+#else
+typedef struct own_state { char unused; } own_state;
+static lua_State *new_state(own_state *o) { (void)o; return luaL_newstate(); }
+static void close_state(lua_State *L, own_state *o) { (void)o; lua_close(L); }
+#endif
+
 static void *run(void *arg) {
     cthread *t = arg;
     self = t;
+#if CB_CANCEL_HOOK
+    running = NULL;
+    mask_cancel(0); /* blocked by l_new around pthread_create */
+#endif
     cc_interrupt_set(&t->cancel);
     int outcome = FAILED;
-    lua_State *L = luaL_newstate();
+    own_state own;
+    lua_State *L = new_state(&own);
     if (L) {
         lua_pushcfunction(L, setup_and_run);
         lua_pushlightuserdata(L, t);
-        if (lua_pcall(L, 1, 1, 0) == LUA_OK) {
+        int st = lua_pcall(L, 1, 1, 0);
+#if CB_CANCEL_HOOK
+        running = NULL;
+#endif
+        if (st == LUA_OK) {
             outcome = (int)lua_tointeger(L, -1);
         } else {
             if (t->holds_refs) cc_msg_release(t->msg.data, t->msg.len);
             t->holds_refs = 0;
             save_error(L, t, lua_gettop(L));
         }
-        lua_close(L); /* joins what this thread started and did not join */
+        close_state(L, &own); /* joins what this thread started and did not join */
     } else {
         if (t->holds_refs) cc_msg_release(t->msg.data, t->msg.len);
         t->holds_refs = 0;
@@ -298,7 +606,15 @@ static int l_new(lua_State *L) {
     t->globals = !lua_isnil(L, -1) && lua_rawequal(L, -1, -2);
     lua_pop(L, 3);
     atomic_store(&t->refs, 2); /* the handle and the thread */
+#if CB_CANCEL_HOOK
+    sigset_t was;
+    pthread_sigmask(SIG_SETMASK, NULL, &was);
+    mask_cancel(1);
+#endif
     int r = cc_thread_start(&t->tid, run, t);
+#if CB_CANCEL_HOOK
+    if (!sigismember(&was, CANCEL_SIG)) mask_cancel(0);
+#endif
     if (r) {
         atomic_store(&t->refs, 1);
         return luaL_error(L, "thread.new: cannot start a thread: %s", strerror(-r));
@@ -313,14 +629,15 @@ static int finish(lua_State *L, cthread *t, int idx, double deadline, const char
     if (t == self) return luaL_error(L, "%s: a thread cannot join itself", fname);
     if (t->owner != cc_pid())
         return luaL_error(L, "%s: the thread belongs to process %d", fname, (int)t->owner);
-    int r = cc_done_wait(&t->done, deadline);
-    if (r) return r;
     if (!t->joined) {
-        pthread_join(t->tid, NULL);
+        int r = cc_thread_join(t->tid, deadline);
+        if (r) return r;
         t->joined = 1;
         if (idx) cb_registry_mark(L, &UNJOINED_KEY, idx, 0);
     }
-    return 0;
+    /* joined means done, but for one detached at close (not reachable by a
+     * live handle: its finalizer ran) */
+    return cc_done_get(&t->done) ? 0 : cc_done_wait(&t->done, deadline);
 }
 
 static int t_join(lua_State *L) {
@@ -354,16 +671,15 @@ static int t_alive(lua_State *L) {
 }
 
 static int t_cancel(lua_State *L) {
-    cthread *t = check(L, 1, "thread:cancel");
-    atomic_store(&t->cancel, 1);
+    cancel(check(L, 1, "thread:cancel"));
     return 0;
 }
 
 /* Cancel t and give it GRACE seconds (our own waits not interruptible);
  * one that does not stop is detached and left to the process's exit. */
 static void stop(cthread *t) {
-    int running = !cc_done_get(&t->done);
-    atomic_store(&t->cancel, 1);
+    int alive = !cc_done_get(&t->done);
+    cancel(t);
     _Atomic int *flag = cc_interrupt_get();
     cc_interrupt_set(NULL);
     int r = cc_done_wait(&t->done, cc_deadline(GRACE));
@@ -377,7 +693,7 @@ static void stop(cthread *t) {
         snprintf(note, sizeof note, "thread-%d (did not stop, left running)", t->num);
     }
     t->joined = 1;
-    if (running && cc_stopping()) cc_exit_note(note);
+    if (alive && cc_stopping()) cc_exit_note(note);
 }
 
 /* The finalizer's wait: join, telling stderr when it takes long; a wait

@@ -1,7 +1,10 @@
 /*
- * thread.c -- OS threads for thread.new, and the one-shot event a joiner
- * waits on (a condition on CLOCK_MONOTONIC, so a join timeout is immune to
- * wall-clock changes, woken in slices when the joiner can be interrupted).
+ * thread.c -- OS threads for thread.new, and the one-shot event a closing
+ * state waits on (a condition on CLOCK_MONOTONIC, so a timeout is immune to
+ * wall-clock changes, woken in slices when the waiter can be interrupted).
+ * A join waits on the thread's exit itself (pthread_clockjoin_np, in the
+ * same slices): one wake-up, where the event and then pthread_join were
+ * two.
  */
 #include "thread.h"
 #include "cc.h"
@@ -66,4 +69,41 @@ int cc_thread_start(pthread_t *t, void *(*fn)(void *), void *arg) {
     int r = pthread_create(t, &a, fn, arg);
     pthread_attr_destroy(&a);
     return -r;
+}
+
+#if defined(__SANITIZE_THREAD__)
+#define TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define TSAN 1
+#endif
+#endif
+
+/* pthread_clockjoin_np until the monotonic time until; TSan does not
+ * intercept it (it would never see the join), so there the same wait goes
+ * through pthread_timedjoin_np on the wall clock. */
+static int join_until(pthread_t t, double until) {
+    struct timespec ts;
+#if TSAN
+    struct timespec rt;
+    clock_gettime(CLOCK_REALTIME, &rt);
+    double left = until - cc_now();
+    cc_timespec((double)rt.tv_sec + (double)rt.tv_nsec * 1e-9 + (left > 0 ? left : 0), &ts);
+    return pthread_timedjoin_np(t, NULL, &ts);
+#else
+    cc_timespec(until, &ts);
+    return pthread_clockjoin_np(t, NULL, CLOCK_MONOTONIC, &ts);
+#endif
+}
+
+int cc_thread_join(pthread_t t, double deadline) {
+    if (pthread_tryjoin_np(t, NULL) == 0) return 0;
+    for (;;) {
+        if (cc_interrupted()) return -EINTR;
+        double until = cc_wait_slice(deadline);
+        if (until < 0) return -pthread_join(t, NULL);
+        int r = join_until(t, until);
+        if (r != ETIMEDOUT) return -r;
+        if (deadline >= 0 && cc_now() >= deadline) return -ETIMEDOUT;
+    }
 }

@@ -19,6 +19,10 @@ int cc_done_wait(cc_done *d, double deadline);   /* 0, -ETIMEDOUT, -EINTR */
  * must not themselves be interrupted. */
 _Atomic int *cc_interrupt_get(void);
 
+/* Join t, waiting until deadline (absolute, CC_FOREVER) in slices that
+ * watch cc_interrupted(): 0, -ETIMEDOUT, -EINTR or -errno. */
+int cc_thread_join(pthread_t t, double deadline);
+
 /* Start fn(arg) on a new joinable thread; 0 or -errno. */
 int cc_thread_start(pthread_t *t, void *(*fn)(void *), void *arg);
 #endif

@@ -201,6 +201,23 @@ W.spawn_upv_rows = function(n)
   return spawn_upv_latency(data, n)
 end
 
+-- pure-Lua loop of n additions, in a thread against the main state: the
+-- ratio of their times (1 = as fast), each timed inside its state (thread
+-- start and join are spawn_thread's), median of 5 alternating pairs
+local function add_loop(n) local s = 0 for i = 1, n do s = s + i end return s end
+local function timed_loop(n)
+  local c = require("concur").clock
+  local t0 = c()
+  add_loop(n)
+  return c() - t0
+end
+W.lua_loop_thread_vs_main = function(n)
+  local rs = {}
+  for k = 1, 5 do rs[k] = thread.new(timed_loop, n):join() / timed_loop(n) end
+  table.sort(rs)
+  return rs[3]
+end
+
 -- memory per idle worker in KiB (RSS/PSS growth with n workers parked on a queue)
 W.rss_thread = function(n)
   local q = queue()

@@ -68,6 +68,8 @@ local rows = {
   {"spawn_upv_rows", "spawn+join, 10^6 rows captured (median)", "us", false, {"spawn_upv_rows", 50, 20}, {"spawn_upv_rows", 50, 20}, false},
   {"spawn_thread", "thread new+join (median)", "us", false, {"spawn_thread", 500, 100}, {"spawn_thread", 500, 100}, {"spawn_thread", 500, 100}, {"<=", 100, "abs"}},
   {"rss_thread", "memory per idle thread", "KiB", false, {"rss_thread", 20, 10}, {"rss_thread", 20, 10}, {"rss_thread", 20, 10}},
+  -- issue 10: pure Lua in a thread runs as fast as in the main state (time ratio, 1 = same)
+  {"lua_loop_thread_vs_main", "pure-Lua loop, thread / main state time", "x", false, {"lua_loop_thread_vs_main", 30000000, 5000000}, false, false, {"<=", 1.05, "abs"}},
   {"rss_process", "memory per idle process (PSS)", "KiB", false, {"rss_process", 10, 5}, {"rss_process", 10, 5}, {"rss_process", 10, 5}},
   -- shared.array (issue 13): Python holds Array.get_lock() per add, as its docs say to
   {"array_add", "shared.array a:add, uncontended", "/s", true, {"array_add", 5000000, 500000}, {"array_add", 500000, 100000}, {"array_add", 20000000, 2000000},
