@@ -218,10 +218,22 @@ describe("lock", function()
       for _, r in ipairs(others) do
         local ok, err = pcall(a[name], r, function() end)
         assert.is_false(ok)
-        assert.matches("lock:" .. name .. ": bad argument #1 %(.* expected, got ", tostring(err))
+        assert.matches("lock:" .. name .. ": bad self %(lock expected, got ", tostring(err))
       end
     end
     assert.is_false(a:locked())
+  end)
+
+  it("says bad self, naming the lock type and what it got, for a wrong receiver", function()
+    local a, q = lock(), concur.queue()
+    for _, name in ipairs{"acquire", "release", "locked", "with"} do
+      local ok, err = pcall(a[name], q, function() end)
+      assert.is_false(ok)
+      assert.matches("lock:" .. name .. ": bad self %(lock expected, got concur.queue%)", err)
+    end
+    local ok, err = pcall(lock.condition, lock.semaphore(1))
+    assert.is_false(ok)
+    assert.matches("lock.condition: bad argument #1 %(lock expected, got concur.semaphore%)", err)
   end)
 
   it("keeps tostring, ==, __close and the type name on a hot handle", function()
