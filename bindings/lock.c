@@ -69,6 +69,7 @@ static int acquired(lua_State *L, int r, const char *fname) {
 }
 
 #define HOT 64
+static const char TYPE_KEY = 't'; /* a bound handle's metatable: its type's */
 
 static void bind(lua_State *L, int t) __attribute__((noinline));
 
@@ -84,17 +85,37 @@ static inline cc_lock *any_lock(lua_State *L, const char *fname) {
     return any_lock_slow(L, fname);
 }
 
+/* Argument 1 as a lock, an rlock or a condition. Through the methods of
+ * its own type (upvalue 1 is the type's metatable) one compare, as
+ * cb_self, or two for a bound handle (its own metatable names its type's
+ * under TYPE_KEY; the size check keeps out a LuaJIT proxy given a copy of
+ * every field); else a released handle says so and anything else is "bad
+ * self (lock expected, got ...)". */
+static cc_obj *lock_self(lua_State *L, const char *fname) {
+    cb_handle *h = lua_touserdata(L, 1);
+    if (h && lua_getmetatable(L, 1)) {
+        int same = lua_rawequal(L, -1, lua_upvalueindex(1));
+        if (!same && cb_rawlen(L, 1) == sizeof(cb_handle)) {
+            cb_rawgetp(L, -1, &TYPE_KEY);
+            same = lua_rawequal(L, -1, lua_upvalueindex(1));
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+        if (same && h->obj) return h->obj;
+    }
+    cc_obj *o = cb_test(L, 1);
+    int t = o ? (int)o->type : CC_T_NONE;
+    if (t == CC_T_LOCK || t == CC_T_RLOCK || t == CC_T_COND) return o;
+    if (!o && strncmp(cb_typeof(L, 1), "concur.", 7) == 0) cb_self(L, CC_T_NONE, fname);
+    cb_typeerror(L, 1, fname, "lock");
+    return NULL;
+}
+
 /* Through the type's methods (or another receiver): the full check, and
  * the count that binds a handle once it is hot. */
 static cc_lock *any_lock_slow(lua_State *L, const char *fname) {
-    cc_obj *o = cb_test(L, 1);
-    int t = o ? (int)o->type : CC_T_NONE;
-    if (t != CC_T_LOCK && t != CC_T_RLOCK && t != CC_T_COND) {
-        /* a released concur handle says so (cb_self raises); anything
-         * else is "bad self (lock expected, got ...)" */
-        if (!o && strncmp(cb_typeof(L, 1), "concur.", 7) == 0) cb_self(L, CC_T_NONE, fname);
-        cb_typeerror(L, 1, fname, "lock");
-    }
+    cc_obj *o = lock_self(L, fname);
+    int t = o->type;
     cb_handle *h = lua_touserdata(L, 1);
     if (h->flags < HOT && ++h->flags == HOT) bind(L, t);
     return t == CC_T_COND ? cc_condvar_lock((cc_condvar *)o) : (cc_lock *)o;
@@ -382,6 +403,8 @@ static void bind(lua_State *L, int t) {
     luaL_checkstack(L, 6, NULL);
     cb_derive(L, 1);
     int mt = lua_gettop(L);
+    lua_getmetatable(L, 1); /* still the type's: bind runs once per handle */
+    cb_rawsetp(L, mt, &TYPE_KEY);
     lua_createtable(L, 0, 8);
     for (; methods->name; methods++) {
         lua_pushvalue(L, 1);

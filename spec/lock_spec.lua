@@ -236,6 +236,23 @@ describe("lock", function()
     assert.matches("lock.condition: bad argument #1 %(lock expected, got concur.semaphore%)", err)
   end)
 
+  it("refuses, through the type's methods, a proxy given a copy of a bound lock's metatable", function()
+    local a = lock()
+    local methods = getmetatable(a).__index
+    for _ = 1, 200 do a:acquire() a:release() end -- a is bound: a metatable of its own
+    assert.is_true(methods.acquire(a)) -- the type's methods still take it
+    methods.release(a)
+    if not newproxy then return end -- LuaJIT only
+    local px = newproxy(true)
+    for k, v in pairs(getmetatable(a)) do -- but __gc: a finalizer would raise
+      if k ~= "__gc" then getmetatable(px)[k] = v end
+    end
+    local ok, err = pcall(methods.acquire, px)
+    assert.is_false(ok)
+    assert.matches("lock:acquire: bad self %(", err)
+    assert.is_false(a:locked())
+  end)
+
   it("keeps tostring, ==, __close and the type name on a hot handle", function()
     local a = lock()
     for _ = 1, 200 do a:acquire() a:release() end
