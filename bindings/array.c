@@ -49,6 +49,19 @@ static int fail(lua_State *L, const char *fmt, ...) {
     return luaL_error(L, "%s", msg);
 }
 
+/* cb_idxerror with printf's formats: "<fname>: bad argument #n (<msg>)",
+ * or "bad self" for a method's self. */
+static int argfail(lua_State *L, int idx, const char *fname, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int argfail(lua_State *L, int idx, const char *fname, const char *fmt, ...) {
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return cb_idxerror(L, idx, fname, msg);
+}
+
 /* ---- numbers ---- */
 
 static const char *fmtnum(lua_State *L, int idx, char *buf, size_t size) {
@@ -177,13 +190,13 @@ static void range_args(lua_State *L, cc_array *a, int idx, int64_t *lo, int64_t 
     if (!lua_isnoneornil(L, idx))
         i = lua_type(L, idx) == LUA_TNUMBER ? whole(L, idx, &ok) : (ok = 0);
     if (!ok || i < 1 || i > a->n + 1)
-        fail(L, "%s: bad argument #%d (start index 1..%lld expected, got %s)", fname, idx - 1,
-             (long long)a->n + 1, fmtnum(L, idx, num, sizeof num));
+        argfail(L, idx, fname, "start index 1..%lld expected, got %s", (long long)a->n + 1,
+                fmtnum(L, idx, num, sizeof num));
     if (!lua_isnoneornil(L, idx + 1))
         j = lua_type(L, idx + 1) == LUA_TNUMBER ? whole(L, idx + 1, &ok) : (ok = 0);
     if (!ok || j < 0 || j > a->n)
-        fail(L, "%s: bad argument #%d (end index 0..%lld expected, got %s)", fname, idx,
-             (long long)a->n, fmtnum(L, idx + 1, num, sizeof num));
+        argfail(L, idx + 1, fname, "end index 0..%lld expected, got %s", (long long)a->n,
+                fmtnum(L, idx + 1, num, sizeof num));
     *lo = i - 1;
     *hi = j > i - 1 ? j : i - 1;
 }
@@ -192,15 +205,11 @@ static void range_args(lua_State *L, cc_array *a, int idx, int64_t *lo, int64_t 
 
 static enum cc_elem elem_arg(lua_State *L, int idx, const char *fname) {
     if (lua_isnoneornil(L, idx)) return CC_F64;
-    if (lua_type(L, idx) != LUA_TSTRING)
-        fail(L, "%s: bad argument #%d (type name string expected, got %s)", fname, idx,
-             cb_typeof(L, idx));
+    if (lua_type(L, idx) != LUA_TSTRING) cb_typeerror(L, idx, fname, "type name string");
     int e = cc_elem_parse(lua_tostring(L, idx));
     if (e < 0)
-        fail(L,
-             "%s: bad argument #%d (unknown type '%s'; i8 u8 i16 u16 i32 u32 i64 "
-             "f32 f64)",
-             fname, idx, lua_tostring(L, idx));
+        argfail(L, idx, fname, "unknown type '%s'; i8 u8 i16 u16 i32 u32 i64 f32 f64",
+                lua_tostring(L, idx));
     return (enum cc_elem)e;
 }
 
@@ -222,12 +231,11 @@ static cc_array *make(lua_State *L, enum cc_type t, int64_t n, enum cc_elem e, c
 static int l_array(lua_State *L) {
     int ok = 0;
     int64_t n = lua_type(L, 1) == LUA_TNUMBER ? whole(L, 1, &ok) : 0;
-    if (lua_type(L, 1) != LUA_TNUMBER)
-        return fail(L, "shared.array: bad argument #1 (integer expected, got %s)", cb_typeof(L, 1));
+    if (lua_type(L, 1) != LUA_TNUMBER) return cb_typeerror(L, 1, "shared.array", "integer");
     if (!ok || n < 1) {
         char num[64];
-        return fail(L, "shared.array: bad argument #1 (size must be an integer >= 1, got %s)",
-                    fmtnum(L, 1, num, sizeof num));
+        return argfail(L, 1, "shared.array", "size must be an integer >= 1, got %s",
+                       fmtnum(L, 1, num, sizeof num));
     }
     enum cc_elem e = elem_arg(L, 2, "shared.array");
     make(L, CC_T_ARRAY, n, e, "shared.array");

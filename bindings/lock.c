@@ -31,6 +31,7 @@
 #include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 
 #define CHECK(T, t, name) ((T *)cb_check(L, 1, t, name))
 #define SELF(T, t, name) ((T *)cb_self(L, t, name))
@@ -68,6 +69,7 @@ static int acquired(lua_State *L, int r, const char *fname) {
 }
 
 #define HOT 64
+static const char TYPE_KEY = 't'; /* a bound handle's metatable: its type's */
 
 static void bind(lua_State *L, int t) __attribute__((noinline));
 
@@ -83,13 +85,37 @@ static inline cc_lock *any_lock(lua_State *L, const char *fname) {
     return any_lock_slow(L, fname);
 }
 
+/* Argument 1 as a lock, an rlock or a condition. Through the methods of
+ * its own type (upvalue 1 is the type's metatable) one compare, as
+ * cb_self, or two for a bound handle (its own metatable names its type's
+ * under TYPE_KEY; the size check keeps out a LuaJIT proxy given a copy of
+ * every field); else a released handle says so and anything else is "bad
+ * self (lock expected, got ...)". */
+static cc_obj *lock_self(lua_State *L, const char *fname) {
+    cb_handle *h = lua_touserdata(L, 1);
+    if (h && lua_getmetatable(L, 1)) {
+        int same = lua_rawequal(L, -1, lua_upvalueindex(1));
+        if (!same && cb_rawlen(L, 1) == sizeof(cb_handle)) {
+            cb_rawgetp(L, -1, &TYPE_KEY);
+            same = lua_rawequal(L, -1, lua_upvalueindex(1));
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+        if (same && h->obj) return h->obj;
+    }
+    cc_obj *o = cb_test(L, 1);
+    int t = o ? (int)o->type : CC_T_NONE;
+    if (t == CC_T_LOCK || t == CC_T_RLOCK || t == CC_T_COND) return o;
+    if (!o && strncmp(cb_typeof(L, 1), "concur.", 7) == 0) cb_self(L, CC_T_NONE, fname);
+    cb_typeerror(L, 1, fname, "lock");
+    return NULL;
+}
+
 /* Through the type's methods (or another receiver): the full check, and
  * the count that binds a handle once it is hot. */
 static cc_lock *any_lock_slow(lua_State *L, const char *fname) {
-    cc_obj *o = cb_self(L, CC_T_NONE, fname);
+    cc_obj *o = lock_self(L, fname);
     int t = o->type;
-    if (t != CC_T_LOCK && t != CC_T_RLOCK && t != CC_T_COND)
-        luaL_error(L, "%s: bad argument #1 (lock expected, got %s)", fname, cb_typename(t));
     cb_handle *h = lua_touserdata(L, 1);
     if (h->flags < HOT && ++h->flags == HOT) bind(L, t);
     return t == CC_T_COND ? cc_condvar_lock((cc_condvar *)o) : (cc_lock *)o;
@@ -185,8 +211,9 @@ static int s_release(lua_State *L) {
     lua_Integer n = cb_optint(L, 2, 1, "semaphore:release", 1);
     if (n < 1) return cb_argerror(L, 1, "semaphore:release", "n must be >= 1");
     if (cc_sem_release(s, n) == -EOVERFLOW)
-        return luaL_error(L, "semaphore:release: bad argument #1 (n = %s would overflow the value %s)",
-                          fmt_int(L, n), fmt_int(L, cc_sem_value(s)));
+        return cb_argerror(L, 1, "semaphore:release",
+                           lua_pushfstring(L, "n = %s would overflow the value %s", fmt_int(L, n),
+                                           fmt_int(L, cc_sem_value(s))));
     return 0;
 }
 
@@ -236,8 +263,7 @@ static int c_new(lua_State *L) {
     if (!lua_isnoneornil(L, 1)) {
         cc_obj *o = cb_check_any(L, 1, "lock.condition");
         if (o->type != CC_T_LOCK && o->type != CC_T_RLOCK)
-            return luaL_error(L, "lock.condition: bad argument #1 (lock expected, got %s)",
-                              cb_typename(o->type));
+            return cb_typeerror(L, 1, "lock.condition", "lock");
         l = (cc_lock *)o;
     }
     cc_condvar *c;
@@ -278,7 +304,7 @@ static int c_wait_for(lua_State *L) {
 static int c_notify(lua_State *L) {
     cc_condvar *c = CHECK(cc_condvar, CC_T_COND, "condition:notify");
     lua_Integer n = cb_optint(L, 2, 1, "condition:notify", 1);
-    if (n < 0) return luaL_error(L, "condition:notify: bad argument #1 (n must be >= 0)");
+    if (n < 0) return cb_argerror(L, 1, "condition:notify", "n must be >= 0");
     if (cc_condvar_notify(c, n) == -EPERM)
         return luaL_error(L, "condition:notify: lock not held by this thread");
     return 0;
@@ -377,6 +403,8 @@ static void bind(lua_State *L, int t) {
     luaL_checkstack(L, 6, NULL);
     cb_derive(L, 1);
     int mt = lua_gettop(L);
+    lua_getmetatable(L, 1); /* still the type's: bind runs once per handle */
+    cb_rawsetp(L, mt, &TYPE_KEY);
     lua_createtable(L, 0, 8);
     for (; methods->name; methods++) {
         lua_pushvalue(L, 1);
@@ -401,9 +429,6 @@ int cb_open_lock(lua_State *L) {
     cb_newtype(L, CC_T_COND, "condition", cond_methods, lock_meta);
     cb_newtype(L, CC_T_BARRIER, "barrier", barrier_methods, NULL);
     cb_newlib(L, funcs);
-    lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, l_call);
-    lua_setfield(L, -2, "__call");
-    lua_setmetatable(L, -2);
+    cb_callable(L, l_call);
     return 1;
 }

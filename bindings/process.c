@@ -112,24 +112,20 @@ static int check_signal(lua_State *L, int idx, const char *fname) {
         int ok = 0;
         lua_Integer n = cb_tointegerx(L, idx, &ok);
         if (!ok || n < 1 || n > SIGRTMAX)
-            luaL_error(L, "%s: bad argument #%d (signal number out of range 1..%d)", fname, idx - 1,
-                       (int)SIGRTMAX);
+            cb_idxerror(L, idx, fname,
+                        lua_pushfstring(L, "signal number out of range 1..%d", (int)SIGRTMAX));
         return (int)n;
     }
-    if (lua_type(L, idx) != LUA_TSTRING)
-        luaL_error(L, "%s: bad argument #%d (signal name or number expected, got %s)", fname,
-                   idx - 1, cb_typeof(L, idx));
+    if (lua_type(L, idx) != LUA_TSTRING) cb_typeerror(L, idx, fname, "signal name or number");
     const char *s = lua_tostring(L, idx);
     if (strncmp(s, "SIG", 3) == 0) s += 3;
     for (size_t i = 0; i < sizeof SIGNALS / sizeof SIGNALS[0]; i++)
         if (strcmp(SIGNALS[i].name, s) == 0) return SIGNALS[i].sig;
-    return luaL_error(L, "%s: bad argument #%d (unknown signal '%s')", fname, idx - 1,
-                      lua_tostring(L, idx));
+    return cb_idxerror(L, idx, fname,
+                       lua_pushfstring(L, "unknown signal '%s'", lua_tostring(L, idx)));
 }
 
 /* ---- in the child ---- */
-
-void cb_after_fork_child(void) {}
 
 /* encode_all(buf, what, values...): what names the message in a refusal;
  * it stays on the stack while encoding, or a collection could free it
@@ -213,23 +209,20 @@ static void child(lua_State *L, int first, int nargs, int wfd) {
 
 /* ---- in the parent ---- */
 
-/* The record of the handle at idx; raises on anything else, and on a
- * handle whose finalizer already ran (the record is gone). */
-static cc_child *check(lua_State *L, int idx, const char *fname) {
-    cproc *h = luaL_testudata(L, idx, MT);
-    if (!h)
-        luaL_error(L, "%s: bad argument #%d (process expected, got %s)", fname, idx,
-                   cb_typeof(L, idx));
-    if (!h->c) luaL_error(L, "%s: the process handle was finalized", fname);
-    return h->c;
+/* A method's or metamethod's self (fname "process:verb"): a process
+ * handle, possibly finalized (c NULL); "bad self" for anything else. */
+static cproc *self_arg(lua_State *L, const char *fname) {
+    cproc *h = luaL_testudata(L, 1, MT);
+    if (!h) cb_typeerror(L, 1, fname, "process");
+    return h;
 }
 
-/* A metamethod's argument: a process handle, possibly finalized (c NULL). */
-static cproc *meta_arg(lua_State *L, const char *event) {
-    cproc *h = luaL_testudata(L, 1, MT);
-    if (!h)
-        luaL_error(L, "bad argument #1 to '%s' (%s expected, got %s)", event, MT, cb_typeof(L, 1));
-    return h;
+/* The record of a method's self; raises on anything else, and on a
+ * handle whose finalizer already ran (the record is gone). */
+static cc_child *check(lua_State *L, const char *fname) {
+    cproc *h = self_arg(L, fname);
+    if (!h->c) luaL_error(L, "%s: the process handle was finalized", fname);
+    return h->c;
 }
 
 static int l_spawn(lua_State *L) {
@@ -250,19 +243,17 @@ static int l_spawn(lua_State *L) {
         first = 4;
         nargs = n - 1;
         if (n < 1 || !lua_isfunction(L, first))
-            return luaL_error(L, "process.spawn: bad argument #1 (function expected in field [1])");
+            return cb_argerror(L, 1, "process.spawn", "function expected in field [1]");
     } else {
-        if (!lua_isfunction(L, 1))
-            return luaL_error(L, "process.spawn: bad argument #1 (function expected, got %s)",
-                              cb_typeof(L, 1));
+        if (!lua_isfunction(L, 1)) return cb_typeerror(L, 1, "process.spawn", "function");
         nargs = lua_gettop(L) - 1;
     }
-    cproc *h = lua_newuserdata(L, sizeof *h);
+    cproc *h = cb_newuserdata(L, sizeof *h);
     h->c = NULL;
     h->observed = 0;
     luaL_setmetatable(L, MT);
     cc_child *c = cc_child_new();
-    if (!c) return luaL_error(L, "process.spawn: out of memory");
+    if (!c) return cb_oom(L, "process.spawn");
     h->c = c;
     c->daemon = daemon;
     if (name) snprintf(c->name, sizeof c->name, "%s", name);
@@ -270,7 +261,7 @@ static int l_spawn(lua_State *L) {
     /* the child can reach, and use, every object this state has a handle
      * on (through its arguments, upvalues, globals, the registry, any
      * table): hold them all until it is reaped */
-    if (cb_retain_reachable(L, &c->held)) return luaL_error(L, "process.spawn: out of memory");
+    if (cb_retain_reachable(L, &c->held)) return cb_oom(L, "process.spawn");
     int wfd = -1;
     pid_t pid = cc_child_fork(c, &wfd);
     if (pid == 0) {
@@ -284,11 +275,12 @@ static int l_spawn(lua_State *L) {
 }
 
 static int p_join(lua_State *L) {
-    cc_child *c = check(L, 1, "process:join");
+    cc_child *c = check(L, "process:join");
     double deadline = cb_opt_deadline(L, 2, "process:join");
     if (!cc_child_mine(c))
         return luaL_error(L, "process:join: process %d is not a child of this process", (int)c->pid);
     int r = cc_child_finish(c, deadline, 1);
+    if (r == -ENOMEM) return cb_oom(L, "process:join"); /* the result's buffer */
     if (r) return cb_fail(L, r, "process:join");
     ((cproc *)lua_touserdata(L, 1))->observed = 1;
     cb_registry_mark(L, &UNJOINED_KEY, 1, 0);
@@ -314,13 +306,13 @@ static int p_join(lua_State *L) {
 }
 
 static int p_alive(lua_State *L) {
-    cc_child *c = check(L, 1, "process:alive");
+    cc_child *c = check(L, "process:alive");
     lua_pushboolean(L, !cc_child_poll(c));
     return 1;
 }
 
 static int p_kill(lua_State *L) {
-    cc_child *c = check(L, 1, "process:kill");
+    cc_child *c = check(L, "process:kill");
     int sig = check_signal(L, 2, "process:kill");
     int r = cc_child_kill(c, sig);
     if (r && r != -ESRCH) return luaL_error(L, "process:kill: %s", strerror(-r));
@@ -329,7 +321,7 @@ static int p_kill(lua_State *L) {
 }
 
 static int p_index(lua_State *L) {
-    cproc *h = meta_arg(L, "__index");
+    cproc *h = self_arg(L, "process:__index");
     const char *k = lua_tostring(L, 2);
     if (!k) return 0;
     int field = strcmp(k, "pid") == 0 || strcmp(k, "name") == 0 || strcmp(k, "daemon") == 0 ||
@@ -417,7 +409,7 @@ static void finalize(lua_State *L, cproc *h, int stopping) {
 }
 
 static int p_gc(lua_State *L) {
-    finalize(L, meta_arg(L, "__gc"), 0);
+    finalize(L, self_arg(L, "process:__gc"), 0);
     return 0;
 }
 
@@ -435,7 +427,7 @@ void cb_process_close_all(lua_State *L, int stop) {
 }
 
 static int p_tostring(lua_State *L) {
-    cc_child *c = meta_arg(L, "__tostring")->c;
+    cc_child *c = self_arg(L, "process:__tostring")->c;
     if (!c) lua_pushliteral(L, "process (finalized)");
     else lua_pushfstring(L, "process %d (%s, %s)", (int)c->pid, c->name,
                          cc_child_poll(c) ? "ended" : "running");
@@ -455,23 +447,24 @@ static double run_deadline(lua_State *L, int idx) {
 }
 
 static int l_run(lua_State *L) {
-    if (!lua_istable(L, 1))
-        return luaL_error(L, "process.run: bad argument #1 (table expected, got %s)", cb_typeof(L, 1));
+    if (!lua_istable(L, 1)) return cb_typeerror(L, 1, "process.run", "table");
     lua_settop(L, 1);
     int n = (int)cb_rawlen(L, 1);
-    if (n < 1) return luaL_error(L, "process.run: bad argument #1 (empty command)");
+    if (n < 1) return cb_argerror(L, 1, "process.run", "empty command");
     if (!lua_checkstack(L, n + 8)) return luaL_error(L, "process.run: too many arguments");
-    char **argv = lua_newuserdata(L, sizeof(char *) * (size_t)(n + 1));
+    char **argv = cb_newuserdata(L, sizeof(char *) * (size_t)(n + 1));
     for (int i = 1; i <= n; i++) { /* the strings stay on the stack while used */
         lua_rawgeti(L, 1, i);
         if (!lua_isstring(L, -1))
-            return luaL_error(L, "process.run: bad argument #1 (field [%d] is %s, not a string)", i,
-                              cb_typeof(L, -1));
+            return cb_argerror(L, 1, "process.run",
+                               lua_pushfstring(L, "field [%d] is %s, not a string", i,
+                                               cb_typeof(L, -1)));
         size_t len;
         argv[i - 1] = (char *)lua_tolstring(L, -1, &len);
         /* exec would silently cut the argument at the NUL */
         if (strlen(argv[i - 1]) != len)
-            return luaL_error(L, "process.run: bad argument #1 (field [%d] contains a NUL byte)", i);
+            return cb_argerror(L, 1, "process.run",
+                               lua_pushfstring(L, "field [%d] contains a NUL byte", i));
     }
     argv[n] = NULL;
     size_t inlen = 0;

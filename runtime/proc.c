@@ -44,13 +44,10 @@
 #include <unistd.h>
 
 #define MAX_TRACKED 1024
-#define MAX_HOOKS 8
 
 static pthread_mutex_t track_lock = PTHREAD_MUTEX_INITIALIZER;
 static int tracked[MAX_TRACKED];
 static int ntracked;
-static void (*hooks[MAX_HOOKS])(void);
-static int nhooks;
 
 static void track_locked(int fd) {
     if (ntracked < MAX_TRACKED) tracked[ntracked++] = fd;
@@ -101,12 +98,6 @@ void cc_close_tracked(int fd) {
     pthread_mutex_unlock(&track_lock);
 }
 
-void cc_fork_hook(void (*fn)(void)) {
-    for (int i = 0; i < nhooks; i++)
-        if (hooks[i] == fn) return;
-    if (nhooks < MAX_HOOKS) hooks[nhooks++] = fn;
-}
-
 /* ---- ending abnormally ---- */
 
 static _Atomic int stopping;
@@ -149,6 +140,12 @@ static void die_with_parent(pid_t parent) {
     signal(SIGTERM, SIG_DFL);
 }
 
+/* fork() after flushing stdio (so no buffered line is printed twice). In
+ * the child, closes every tracked descriptor but keep[0..nkeep) -- the
+ * write ends of other children's result pipes, so their readers see EOF
+ * when those children exit. The child dies with its parent (SIGKILL,
+ * PR_SET_PDEATHSIG) and has the default action for SIGINT and SIGTERM.
+ * 0 in the child, the pid in the parent, or -errno. */
 static pid_t fork_keeping(const int *keep, int nkeep) {
     fflush(NULL);
     pid_t parent = getpid();
@@ -173,14 +170,11 @@ static pid_t fork_keeping(const int *keep, int nkeep) {
         notes_cut = 0;
         notes[0] = '\0';
         pthread_mutex_init(&note_lock, NULL);
-        for (int i = 0; i < nhooks; i++) hooks[i]();
         return 0;
     }
     pthread_mutex_unlock(&track_lock);
     return pid < 0 ? -errno : pid;
 }
-
-pid_t cc_fork(int keep_fd) { return fork_keeping(&keep_fd, keep_fd >= 0 ? 1 : 0); }
 
 static void set_nonblock(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
 
@@ -223,9 +217,9 @@ int cc_wait_pid(pid_t pid, int *status, double deadline) {
     if (r != -ENOSYS) return r;
     double nap = 0.0001;
     for (;;) {
-        pid_t r = waitpid(pid, status, WNOHANG);
-        if (r == pid) return 0;
-        if (r < 0 && errno != EINTR) return -errno;
+        got = waitpid(pid, status, WNOHANG);
+        if (got == pid) return 0;
+        if (got < 0 && errno != EINTR) return -errno;
         if (cc_interrupted()) return -EINTR;
         double now = cc_now();
         if (deadline >= 0 && now >= deadline) return -ETIMEDOUT;
@@ -292,14 +286,7 @@ int cc_run(char *const argv[], const char *in, size_t inlen, double deadline,
         struct pollfd p[3] = {{pout[0], POLLIN, 0}, {perr[0], POLLIN, 0}, {pin[1], POLLOUT, 0}};
         if (!open_out) p[0].fd = -1;
         if (!open_err) p[1].fd = -1;
-        int ms = -1;
-        double until = cc_wait_slice(deadline);
-        if (until >= 0) {
-            double left = until - cc_now();
-            /* a day at most: a far deadline (1e300, inf) must not overflow */
-            ms = left <= 0 ? 0 : left > 86400 ? 86400 * 1000 : (int)(left * 1000) + 1;
-        }
-        int n = poll(p, 3, ms);
+        int n = poll(p, 3, cc_poll_ms(cc_wait_slice(deadline)));
         if (n < 0 && errno != EINTR) { r = -errno; break; }
         if (cc_interrupted()) { r = -EINTR; break; }
         if (n == 0 && deadline >= 0 && cc_now() >= deadline) { r = -ETIMEDOUT; break; }
@@ -377,8 +364,8 @@ pid_t cc_child_fork(cc_child *c, int *wfd) {
      * inherit them (the write end would hold our EOF back) */
     int r = cc_pipe_tracked(fds, 0);
     if (r) return r;
-    pid_t pid = cc_fork(fds[1]);
-    if (pid == 0) { /* cc_fork closed the read end here */
+    pid_t pid = fork_keeping(&fds[1], 1);
+    if (pid == 0) { /* fork_keeping closed the read end here */
         *wfd = fds[1];
         return 0;
     }

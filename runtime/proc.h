@@ -5,13 +5,6 @@
 #include "cc.h"
 #include <sys/types.h>
 
-/* fork() after flushing stdio (so no buffered line is printed twice). In
- * the child, closes the write ends of other children's result pipes (so
- * their readers see EOF when those children exit) and runs the fork hooks.
- * The child dies with its parent (SIGKILL, PR_SET_PDEATHSIG) and has the
- * default action for SIGINT and SIGTERM.
- * keep_fd: the result pipe the child itself will write (-1 for none). */
-pid_t cc_fork(int keep_fd);
 /* Track a descriptor that must not leak into later children. */
 void cc_fork_track(int fd, int on);
 /* pipe2(O_CLOEXEC | flags) with both ends tracked from the start (no fork
@@ -19,7 +12,6 @@ void cc_fork_track(int fd, int on);
 int cc_pipe_tracked(int fds[2], int flags);
 /* Untrack and close (no-op for fd < 0). */
 void cc_close_tracked(int fd);
-void cc_fork_hook(void (*fn)(void));   /* run in every child, in order */
 
 /* ---- children of process.spawn ----
  *

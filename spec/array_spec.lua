@@ -342,7 +342,7 @@ describe("shared.array", function()
         for _, r in ipairs(others) do
           local ok, err = pcall(f, r, 1, 1)
           assert.is_false(ok, name)
-          assert.matches("array[:.][_%a]+: bad argument #1 %(array expected, got ", tostring(err))
+          assert.matches("array[:.][_%a]+: bad self %(array expected, got ", tostring(err))
         end
       end
     end
@@ -430,7 +430,7 @@ describe("shared.value", function()
     for _, r in ipairs{{}, 1, shared.array(1), concur.lock()} do
       local ok, err = pcall(add, r, 1)
       assert.is_false(ok)
-      assert.matches("value:add: bad argument #1 %(value expected, got ", tostring(err))
+      assert.matches("value:add: bad self %(value expected, got ", tostring(err))
     end
   end)
 end)

@@ -218,9 +218,38 @@ describe("lock", function()
       for _, r in ipairs(others) do
         local ok, err = pcall(a[name], r, function() end)
         assert.is_false(ok)
-        assert.matches("lock:" .. name .. ": bad argument #1 %(.* expected, got ", tostring(err))
+        assert.matches("lock:" .. name .. ": bad self %(lock expected, got ", tostring(err))
       end
     end
+    assert.is_false(a:locked())
+  end)
+
+  it("says bad self, naming the lock type and what it got, for a wrong receiver", function()
+    local a, q = lock(), concur.queue()
+    for _, name in ipairs{"acquire", "release", "locked", "with"} do
+      local ok, err = pcall(a[name], q, function() end)
+      assert.is_false(ok)
+      assert.matches("lock:" .. name .. ": bad self %(lock expected, got concur.queue%)", err)
+    end
+    local ok, err = pcall(lock.condition, lock.semaphore(1))
+    assert.is_false(ok)
+    assert.matches("lock.condition: bad argument #1 %(lock expected, got concur.semaphore%)", err)
+  end)
+
+  it("refuses, through the type's methods, a proxy given a copy of a bound lock's metatable", function()
+    local a = lock()
+    local methods = getmetatable(a).__index
+    for _ = 1, 200 do a:acquire() a:release() end -- a is bound: a metatable of its own
+    assert.is_true(methods.acquire(a)) -- the type's methods still take it
+    methods.release(a)
+    if not newproxy then return end -- LuaJIT only
+    local px = newproxy(true)
+    for k, v in pairs(getmetatable(a)) do -- but __gc: a finalizer would raise
+      if k ~= "__gc" then getmetatable(px)[k] = v end
+    end
+    local ok, err = pcall(methods.acquire, px)
+    assert.is_false(ok)
+    assert.matches("lock:acquire: bad self %(", err)
     assert.is_false(a:locked())
   end)
 

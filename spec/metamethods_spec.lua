@@ -198,10 +198,11 @@ describe("wrong receivers", function()
       {getmetatable(l).__gc, io.stdout, "__gc: bad argument #1 %(concur object expected, got " .. FILE .. "%)"},
       {getmetatable(t).__gc, {}, "bad argument #1 to '__gc' %(concur.thread expected, got table%)"},
       {getmetatable(t).__gc, io.stdout, "bad argument #1 to '__gc' %(concur.thread expected, got " .. FILE .. "%)"},
-      {getmetatable(p).__gc, io.stdout, "bad argument #1 to '__gc' %(concur.process expected, got " .. FILE .. "%)"},
-      {getmetatable(p).__gc, l, "bad argument #1 to '__gc' %(concur.process expected, got concur.list%)"},
+      {getmetatable(p).__gc, io.stdout, "process:__gc: bad self %(process expected, got " .. FILE .. "%)"},
+      {getmetatable(p).__gc, l, "process:__gc: bad self %(process expected, got concur.list%)"},
+      {getmetatable(p).__tostring, {}, "process:__tostring: bad self %(process expected, got table%)"},
       {t.join, {}, "thread:join: bad argument #1 %(thread expected, got table%)"},
-      {p.join, t, "process:join: bad argument #1 %(process expected, got concur.thread%)"},
+      {p.join, t, "process:join: bad self %(process expected, got concur.thread%)"},
       {l.append, io.stdout, "list:append: bad self %(list expected, got " .. FILE .. "%)"},
     }
     for _, c in ipairs(cases) do

@@ -223,6 +223,20 @@ describe("process.spawn", function()
     assert.is_false(p:kill(9)) -- already gone
   end)
 
+  it("says bad self when a process method gets something else as self", function()
+    local p = process.spawn(function() end)
+    local FILE = (getmetatable(io.stdout).__name or "userdata"):gsub("%*", "%%*")
+    for _, m in ipairs{"join", "alive", "kill"} do
+      local ok, err = pcall(p[m], io.stdout)
+      assert.is_false(ok)
+      assert.matches("process:" .. m .. ": bad self %(process expected, got " .. FILE .. "%)", err)
+    end
+    local ok, err = pcall(p.join, concur.shared.list())
+    assert.is_false(ok)
+    assert.matches("process:join: bad self %(process expected, got concur.list%)", err)
+    p:join(10)
+  end)
+
   it("does not print a buffered line twice", function()
     local out = tmpname()
     local cmd = string.format(

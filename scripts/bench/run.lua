@@ -62,6 +62,7 @@ local rows = {
   {"pipe_oneway", "pipe one-way, process -> process", "/s", true, {"pipe_oneway", 500000, 50000}, {"pipe_oneway", 200000, 50000}, {"pipe_oneway", 500000, 50000}, {">=", 1e6, "abs"}},
   {"pipe_rtt", "pipe round trip", "us", false, {"pipe_rtt", 20000, 2000}, {"pipe_rtt", 20000, 2000}, {"pipe_rtt", 20000, 2000}, {"<=", 2, "vs_c"}},
   {"lock_uncontended", "lock acquire+release, uncontended", "/s", true, {"lock_uncontended", 5000000, 500000}, {"lock_uncontended", 5000000, 500000}, {"lock_uncontended", 5000000, 500000}, {">=", 1.3, "vs_py"}},
+  {"lock_typemethods", "lock acquire+release through the type's methods", "/s", true, {"lock_typemethods", 5000000, 500000}, false, false},
   {"lock_contended2", "lock acquire+release, 2 threads contending", "/s", true, {"lock_contended2", 1000000, 100000}, {"lock_contended2", 1000000, 100000}, {"lock_contended2", 1000000, 100000}},
   {"spawn_process", "process spawn+join (median)", "us", false, {"spawn_process", 200, 50}, {"spawn_process", 100, 20}, {"spawn_process", 200, 50}, {"<=", 500, "abs"}},
   {"spawn_upv_ints", "spawn+join, 10^6 ints captured (median)", "us", false, {"spawn_upv_ints", 50, 20}, {"spawn_upv_ints", 50, 20}, false},
