@@ -75,7 +75,7 @@ static int l_call(lua_State *L) {
 
 static int e_send(lua_State *L) {
     cc_pipe *p = check(L, "pipe:send");
-    if (lua_gettop(L) < 2) return luaL_error(L, "pipe:send: bad argument #1 (value expected)");
+    if (lua_gettop(L) < 2) return cb_argerror(L, 1, "pipe:send", "value expected");
     if (!cc_pipe_writable(p)) return luaL_error(L, "pipe:send: this end is read-only");
     if (cc_pipe_closed(p)) return luaL_error(L, "pipe:send: the pipe end is closed");
     unsigned char small[FM_SMALL];
@@ -168,17 +168,10 @@ static const luaL_Reg meta[] = {{"__tostring", e_tostring}, {NULL, NULL}};
 
 int cb_open_pipe(lua_State *L) {
     cb_newtype(L, CC_T_PIPE, "pipe", methods, meta);
-    luaL_getmetatable(L, "concur.pipe");
-    lua_getfield(L, -1, "__index");
-    lua_pushcclosure(L, e_index, 1);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
+    cb_index_with_methods(L, "concur.pipe", e_index);
     lua_newtable(L);
     lua_pushcfunction(L, l_new);
     lua_setfield(L, -2, "new");
-    lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, l_call);
-    lua_setfield(L, -2, "__call");
-    lua_setmetatable(L, -2);
+    cb_callable(L, l_call);
     return 1;
 }

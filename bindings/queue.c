@@ -34,8 +34,10 @@ static int l_new(lua_State *L) {
         int ok = 0;
         maxsize = cb_tointegerx(L, 1, &ok);
         if (!ok || maxsize < 0)
-            return luaL_error(L, "queue.new: bad argument #1 (maxsize expected: an integer >= 0, got %s)",
-                              lua_type(L, 1) == LUA_TNUMBER ? lua_tostring(L, 1) : luaL_typename(L, 1));
+            return cb_argerror(L, 1, "queue.new",
+                               lua_pushfstring(L, "maxsize expected: an integer >= 0, got %s",
+                                               lua_type(L, 1) == LUA_TNUMBER ? lua_tostring(L, 1)
+                                                                             : luaL_typename(L, 1)));
     }
     cc_queue *q;
     int r;
@@ -53,7 +55,7 @@ static int l_call(lua_State *L) { /* queue(maxsize): the library is argument 1 *
 
 static int q_put(lua_State *L) {
     cc_queue *q = check(L, "queue:put");
-    if (lua_gettop(L) < 2) return luaL_error(L, "queue:put: bad argument #1 (value expected)");
+    if (lua_gettop(L) < 2) return cb_argerror(L, 1, "queue:put", "value expected");
     double deadline = cb_opt_deadline(L, 3, "queue:put");
     unsigned char small[FM_SMALL];
     size_t n = fm_encode(L, 2, small);
@@ -154,7 +156,7 @@ static int q_get_many(lua_State *L) {
     cc_queue *q = check(L, "queue:get_many");
     int ok = 0;
     lua_Integer max = cb_tointegerx(L, 2, &ok);
-    if (!ok || max < 1) return luaL_error(L, "queue:get_many: bad argument #1 (max expected: an integer >= 1)");
+    if (!ok || max < 1) return cb_argerror(L, 1, "queue:get_many", "max expected: an integer >= 1");
     double deadline = cb_opt_deadline(L, 3, "queue:get_many");
     lua_settop(L, 0);
     cb_batch *all = cb_batch_new(L);
@@ -275,9 +277,6 @@ int cb_open_queue(lua_State *L) {
     lua_newtable(L);
     lua_pushcfunction(L, l_new);
     lua_setfield(L, -2, "new");
-    lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, l_call);
-    lua_setfield(L, -2, "__call");
-    lua_setmetatable(L, -2);
+    cb_callable(L, l_call);
     return 1;
 }

@@ -553,18 +553,16 @@ static void *run(void *arg) {
  * a handle whose finalizer already ran (it let go of the record). */
 static cthread *check(lua_State *L, int idx, const char *fname) {
     cthread **box = luaL_testudata(L, idx, MT);
-    if (!box)
-        luaL_error(L, "%s: bad argument #%d (thread expected, got %s)", fname, idx,
-                   cb_typeof(L, idx));
+    if (!box) cb_typeerror(L, idx, fname, "thread");
     if (!*box) luaL_error(L, "%s: the thread handle was finalized", fname);
     return *box;
 }
 
-/* A metamethod's argument: a thread handle, possibly finalized (NULL). */
-static cthread **meta_arg(lua_State *L, const char *event) {
+/* A metamethod's self (fname "thread:__gc"): a thread handle, possibly
+ * finalized (NULL); "bad self" for anything else. */
+static cthread **meta_arg(lua_State *L, const char *fname) {
     cthread **box = luaL_testudata(L, 1, MT);
-    if (!box)
-        luaL_error(L, "bad argument #1 to '%s' (%s expected, got %s)", event, MT, cb_typeof(L, 1));
+    if (!box) cb_typeerror(L, 1, fname, "thread");
     return box;
 }
 
@@ -583,8 +581,7 @@ static char *dup_field(lua_State *L, const char *field) {
 
 static int l_new(lua_State *L) {
     if (!lua_isfunction(L, 1))
-        return luaL_error(L, "thread.new: bad argument #1 (function expected, got %s)",
-                          cb_typeof(L, 1));
+        return cb_typeerror(L, 1, "thread.new", "function");
     int nargs = lua_gettop(L);
     cthread *t = calloc(1, sizeof *t);
     if (!t) return luaL_error(L, "thread.new: out of memory");
@@ -593,7 +590,7 @@ static int l_new(lua_State *L) {
     t->outcome = RUNNING;
     t->num = atomic_fetch_add(&counter, 1) + 1;
     cc_done_init(&t->done);
-    cthread **box = lua_newuserdata(L, sizeof *box);
+    cthread **box = cb_newuserdata(L, sizeof *box);
     *box = t; /* from here the handle's __gc frees t, whatever happens */
     luaL_setmetatable(L, MT);
     cb_encode(L, 1, nargs, &t->msg, "thread.new", 1);
@@ -758,7 +755,7 @@ static void finalize(lua_State *L, cthread **box, int stopping) {
 }
 
 static int t_gc(lua_State *L) {
-    finalize(L, meta_arg(L, "__gc"), 0);
+    finalize(L, meta_arg(L, "thread:__gc"), 0);
     return 0;
 }
 
@@ -792,7 +789,7 @@ void cb_thread_close_all(lua_State *L, int stop) {
 }
 
 static int t_tostring(lua_State *L) {
-    cthread *t = *meta_arg(L, "__tostring");
+    cthread *t = *meta_arg(L, "thread:__tostring");
     if (!t) {
         lua_pushliteral(L, "thread (finalized)");
         return 1;

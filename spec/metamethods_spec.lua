@@ -196,12 +196,13 @@ describe("wrong receivers", function()
     local cases = {
       {getmetatable(concur.lock()).__tostring, {}, "__tostring: bad argument #1 %(concur object expected, got table%)"},
       {getmetatable(l).__gc, io.stdout, "__gc: bad argument #1 %(concur object expected, got " .. FILE .. "%)"},
-      {getmetatable(t).__gc, {}, "bad argument #1 to '__gc' %(concur.thread expected, got table%)"},
-      {getmetatable(t).__gc, io.stdout, "bad argument #1 to '__gc' %(concur.thread expected, got " .. FILE .. "%)"},
+      {getmetatable(t).__gc, {}, "thread:__gc: bad self %(thread expected, got table%)"},
+      {getmetatable(t).__gc, io.stdout, "thread:__gc: bad self %(thread expected, got " .. FILE .. "%)"},
+      {getmetatable(t).__tostring, 42, "thread:__tostring: bad self %(thread expected, got number%)"},
       {getmetatable(p).__gc, io.stdout, "process:__gc: bad self %(process expected, got " .. FILE .. "%)"},
       {getmetatable(p).__gc, l, "process:__gc: bad self %(process expected, got concur.list%)"},
       {getmetatable(p).__tostring, {}, "process:__tostring: bad self %(process expected, got table%)"},
-      {t.join, {}, "thread:join: bad argument #1 %(thread expected, got table%)"},
+      {t.join, {}, "thread:join: bad self %(thread expected, got table%)"},
       {p.join, t, "process:join: bad self %(process expected, got concur.thread%)"},
       {l.append, io.stdout, "list:append: bad self %(list expected, got " .. FILE .. "%)"},
     }
