@@ -137,17 +137,6 @@ void cb_seed_random(lua_State *L) {
 
 /* ---- in the new thread ---- */
 
-#if defined(__SANITIZE_THREAD__)
-#define TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define TSAN 1
-#endif
-#endif
-#ifndef TSAN
-#define TSAN 0
-#endif
-
 #if CB_CANCEL_HOOK
 /* The state this OS thread is running Lua in right now: its thread's state,
  * or the coroutine that state (or a coroutine of it) resumed. NULL outside
@@ -359,7 +348,7 @@ static int setup_and_run(lua_State *L) {
     running = L;
     /* cancelled before it got here; under TSan always: it holds a signal
      * back until the thread enters a libc call, which a Lua loop never does */
-    if (TSAN || atomic_load(&t->cancel)) arm(L);
+    if (CC_TSAN || atomic_load(&t->cancel)) arm(L);
 #endif
     int st = lua_pcall(L, 1, 0, 1);
 #if CB_CANCEL_HOOK
@@ -385,7 +374,7 @@ static int setup_and_run(lua_State *L) {
  * region is used up, come from malloc; whatever was carved goes at once
  * when the state is closed. What the region keeps for reuse is bounded by
  * its size. Not under the sanitizers: they should see every Lua object. */
-#if !defined(CB_LUAJIT) && !defined(__SANITIZE_ADDRESS__) && !TSAN
+#if !defined(CB_LUAJIT) && !defined(__SANITIZE_ADDRESS__) && !CC_TSAN
 #if defined(__has_feature)
 #if __has_feature(address_sanitizer)
 #define NO_OWN_HEAP 1

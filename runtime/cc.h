@@ -34,6 +34,19 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+/* CC_TSAN: 1 in a ThreadSanitizer build (gcc or clang), else 0; the few
+ * places that must wait differently under it test this */
+#if defined(__SANITIZE_THREAD__)
+#define CC_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define CC_TSAN 1
+#endif
+#endif
+#ifndef CC_TSAN
+#define CC_TSAN 0
+#endif
+
 #define CC_FOREVER (-1.0)
 /* Timeouts above this many seconds (about 31 years) mean "forever". */
 #define CC_MAX_TIMEOUT 1e9

@@ -71,20 +71,12 @@ int cc_thread_start(pthread_t *t, void *(*fn)(void *), void *arg) {
     return -r;
 }
 
-#if defined(__SANITIZE_THREAD__)
-#define TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define TSAN 1
-#endif
-#endif
-
 /* pthread_clockjoin_np until the monotonic time until; TSan does not
  * intercept it (it would never see the join), so there the same wait goes
  * through pthread_timedjoin_np on the wall clock. */
 static int join_until(pthread_t t, double until) {
     struct timespec ts;
-#if TSAN
+#if CC_TSAN
     struct timespec rt;
     clock_gettime(CLOCK_REALTIME, &rt);
     double left = until - cc_now();

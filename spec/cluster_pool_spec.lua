@@ -7,40 +7,10 @@
 local concur = require "concur"
 local process = concur.process
 
-local flavour = os.getenv("CONCUR_TEST_FLAVOUR") or "concur"
-local interp = ({concur = "build/concur", asan = "build/asan/concur", tsan = "build/tsan/concur",
-                 ["lua5.4"] = "lua5.4", luajit = "luajit"})[flavour] or "build/concur"
-local moddir = flavour == "luajit" and "build/luajit" or "build/lua5.4"
-local sanitized = ({asan = "build/asan/lua5.4", tsan = "build/tsan/lua5.4"})[flavour]
-if sanitized and io.open(sanitized .. "/concur/cluster.so") then moddir = sanitized end
-
--- under TSan, the ranks also need scripts/tsan-mpi.supp (Open MPI's own
--- lock orders); TSan takes one suppressions file, so both go into one
-local function tsan_env()
-  if flavour ~= "tsan" then return nil end
-  local path = os.tmpname()
-  local out = assert(io.open(path, "w"))
-  for _, f in ipairs{"scripts/tsan.supp", "scripts/tsan-mpi.supp"} do
-    local h = io.open(f)
-    if h then out:write(h:read("*a"), "\n") h:close() end
-  end
-  out:close()
-  local opts = (os.getenv("TSAN_OPTIONS") or ""):gsub("suppressions=%S*", "")
-  return "TSAN_OPTIONS=" .. opts .. " suppressions=" .. path
-end
-local TSAN_ENV = tsan_env()
-
-local function exists(path)
-  local f = io.open(path) if f then f:close() return true end return false
-end
-
-local why_skip
-if process.run{"sh", "-c", "command -v mpirun"}.status ~= 0 then why_skip = "mpirun not found (make deps installs openmpi-bin)"
-elseif not exists(moddir .. "/concur/serve.so") then why_skip = moddir .. "/concur/serve.so not built (no MPI at build time?)"
-end
-if why_skip then
-  io.stderr:write(("\n*** cluster_pool_spec: SKIPPED under %s: %s ***\n\n"):format(flavour, why_skip))
-end
+local C = dofile("spec/cluster/support.lua")
+local flavour, interp, moddir, TSAN_ENV = C.flavour, C.interp, C.moddir, C.TSAN_ENV
+local exists = C.exists
+local why_skip = C.why_skip("cluster_pool_spec", "serve.so")
 
 local function mpirun(script, opts)
   opts = opts or {}

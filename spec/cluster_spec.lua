@@ -7,47 +7,11 @@
 local concur = require "concur"
 local process = concur.process
 
-local flavour = os.getenv("CONCUR_TEST_FLAVOUR") or "concur"
-local interp = ({concur = "build/concur", asan = "build/asan/concur", tsan = "build/tsan/concur",
-                 ["lua5.4"] = "lua5.4", luajit = "luajit", ["asan-lua5.4"] = "lua5.4",
-                 ["asan-luajit"] = "luajit"})[flavour] or "build/concur"
-local moddir = (flavour == "luajit" or flavour == "asan-luajit") and "build/luajit" or "build/lua5.4"
--- under a sanitizer host, its own instrumented module when it was built (not
--- for the asan-lua5.4/luajit flavours: the ranks run without the preload)
-local sanitized = ({asan = "build/asan/lua5.4", tsan = "build/tsan/lua5.4"})[flavour]
-if sanitized and io.open(sanitized .. "/concur/cluster.so") then moddir = sanitized end
+local C = dofile("spec/cluster/support.lua")
+local flavour, interp, moddir, TSAN_ENV = C.flavour, C.interp, C.moddir, C.TSAN_ENV
+local exists, have = C.exists, C.have
 local other = moddir == "build/luajit" and {"lua5.4", "build/lua5.4"} or {"luajit", "build/luajit"}
-
--- under TSan, the ranks also need scripts/tsan-mpi.supp (Open MPI's own
--- lock orders); TSan takes one suppressions file, so both go into one
-local function tsan_env()
-  if flavour ~= "tsan" then return nil end
-  local path = os.tmpname()
-  local out = assert(io.open(path, "w"))
-  for _, f in ipairs{"scripts/tsan.supp", "scripts/tsan-mpi.supp"} do
-    local h = io.open(f)
-    if h then out:write(h:read("*a"), "\n") h:close() end
-  end
-  out:close()
-  local opts = (os.getenv("TSAN_OPTIONS") or ""):gsub("suppressions=%S*", "")
-  return "TSAN_OPTIONS=" .. opts .. " suppressions=" .. path
-end
-local TSAN_ENV = tsan_env()
-
-local function exists(path)
-  local f = io.open(path) if f then f:close() return true end return false
-end
-local function have(cmd)
-  return process.run{"sh", "-c", "command -v " .. cmd}.status == 0
-end
-
-local why_skip
-if not have("mpirun") then why_skip = "mpirun not found (make deps installs openmpi-bin)"
-elseif not exists(moddir .. "/concur/cluster.so") then why_skip = moddir .. "/concur/cluster.so not built (no MPI at build time?)"
-end
-if why_skip then
-  io.stderr:write(("\n*** cluster_spec: SKIPPED under %s: %s ***\n\n"):format(flavour, why_skip))
-end
+local why_skip = C.why_skip("cluster_spec", "cluster.so")
 
 local TCP = {"--mca", "btl", "tcp,self", "--mca", "btl_tcp_if_include", "lo"}
 
