@@ -19,6 +19,7 @@
  * says nothing about the work.
  */
 #include "cb.h"
+#include "../include/concur.h"
 #include "../runtime/progress.h"
 
 #include <poll.h>
@@ -116,6 +117,16 @@ static void close_open(void) {
             abandon(open_list[i].p);
             open_list[i].p = NULL;
         }
+    pthread_mutex_unlock(&open_mu);
+}
+
+/* include/concur.h: end this process's open terminal lines before a
+ * message (the host calls it before reporting an error). */
+void concur_progress_break(void) {
+    pthread_mutex_lock(&open_mu);
+    for (int i = 0; i < NOPEN; i++)
+        if (open_list[i].p && open_list[i].pid == getpid() && cc_progress_break(open_list[i].p))
+            write_all("\n", 1);
     pthread_mutex_unlock(&open_mu);
 }
 

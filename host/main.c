@@ -192,6 +192,7 @@ void host_interactive(int on) {
 }
 
 void host_message(const char *msg) {
+    concur_progress_break();
     if (progname) fprintf(stderr, "%s: ", progname);
     fprintf(stderr, "%s\n", msg);
     fflush(stderr);

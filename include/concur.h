@@ -69,6 +69,10 @@ void concur_interrupt(int on);
  * atexit handler. A host that prints its own last words calls this after
  * lua_close to have the line printed now, before them (it prints once). */
 void concur_exit_report(void);
+/* Ends any concur.progress line this process left open on the terminal
+ * (drawn without its newline), so a message written next to stderr starts
+ * on a line of its own; the progress redraws below it. */
+void concur_progress_break(void);
 
 #ifdef __cplusplus
 }

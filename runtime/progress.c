@@ -161,6 +161,10 @@ int cc_progress_poll(cc_progress *p, int64_t *shown) {
     return 1;
 }
 
+int cc_progress_break(cc_progress *p) {
+    return (atomic_fetch_and(&p->state, ~(uint32_t)CC_PROG_PARTIAL) & CC_PROG_PARTIAL) != 0;
+}
+
 int cc_progress_finish(cc_progress *p, int *partial) {
     *partial = 0;
     if (atomic_load(&p->state) & CC_PROG_DONE) return 0;

@@ -75,6 +75,11 @@ int cc_progress_poll(cc_progress *p, int64_t *shown);
  * terminal line), 0 it ended one, -1 nothing was written. */
 void cc_progress_drawn(cc_progress *p, int partial);
 
+/* Someone else is about to write a line (an error message): 1 when a
+ * terminal line was open, which the caller now ends with a newline; the
+ * next draw starts afresh either way. */
+int cc_progress_break(cc_progress *p);
+
 /* Finish: 1 when this call finished it (the caller holds the token, writes
  * the summary or, for abandon, a newline when *partial says a tty line is
  * open, then calls cc_progress_drawn(p, 0)); 0 when it was already done.

@@ -151,6 +151,19 @@ describe("concur.progress on a terminal", function()
     end
   end)
 
+  it("puts an uncaught error's message on a line of its own, not after an open line", function()
+    if not support.interp:find("concur") then return end -- the host reports it; stock Lua is Lua's
+    local out, rc = on_tty([[
+      local p = concur.progress(10, "failing")
+      p:step()
+      error("boom")
+    ]])
+    assert.equal(1, rc, out)
+    -- the open line is ended before the message, and only once
+    assert.matches("\rfailing  1/10 +10%%[^\r\n]*\27%[K\r?\n[^\r\n]*boom", out)
+    assert.is_nil(out:find("boom.*\r?\n\r?\n%s*$"), out)
+  end)
+
   it("draws steps taken by a forked child and a thread, and goes on after they end", function()
     local out, rc = on_tty([[
       local p = concur.progress(60, "kids")
