@@ -51,6 +51,7 @@
  * after free).
  */
 #include "cb.h"
+#include "../include/concur.h"
 #include "../runtime/proc.h"
 #include "../runtime/thread.h"
 
@@ -204,6 +205,7 @@ static void child(lua_State *L, int first, int nargs, int wfd) {
     lua_pcall(L, 1, 0, 0);
     fflush(NULL);
     cc_exit_report();
+    concur_progress_break(); /* no atexit here: end a line this child left open */
     _exit(ok ? 0 : 1);
 }
 

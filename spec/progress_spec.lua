@@ -164,6 +164,16 @@ describe("concur.progress on a terminal", function()
     assert.is_nil(out:find("boom.*\r?\n\r?\n%s*$"), out)
   end)
 
+  it("ends a line a forked child left open when the child ends without done", function()
+    local out, rc = on_tty([[
+      local c = concur.process.spawn(function() local p = concur.progress(10, "child") p:step() return 1 end)
+      c:join(20)
+      io.stderr:write("after\n")
+    ]])
+    assert.equal(0, rc, out)
+    assert.matches("\rchild  1/10 +10%%[^\r\n]*\27%[K\r?\nafter\r?\n$", out)
+  end)
+
   it("draws steps taken by a forked child and a thread, and goes on after they end", function()
     local out, rc = on_tty([[
       local p = concur.progress(60, "kids")
