@@ -833,10 +833,11 @@ static const luaL_Reg utils[] = {
     {"encode", l_encode}, {"decode", l_decode}, {NULL, NULL},
 };
 
-static const struct { const char *name; lua_CFunction open; } LIBS[] = {
-    {"process", cb_open_process}, {"thread", cb_open_thread}, {"shared", cb_open_shared},
-    {"pipe", cb_open_pipe},       {"lock", cb_open_lock},     {"queue", cb_open_queue},
-    {"primes", cb_open_primes},
+static const struct { const char *name, *mod; lua_CFunction open; } LIBS[] = {
+    {"process", "concur.process", cb_open_process}, {"thread", "concur.thread", cb_open_thread},
+    {"shared", "concur.shared", cb_open_shared},     {"pipe", "concur.pipe", cb_open_pipe},
+    {"lock", "concur.lock", cb_open_lock},           {"queue", "concur.queue", cb_open_queue},
+    {"primes", "concur.primes", cb_open_primes},
 };
 
 int cb_open_pool(lua_State *L, int lib); /* bindings/pool.c */
@@ -848,7 +849,10 @@ int luaopen_concur(lua_State *L) {
     lua_getfield(L, loaded, "concur");
     if (lua_istable(L, -1)) return 1; /* already open in this state */
     lua_pop(L, 1);
-    cb_newlib(L, utils);
+    /* sized at once for utils, version, LIBS, wait, progress and pool: a
+     * thread's new state opens this, and each rehash is a copy */
+    lua_createtable(L, 0, (int)(sizeof utils / sizeof utils[0] + sizeof LIBS / sizeof LIBS[0]) + 3);
+    cb_setfuncs(L, utils, 0);
     int lib = lua_gettop(L);
     lua_pushstring(L, CONCUR_VERSION);
     lua_setfield(L, lib, "version");
@@ -859,9 +863,7 @@ int luaopen_concur(lua_State *L) {
         LIBS[i].open(L);
         lua_pushvalue(L, -1);
         lua_setfield(L, lib, LIBS[i].name);
-        char mod[32];
-        snprintf(mod, sizeof mod, "concur.%s", LIBS[i].name);
-        lua_setfield(L, loaded, mod);
+        lua_setfield(L, loaded, LIBS[i].mod);
     }
     cb_open_wait(L);
     lua_setfield(L, lib, "wait");
