@@ -321,6 +321,10 @@ static void save_error(lua_State *L, cthread *t, int idx) {
 
 static int setup_and_run(lua_State *L) {
     cthread *t = lua_touserdata(L, 1);
+    /* package.loaded at the size it will have (the standard libraries and
+     * concur's modules): one table, not four rehashed copies */
+    lua_createtable(L, 0, 32);
+    lua_setfield(L, LUA_REGISTRYINDEX, "_LOADED");
     luaL_openlibs(L);
     cb_seed_random(L);
     lua_getglobal(L, "package");
