@@ -688,17 +688,22 @@ void cb_open_array(lua_State *L) {
     lua_pushinteger(L, (lua_Integer)(((int64_t)1 << 53) + 1));
     if (!cb_isinteger(L, -1)) doubles = 1;
     lua_pop(L, 1);
-    const luaL_Reg array_meta[] = {
+    static const luaL_Reg array_meta[] = {
         {"__newindex", a_newindex},
         {"__len", a_len},
         {"__tostring", a_tostring},
         {NULL, NULL},
     };
-    const luaL_Reg value_meta[] = {{"__tostring", v_tostring}, {NULL, NULL}};
-    cb_newtype(L, CC_T_ARRAY, "array", array_methods, array_meta);
-    cb_newtype(L, CC_T_VALUE, "value", value_methods, value_meta);
-    set_index(L, "concur.array", a_index, 1);
-    set_index(L, "concur.value", v_index, 0);
+    static const luaL_Reg value_meta[] = {{"__tostring", v_tostring}, {NULL, NULL}};
+    /* made on first use, but for array:ptr under LuaJIT with ffi: that needs
+     * require "ffi" now, before any script code could change require */
+    if (ffi_present(L)) {
+        cb_newtype(L, CC_T_ARRAY, "array", array_methods, array_meta);
+        set_index(L, "concur.array", a_index, 1);
+    } else {
+        cb_lazytype(CC_T_ARRAY, "array", array_methods, array_meta, a_index);
+    }
+    cb_lazytype(CC_T_VALUE, "value", value_methods, value_meta, v_index);
     lua_pushcfunction(L, l_array);
     lua_setfield(L, lib, "array");
     lua_pushcfunction(L, l_value);

@@ -49,6 +49,12 @@ typedef struct cb_handle {
  * the given metamethods (plus a default __gc/__tostring/__close when absent). */
 void cb_newtype(lua_State *L, enum cc_type t, const char *name,
                 const luaL_Reg *methods, const luaL_Reg *meta);
+/* The same on first use: nothing is made now; the first push or check of a
+ * handle of type t in a state makes the metatable there, as cb_newtype and
+ * then cb_index_with_methods(index) when index is not NULL. name, methods
+ * and meta must be static (they are kept for the process). */
+void cb_lazytype(enum cc_type t, const char *name, const luaL_Reg *methods,
+                 const luaL_Reg *meta, lua_CFunction index);
 /* Make metatable tname's __index the closure index, with the methods
  * table cb_newtype made as its upvalue: index reads items (numbers, keys)
  * and finds methods in lua_upvalueindex(1) for other keys. */

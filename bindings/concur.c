@@ -13,6 +13,7 @@
 #include "../runtime/proc.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -123,6 +124,51 @@ void cb_newtype(lua_State *L, enum cc_type t, const char *name, const luaL_Reg *
     lua_pop(L, 1);
 }
 
+/* Types made on first use. Building a type's metatable and methods table is
+ * a few dozen table stores, and a thread's new state would pay it for
+ * every type at open (about a quarter of a thread start) though most
+ * threads touch one or two. cb_lazytype records what cb_newtype would be
+ * called with (process-wide, the same in every state: static tables); the
+ * metatable appears in a state the first time a handle of that type is
+ * pushed or checked there. No handle of the type can exist before, so
+ * getmetatable, type names and error messages are what they were; only
+ * the registry shows the difference (its "concur.<type>" entry comes late). */
+typedef struct lazytype {
+    const char *name;
+    const luaL_Reg *methods, *meta;
+    lua_CFunction index;
+} lazytype;
+static lazytype LAZY[CC_T_MAX];
+static pthread_mutex_t lazy_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void cb_lazytype(enum cc_type t, const char *name, const luaL_Reg *methods, const luaL_Reg *meta,
+                 lua_CFunction index) {
+    if (t <= CC_T_NONE || t >= CC_T_MAX) abort(); /* a binding's own constant */
+    pthread_mutex_lock(&lazy_lock);
+    if (!LAZY[t].name) LAZY[t] = (lazytype){name, methods, meta, index};
+    pthread_mutex_unlock(&lazy_lock);
+}
+
+/* Push the metatable of type t in this state, making a lazy type's now;
+ * nil when the type was never registered. */
+static void push_type_mt(lua_State *L, enum cc_type t) {
+    cb_rawgetp(L, LUA_REGISTRYINDEX, &MT_KEYS[t]);
+    if (!lua_isnil(L, -1) || t <= CC_T_NONE || t >= CC_T_MAX) return;
+    pthread_mutex_lock(&lazy_lock);
+    lazytype lt = LAZY[t];
+    pthread_mutex_unlock(&lazy_lock);
+    if (!lt.name) return;
+    lua_pop(L, 1);
+    luaL_checkstack(L, 8, NULL);
+    cb_newtype(L, t, lt.name, lt.methods, lt.meta);
+    if (lt.index) {
+        char full[64];
+        snprintf(full, sizeof full, "concur.%s", lt.name);
+        cb_index_with_methods(L, full, lt.index);
+    }
+    cb_rawgetp(L, LUA_REGISTRYINDEX, &MT_KEYS[t]);
+}
+
 static void push_intern(lua_State *L) {
     cb_rawgetp(L, LUA_REGISTRYINDEX, &INTERN_KEY);
     if (lua_isnil(L, -1)) {
@@ -149,7 +195,7 @@ cb_handle *cb_push(lua_State *L, cc_obj *o) {
         return h;
     }
     lua_pop(L, 1);
-    cb_rawgetp(L, LUA_REGISTRYINDEX, &MT_KEYS[o->type < CC_T_MAX ? o->type : 0]);
+    push_type_mt(L, o->type < CC_T_MAX ? o->type : CC_T_NONE);
     if (lua_isnil(L, -1)) {
         cc_release(o);
         luaL_error(L, "no concur %s type in this state", cb_typename(o->type));
@@ -189,12 +235,13 @@ cc_obj *cb_test(lua_State *L, int idx) {
 cc_obj *cb_check(lua_State *L, int idx, enum cc_type t, const char *fname) {
     cb_handle *h = lua_touserdata(L, idx);
     if (h && lua_type(L, idx) == LUA_TUSERDATA && lua_getmetatable(L, idx)) {
-        cb_rawgetp(L, LUA_REGISTRYINDEX, &MT_KEYS[t]);
-        int same = lua_rawequal(L, -1, -2);
+        push_type_mt(L, t);
+        int known = !lua_isnil(L, -1);
+        int same = known && lua_rawequal(L, -1, -2);
         /* a handle with a metatable of its own (cb_derive) names its type's
          * under the mark; the size check keeps out a LuaJIT proxy given a
          * copy of every field */
-        if (!same && cb_rawlen(L, idx) == sizeof(cb_handle)) {
+        if (!same && known && cb_rawlen(L, idx) == sizeof(cb_handle)) {
             cb_rawgetp(L, -2, &HANDLE_KEY);
             same = lua_rawequal(L, -1, -2);
             lua_pop(L, 1);
@@ -786,10 +833,11 @@ static const luaL_Reg utils[] = {
     {"encode", l_encode}, {"decode", l_decode}, {NULL, NULL},
 };
 
-static const struct { const char *name; lua_CFunction open; } LIBS[] = {
-    {"process", cb_open_process}, {"thread", cb_open_thread}, {"shared", cb_open_shared},
-    {"pipe", cb_open_pipe},       {"lock", cb_open_lock},     {"queue", cb_open_queue},
-    {"primes", cb_open_primes},
+static const struct { const char *name, *mod; lua_CFunction open; } LIBS[] = {
+    {"process", "concur.process", cb_open_process}, {"thread", "concur.thread", cb_open_thread},
+    {"shared", "concur.shared", cb_open_shared},     {"pipe", "concur.pipe", cb_open_pipe},
+    {"lock", "concur.lock", cb_open_lock},           {"queue", "concur.queue", cb_open_queue},
+    {"primes", "concur.primes", cb_open_primes},
 };
 
 int cb_open_pool(lua_State *L, int lib); /* bindings/pool.c */
@@ -801,7 +849,10 @@ int luaopen_concur(lua_State *L) {
     lua_getfield(L, loaded, "concur");
     if (lua_istable(L, -1)) return 1; /* already open in this state */
     lua_pop(L, 1);
-    cb_newlib(L, utils);
+    /* sized at once for utils, version, LIBS, wait, progress and pool: a
+     * thread's new state opens this, and each rehash is a copy */
+    lua_createtable(L, 0, (int)(sizeof utils / sizeof utils[0] + sizeof LIBS / sizeof LIBS[0]) + 3);
+    cb_setfuncs(L, utils, 0);
     int lib = lua_gettop(L);
     lua_pushstring(L, CONCUR_VERSION);
     lua_setfield(L, lib, "version");
@@ -812,9 +863,7 @@ int luaopen_concur(lua_State *L) {
         LIBS[i].open(L);
         lua_pushvalue(L, -1);
         lua_setfield(L, lib, LIBS[i].name);
-        char mod[32];
-        snprintf(mod, sizeof mod, "concur.%s", LIBS[i].name);
-        lua_setfield(L, loaded, mod);
+        lua_setfield(L, loaded, LIBS[i].mod);
     }
     cb_open_wait(L);
     lua_setfield(L, lib, "wait");

@@ -214,12 +214,11 @@ static const luaL_Reg methods[] = {
 };
 
 void cb_open_dict(lua_State *L) {
-    const luaL_Reg meta[] = {
+    static const luaL_Reg meta[] = {
         {"__newindex", d_newindex}, {"__len", d_len}, {"__tostring", d_tostring},
         {"__pairs", d_pairs},       {NULL, NULL},
     };
-    cb_newtype(L, CC_T_DICT, "dict", methods, meta);
-    cb_index_with_methods(L, "concur.dict", d_index);
+    cb_lazytype(CC_T_DICT, "dict", methods, meta, d_index);
     lua_pushcfunction(L, d_new);
     lua_setfield(L, -2, "dict");
 }

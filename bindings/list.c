@@ -254,12 +254,11 @@ static const luaL_Reg methods[] = {
 };
 
 void cb_open_list(lua_State *L) {
-    const luaL_Reg meta[] = {
+    static const luaL_Reg meta[] = {
         {"__newindex", l_newindex}, {"__len", l_len}, {"__tostring", l_tostring},
         {"__pairs", l_ipairs},      {NULL, NULL},
     };
-    cb_newtype(L, CC_T_LIST, "list", methods, meta);
-    cb_index_with_methods(L, "concur.list", l_index);
+    cb_lazytype(CC_T_LIST, "list", methods, meta, l_index);
     lua_pushcfunction(L, l_new);
     lua_setfield(L, -2, "list");
 }

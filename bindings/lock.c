@@ -422,12 +422,12 @@ static const luaL_Reg funcs[] = {
 };
 
 int cb_open_lock(lua_State *L) {
-    cb_newtype(L, CC_T_LOCK, "lock", lock_methods, lock_meta);
-    cb_newtype(L, CC_T_RLOCK, "rlock", lock_methods, lock_meta);
-    cb_newtype(L, CC_T_SEM, "semaphore", sem_methods, NULL);
-    cb_newtype(L, CC_T_EVENT, "event", event_methods, NULL);
-    cb_newtype(L, CC_T_COND, "condition", cond_methods, lock_meta);
-    cb_newtype(L, CC_T_BARRIER, "barrier", barrier_methods, NULL);
+    cb_lazytype(CC_T_LOCK, "lock", lock_methods, lock_meta, NULL);
+    cb_lazytype(CC_T_RLOCK, "rlock", lock_methods, lock_meta, NULL);
+    cb_lazytype(CC_T_SEM, "semaphore", sem_methods, NULL, NULL);
+    cb_lazytype(CC_T_EVENT, "event", event_methods, NULL, NULL);
+    cb_lazytype(CC_T_COND, "condition", cond_methods, lock_meta, NULL);
+    cb_lazytype(CC_T_BARRIER, "barrier", barrier_methods, NULL, NULL);
     cb_newlib(L, funcs);
     cb_callable(L, l_call);
     return 1;

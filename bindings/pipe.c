@@ -167,8 +167,7 @@ static const luaL_Reg methods[] = {
 static const luaL_Reg meta[] = {{"__tostring", e_tostring}, {NULL, NULL}};
 
 int cb_open_pipe(lua_State *L) {
-    cb_newtype(L, CC_T_PIPE, "pipe", methods, meta);
-    cb_index_with_methods(L, "concur.pipe", e_index);
+    cb_lazytype(CC_T_PIPE, "pipe", methods, meta, e_index);
     lua_newtable(L);
     lua_pushcfunction(L, l_new);
     lua_setfield(L, -2, "new");

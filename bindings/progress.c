@@ -303,8 +303,8 @@ static const luaL_Reg methods[] = {
 };
 
 int cb_open_progress(lua_State *L) {
-    const luaL_Reg meta[] = {{"__tostring", p_tostring}, {"__gc", p_gc}, {NULL, NULL}};
-    cb_newtype(L, CC_T_PROGRESS, "progress", methods, meta);
+    static const luaL_Reg meta[] = {{"__tostring", p_tostring}, {"__gc", p_gc}, {NULL, NULL}};
+    cb_lazytype(CC_T_PROGRESS, "progress", methods, meta, NULL);
     lua_pushcfunction(L, l_progress);
     return 1;
 }

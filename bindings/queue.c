@@ -273,7 +273,7 @@ static const luaL_Reg meta[] = {
 };
 
 int cb_open_queue(lua_State *L) {
-    cb_newtype(L, CC_T_QUEUE, "queue", methods, meta);
+    cb_lazytype(CC_T_QUEUE, "queue", methods, meta, NULL);
     lua_newtable(L);
     lua_pushcfunction(L, l_new);
     lua_setfield(L, -2, "new");

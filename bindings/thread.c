@@ -77,6 +77,7 @@ typedef struct cthread {
 static const char UNJOINED_KEY = 'u';
 static const char OSEXIT_KEY = 'x';
 static const char *const MT = "concur.thread";
+static void push_mt(lua_State *L);
 static _Atomic int counter;
 
 /* The signal thread:cancel sends to the thread's pthread under Lua 5.4
@@ -320,6 +321,10 @@ static void save_error(lua_State *L, cthread *t, int idx) {
 
 static int setup_and_run(lua_State *L) {
     cthread *t = lua_touserdata(L, 1);
+    /* package.loaded at the size it will have (the standard libraries and
+     * concur's modules): one table, not four rehashed copies */
+    lua_createtable(L, 0, 32);
+    lua_setfield(L, LUA_REGISTRYINDEX, "_LOADED");
     luaL_openlibs(L);
     cb_seed_random(L);
     lua_getglobal(L, "package");
@@ -572,6 +577,7 @@ static int l_new(lua_State *L) {
     if (!lua_isfunction(L, 1))
         return cb_typeerror(L, 1, "thread.new", "function");
     int nargs = lua_gettop(L);
+    push_mt(L); /* before the record: raising here leaks nothing */
     cthread *t = calloc(1, sizeof *t);
     if (!t) return luaL_error(L, "thread.new: out of memory");
     atomic_store(&t->refs, 1);
@@ -581,7 +587,8 @@ static int l_new(lua_State *L) {
     cc_done_init(&t->done);
     cthread **box = cb_newuserdata(L, sizeof *box);
     *box = t; /* from here the handle's __gc frees t, whatever happens */
-    luaL_setmetatable(L, MT);
+    lua_insert(L, -2);
+    lua_setmetatable(L, -2);
     cb_encode(L, 1, nargs, &t->msg, "thread.new", 1);
     t->holds_refs = 1;
     t->path = dup_field(L, "path");
@@ -857,10 +864,9 @@ static const luaL_Reg funcs[] = {
     {"new", l_new}, {"id", l_id}, {"cancelled", l_cancelled}, {NULL, NULL},
 };
 
-int cb_open_thread(lua_State *L) {
-    wrap_os_exit(L);
-    lua_newtable(L);
-    cb_rawsetp(L, LUA_REGISTRYINDEX, &UNJOINED_KEY);
+/* The handle metatable, made by the first thread.new in a state (most
+ * thread states start no thread: their open need not pay for it). */
+static void push_mt(lua_State *L) {
     if (luaL_newmetatable(L, MT)) {
         lua_pushstring(L, MT); /* errors say "got concur.X" (LuaJIT does not set it) */
         lua_setfield(L, -2, "__name");
@@ -871,7 +877,12 @@ int cb_open_thread(lua_State *L) {
         cb_newlib(L, methods);
         lua_setfield(L, -2, "__index");
     }
-    lua_pop(L, 1);
+}
+
+int cb_open_thread(lua_State *L) {
+    wrap_os_exit(L);
+    lua_newtable(L);
+    cb_rawsetp(L, LUA_REGISTRYINDEX, &UNJOINED_KEY);
     cb_newlib(L, funcs);
     return 1;
 }

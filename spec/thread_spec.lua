@@ -50,6 +50,76 @@ describe("thread.new", function()
     assert.equal(package.path, path)
   end)
 
+  it("gives a handle of every type its type's metatable, name and methods in a new thread's state", function()
+    local lock, shared = concur.lock, concur.shared
+    local objs = {
+      list = shared.list(), dict = shared.dict(), queue = concur.queue(), lock = lock(),
+      rlock = lock.rlock(), semaphore = lock.semaphore(2), event = lock.event(),
+      condition = lock.condition(), barrier = lock.barrier(2), pipe = concur.pipe(),
+      array = shared.array(3, "i64"), value = shared.value("i64"),
+    }
+    local t = thread.new(function(o)
+      local seen = {}
+      for name, h in pairs(o) do
+        local mt = getmetatable(h)
+        seen[name] = {mt.__name, type(tostring(h)), type(mt.__gc), mt == getmetatable(o[name])}
+      end
+      o.list:append(1)
+      o.dict.k = "v"
+      o.queue:put("q")
+      assert(o.lock:acquire(1)); o.lock:release()
+      assert(o.semaphore:acquire(1)); o.semaphore:release()
+      o.event:set()
+      o.array[2] = 7
+      o.value:set(9)
+      return seen
+    end, objs)
+    local seen = t:join(20)
+    for name in pairs(objs) do
+      assert.same({"concur." .. name, "string", "function", true}, seen[name])
+    end
+    assert.equal(1, objs.list[1])
+    assert.equal("v", objs.dict.k)
+    assert.equal("q", objs.queue:get(1))
+    assert.is_true(objs.event:is_set())
+    assert.equal(7, objs.array[2])
+    assert.equal(9, objs.value:get())
+  end)
+
+  it("checks a handle argument in a new thread's state before any handle of that type is there", function()
+    local t = thread.new(function()
+      local lock = require("concur").lock
+      local ok, err = pcall(lock.condition, 42)
+      local ok2, err2 = pcall(lock.condition, io.stdout)
+      local c = lock.condition(lock.rlock())
+      return ok, err, ok2, err2, getmetatable(c).__name
+    end)
+    local ok, err, ok2, err2, name = t:join(20)
+    assert.is_false(ok)
+    assert.matches("lock.condition: bad argument #1 %(concur object expected, got number%)", err)
+    assert.is_false(ok2)
+    local file = (getmetatable(io.stdout).__name or "userdata"):gsub("%*", "%%*")
+    assert.matches("lock.condition: bad argument #1 %(concur object expected, got " .. file .. "%)", err2)
+    assert.equal("concur.condition", name)
+  end)
+
+  it("keeps concur's table and its sub-modules as they were in a new thread's state", function()
+    local function listing()
+      local c, keys = require("concur"), {}
+      for k, v in pairs(c) do keys[#keys + 1] = k .. ":" .. type(v) end
+      table.sort(keys)
+      local mods = {}
+      for _, m in ipairs({"process", "thread", "shared", "pipe", "lock", "queue", "primes", "pool"}) do
+        mods[#mods + 1] = tostring(package.loaded["concur." .. m] == c[m])
+      end
+      return table.concat(keys, " "), table.concat(mods, " ")
+    end
+    local keys, mods = thread.new(listing):join(20)
+    local k0, m0 = listing()
+    assert.equal(k0, keys)
+    assert.equal(m0, mods)
+  end)
+
   it("re-raises the thread's error with its traceback", function()
     local t = thread.new(function() error("thread broke") end)
     local ok, err = pcall(t.join, t, 10)
