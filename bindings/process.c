@@ -211,6 +211,8 @@ static void child(lua_State *L, int first, int nargs, int wfd) {
 
 /* ---- in the parent ---- */
 
+static void push_mt(lua_State *L);
+
 /* A method's or metamethod's self (fname "process:verb"): a process
  * handle, possibly finalized (c NULL); "bad self" for anything else. */
 static cproc *self_arg(lua_State *L, const char *fname) {
@@ -250,10 +252,13 @@ static int l_spawn(lua_State *L) {
         if (!lua_isfunction(L, 1)) return cb_typeerror(L, 1, "process.spawn", "function");
         nargs = lua_gettop(L) - 1;
     }
+    push_mt(L); /* before the handle: raising here leaks nothing */
     cproc *h = cb_newuserdata(L, sizeof *h);
     h->c = NULL;
     h->observed = 0;
-    luaL_setmetatable(L, MT);
+    lua_pushvalue(L, -2);
+    lua_setmetatable(L, -2);
+    lua_remove(L, -2);
     cc_child *c = cc_child_new();
     if (!c) return cb_oom(L, "process.spawn");
     h->c = c;
@@ -527,9 +532,10 @@ static const luaL_Reg funcs[] = {
     {"spawn", l_spawn}, {"run", l_run}, {"pid", l_pid}, {"cpu_count", l_cpu_count}, {NULL, NULL},
 };
 
-int cb_open_process(lua_State *L) {
-    lua_newtable(L);
-    cb_rawsetp(L, LUA_REGISTRYINDEX, &UNJOINED_KEY);
+/* The handle metatable, made by the first spawn in a state (most thread
+ * states spawn nothing: their open need not pay for it). Until then no
+ * process handle exists there, and luaL_testudata finds none. */
+static void push_mt(lua_State *L) {
     if (luaL_newmetatable(L, MT)) {
         lua_pushstring(L, MT); /* errors say "got concur.X" (LuaJIT does not set it) */
         lua_setfield(L, -2, "__name");
@@ -542,7 +548,11 @@ int cb_open_process(lua_State *L) {
         cb_newlib(L, methods);
         lua_setfield(L, -2, "methods");
     }
-    lua_pop(L, 1);
+}
+
+int cb_open_process(lua_State *L) {
+    lua_newtable(L);
+    cb_rawsetp(L, LUA_REGISTRYINDEX, &UNJOINED_KEY);
     cb_newlib(L, funcs);
     return 1;
 }
