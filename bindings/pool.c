@@ -287,86 +287,6 @@ static int l_run(lua_State *L) {
     return 0;
 }
 
-/* tasks(flat, n, fns, resolve, st, b, handler) -> out, count, errs|nil:
- * the worker's loop over one batch of submitted tasks. flat holds
- * {j, nargs, args..., j, nargs, ...}; fns[j] is task k's function (on a
- * miss resolve(j) gives it, and it is kept in fns). Each task runs under
- * handler (a traceback); before it runs, its position k goes to st[b + 2]
- * so the caller knows which task a dead worker was running. out collects
- * {nresults, values...} per task, -1 for a failed one, whose error goes
- * to errs[k]. One C loop instead of a table per task in Lua. */
-static int l_tasks(lua_State *L) {
-    luaL_checktype(L, 1, LUA_TTABLE);
-    lua_Integer n = luaL_checkinteger(L, 2);
-    luaL_checktype(L, 3, LUA_TTABLE);
-    luaL_checktype(L, 4, LUA_TFUNCTION);
-    cc_array *st = (cc_array *)cb_check(L, 5, CC_T_ARRAY, "pool.tasks");
-    lua_Integer b = luaL_checkinteger(L, 6);
-    luaL_checktype(L, 7, LUA_TFUNCTION);
-    if (st->elem != CC_F64 || b < 0 || b + 4 > st->n) return luaL_error(L, "pool.tasks: bad state array");
-    double *slot = (double *)(void *)st->data + b;
-    lua_settop(L, 7);
-    lua_newtable(L); /* 8: out */
-    lua_pushnil(L);  /* 9: errs, made at the first failure */
-    int errs = 0;
-    lua_Integer pos = 1, no = 0;
-    for (lua_Integer k = 1; k <= n; k++) {
-        lua_rawgeti(L, 1, (int)pos);
-        lua_rawgeti(L, 1, (int)pos + 1);
-        /* numbers, integral (LuaJIT has no integer subtype) */
-        double dj = lua_tonumber(L, -2), dna = lua_tonumber(L, -1);
-        if (lua_type(L, -2) != LUA_TNUMBER || lua_type(L, -1) != LUA_TNUMBER || dj != (double)(lua_Integer)dj ||
-            !(dna >= 0 && dna <= (1 << 24)) || dna != (double)(lua_Integer)dna)
-            return luaL_error(L, "pool.tasks: corrupt batch");
-        lua_Integer j = (lua_Integer)dj, na = (lua_Integer)dna;
-        lua_pop(L, 1);
-        double dk = (double)k;
-        __atomic_store(&slot[1], &dk, __ATOMIC_RELAXED);
-        int base = lua_gettop(L); /* the j on top: replaced by the function */
-        lua_rawget(L, 3);
-        if (lua_isnil(L, -1)) {
-            lua_pop(L, 1);
-            lua_pushvalue(L, 4);
-            cb_pushinteger(L, j);
-            lua_call(L, 1, 1);
-            lua_pushvalue(L, -1);
-            lua_rawseti(L, 3, (int)j);
-        }
-        luaL_checkstack(L, (int)na + 20, "pool.tasks");
-        for (lua_Integer x = 0; x < na; x++) lua_rawgeti(L, 1, (int)(pos + 2 + x));
-        pos += 2 + na;
-        int r = lua_pcall(L, (int)na, LUA_MULTRET, 7);
-        if (r == 0) {
-            int nr = lua_gettop(L) - base + 1;
-            cb_pushinteger(L, nr);
-            lua_rawseti(L, 8, (int)++no);
-            for (int x = 0; x < nr; x++) {
-                lua_pushvalue(L, base + x);
-                lua_rawseti(L, 8, (int)(no + 1 + x));
-            }
-            no += nr;
-        } else {
-            if (!errs) {
-                lua_newtable(L);
-                lua_replace(L, 9);
-                errs = 1;
-            }
-            if (lua_isnil(L, -1)) {
-                lua_pop(L, 1);
-                lua_pushliteral(L, "nil");
-            }
-            lua_rawseti(L, 9, (int)k);
-            cb_pushinteger(L, -1);
-            lua_rawseti(L, 8, (int)++no);
-        }
-        lua_settop(L, 9);
-    }
-    lua_pushvalue(L, 8);
-    cb_pushinteger(L, no);
-    lua_pushvalue(L, 9);
-    return 3;
-}
-
 /* table(n): an empty table with room for n array items, so results that
  * arrive out of order still land in the array part */
 static int l_table(lua_State *L) {
@@ -378,7 +298,7 @@ static int l_table(lua_State *L) {
 static const luaL_Reg helpers[] = {
     {"table", l_table},
     {"isatty", l_isatty}, {"fnv", l_fnv},   {"nap", l_nap}, {"pack", l_pack},
-    {"unpack", l_unpack}, {"move", l_move}, {"run", l_run}, {"tasks", l_tasks}, {NULL, NULL},
+    {"unpack", l_unpack}, {"move", l_move}, {"run", l_run}, {NULL, NULL},
 };
 
 /* The pool is loaded on first use, not when concur opens: every thread

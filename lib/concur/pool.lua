@@ -135,16 +135,10 @@ local function worker_main(ctx)
   local fcache = {}
   local NOFNS = {}
   local count = 0
-  local function resolve(j)
-    local fn = fcache[j]
-    if not fn then fn = fns[j]; fcache[j] = fn end
-    if type(fn) ~= "function" then error("pool worker: task function " .. tostring(j) .. " is not registered", 0) end
-    return fn
-  end
   -- send a result message; a result that cannot cross becomes that
   -- item's error instead of killing the worker
   local t0 = 0 -- when the current message started: replies say how long it ran
-  local function reply(cid, res, errs, n, no)
+  local function reply(cid, res, errs, n)
     local dt = clock() - t0
     if not errs and type(res) == "string" then
       put(C.pack({ slot, cid, n, me, res, dt }, 1, 6))
@@ -153,28 +147,6 @@ local function worker_main(ctx)
     local ok, err = pcall(put, { slot, cid, res, errs, me, n, dt })
     if ok then return end
     errs = errs or {}
-    if no then -- a batch's flat results: drop each task's that cannot cross
-      local out, w, pos = {}, 0, 1
-      for k = 1, n do
-        local nr = res[pos]
-        local keep = nr >= 0 and pcall(concur.encode, unpack(res, pos + 1, pos + nr))
-        if nr >= 0 and not keep then errs[k] = "result could not be sent: " .. tostring(err) end
-        if keep then
-          for x = 0, nr do out[w + 1 + x] = res[pos + x] end
-          w = w + 1 + nr
-        else
-          w = w + 1
-          out[w] = -1
-        end
-        pos = pos + 1 + (nr >= 0 and nr or 0)
-      end
-      ok, err = pcall(put, { slot, cid, out, errs, me, n })
-      if not ok then
-        for k = 1, n do errs[k] = errs[k] or ("result could not be sent: " .. tostring(err)) end
-        put({ slot, cid, {}, errs, me, n })
-      end
-      return
-    end
     for k = 1, n do
       if not errs[k] then
         local ok2 = pcall(concur.encode, res[k])
@@ -256,16 +228,51 @@ local function worker_main(ctx)
         put({ slot, cid, false, nil, me, 0 }) -- skipped: its call is over
       end
     else
-      -- a batch of submitted tasks: m = {0, cid, fns, tasks, n}; tasks is
-      -- {j, nargs, args..., j, nargs, ...}, packed when all are scalars;
-      -- j > 0 is fns[j], j < 0 a function registered in the shared dict.
-      -- pool.c's tasks() runs them in one C loop and returns the results
-      -- flat: {nres, values..., nres, ...}, -1 for a failed task
-      local fl, tasks, n = m[3], m[4], m[5]
-      local flat = type(tasks) == "string" and C.unpack(tasks) or tasks
-      local ft = fl == NOFNS and {} or fl
-      local out, no, errs = C.tasks(flat, n, ft, resolve, st, b, traceback)
-      reply(cid, C.pack(out, 1, no) or out, errs, n, no)
+      -- a batch of submitted tasks: m = {0, cid, fns, tasks}; tasks is
+      -- packed {j, nargs, args..., j, nargs, ...} or a table of {j, args};
+      -- j > 0 is fns[j], j < 0 a function registered in the shared dict
+      local fl, tasks = m[3], m[4]
+      local packed = type(tasks) == "string"
+      local flat = packed and C.unpack(tasks)
+      local n = m[5]
+      local res, errs = {}, nil
+      local out, no = {}, 0 -- packed results: {nres, values..., nres, ...}
+      local pos = 1
+      for k = 1, n do
+        local j, r
+        st[b + 2] = k
+        if packed then
+          j = flat[pos]
+          local na = flat[pos + 1]
+          local fn = j > 0 and fl[j] or fcache[j]
+          if not fn then fn = fns[j]; fcache[j] = fn end
+          r = pack(xpcall(fn, traceback, unpack(flat, pos + 2, pos + 1 + na)))
+          pos = pos + 2 + na
+        else
+          local t = tasks[k]
+          j = t[1]
+          local fn = j > 0 and fl[j] or fcache[j]
+          if not fn then fn = fns[j]; fcache[j] = fn end
+          local a = t[2]
+          r = pack(xpcall(fn, traceback, unpack(a, 1, a.n)))
+        end
+        if r[1] then
+          local nr = r.n - 1
+          r[1] = nr -- r = {count, values...}
+          res[k] = r
+          no = no + 1
+          out[no] = nr
+          for x = 2, nr + 1 do out[no + x - 1] = r[x] end
+          no = no + nr
+        else
+          errs = errs or {}
+          errs[k] = r[2] == nil and "nil" or r[2]
+          no = no + 1
+          out[no] = -1
+        end
+      end
+      res = C.pack(out, 1, no) or res
+      reply(cid, res, errs, n)
       count = count + n
     end
     st[b + 1] = 0
@@ -530,7 +537,19 @@ local function send_chunk(p, job, rec)
   rec.job = job
   -- scalars only: one string, which the codec copies instead of walking
   local m
-  do
+  if rec.batch then
+    local nt = #rec.futs
+    if rec.packed and next(rec.fl) == nil then m = C.pack({ 0, cid, nt, rec.packed }, 1, 4)
+    elseif rec.packed then m = { 0, cid, rec.fl, rec.packed, nt }
+    else -- arguments that are not scalars: {j, args} per task, through the codec
+      local tasks = {}
+      for k = 1, nt do
+        local f = rec.futs[k]
+        tasks[k] = { rec.js[k], { n = f.n, unpack(f, 1, f.n) } }
+      end
+      m = { 0, cid, rec.fl, tasks, nt }
+    end
+  else
     if type(rec.first) == "number" and type(rec.items) == "string" then
       m = C.pack({ job.gen, cid, rec.first, rec.n, rec.items }, 1, 5)
     end
@@ -541,16 +560,12 @@ end
 
 -- a chunk that lost its worker: item `at` failed, the rest go again
 local function requeue(p, rec, at)
-  if rec.batch then -- back into the submit buffer, sent with the next flush
-    local futs = rec.futs
-    for k = 1, #futs do
-      local f = futs[k]
-      if k ~= at and f.state == "running" then
-        f.state = "pending"
-        p.nsub = p.nsub + 1
-        p.sub[p.nsub] = f
-      end
+  if rec.batch then
+    local futs, js = {}, {}
+    for k = 1, #rec.futs do
+      if k ~= at then futs[#futs + 1], js[#js + 1] = rec.futs[k], rec.js[k] end
     end
+    if #futs > 0 then send_chunk(p, rec.job, { batch = true, fl = rec.fl, futs = futs, js = js }) end -- as a table
     return
   end
   local idx, items = {}, {}
@@ -650,28 +665,24 @@ local function deliver(p, m)
   p.out[cid] = nil
   p.inflight = p.inflight - 1
   local res, errs, me, n = m[3], m[4], m[5], m[6]
-  if rec.batch then -- results flat: {nres, values..., nres, ...}, -1 failed
-    local flat = type(res) == "string" and C.unpack(res) or res
-    local futs, pos, done = rec.futs, 1, 0
-    for k = 1, #futs do
-      local f = futs[k]
+  if rec.batch then
+    local flat, pos = type(res) == "string" and C.unpack(res), 1
+    for k = 1, #rec.futs do
+      local f = rec.futs[k]
       if errs and errs[k] ~= nil then
         f:_settle(false, errs[k], me)
-        pos = pos + 1
-      else
+        if flat then pos = pos + 1 end
+      elseif flat then
         local nr = flat[pos]
-        local state = f.state
-        if state ~= "done" and state ~= "cancelled" then -- Future:_settle, inline
-          f.state, f.ok, f.nr, f.fn = "done", true, nr, nil
-          if nr == 1 then f.value = flat[pos + 1]
-          elseif nr > 1 then f.value = { unpack(flat, pos + 1, pos + nr) } end
-          for x = 1, f.n do f[x] = nil end
-          done = done + 1
-        end
+        if nr == 1 then f:_settle(true, flat[pos + 1], me, 1)
+        elseif nr == 0 then f:_settle(true, nil, me, 0)
+        else f:_settle(true, { unpack(flat, pos + 1, pos + nr) }, me, nr) end
         pos = pos + 1 + nr
+      else
+        local r = res[k] -- {count, values...}
+        f:_settle(true, { unpack(r, 2, r[1] + 1) }, me, r[1])
       end
     end
-    p.futs = p.futs - done
     return
   end
   local job = rec.job
@@ -736,63 +747,54 @@ local function fn_id(p, fn)
 end
 
 -- A future holds its arguments in its array part (f[1..f.n]) until it is
--- settled; a batch record lists its futures. A batch message is
--- {0, cid, fns, tasks, n}, tasks flat {j, nargs, args..., j, ...}: packed
--- into one string when every argument is a scalar (then, without new
--- functions, the whole message is one string).
-local function send_batch(p, fl, futs, flat, nt, nf)
-  p.nextcid = p.nextcid + 1
-  local cid = p.nextcid
-  p.out[cid] = { batch = true, futs = futs }
-  p.inflight = p.inflight + 1
-  local packed = C.pack(flat, 1, nf)
-  local m
-  if packed and not fl then m = C.pack({ 0, cid, nt, packed }, 1, 4)
-  else m = { 0, cid, fl or {}, packed or flat, nt } end
-  p.be.send(p, m)
-end
-
+-- settled; a batch record lists its futures and their function refs (js).
 local function flush(p, parts)
-  local nsub = p.nsub
-  if nsub == 0 then return end
+  if p.nsub == 0 then return end
   local sub = p.sub
   p.sub, p.nsub = {}, 0
-  -- one batch per worker, so tasks buffered while the workers started or
-  -- were busy are spread, not all queued behind one worker
-  parts = parts or p.n
-  if parts > nsub then parts = nsub end
-  local per = parts > 1 and math.ceil(nsub / parts) or nsub
-  local fl, fidx, nfl, lastfn, lastj = nil, nil, 0, nil, nil
-  local futs, flat, nt, nf = {}, {}, 0, 0
-  for k = 1, nsub do
+  local fl, fidx, futs, js = {}, {}, {}, {}
+  local flat, nf = {}, 0
+  for k = 1, #sub do
     local f = sub[k]
     if f.state == "pending" then
       local fn = f.fn
-      local j = lastj
-      if fn ~= lastfn then
-        fidx = fidx or {}
-        j = fidx[fn]
-        if not j then
-          j = fn_id(p, fn)
-          if not j then fl = fl or {}; nfl = nfl + 1; j = nfl; fl[j] = fn end
-          fidx[fn] = j
-        end
-        lastfn, lastj = fn, j
+      local j = fidx[fn]
+      if not j then
+        j = fn_id(p, fn)
+        if not j then j = #fl + 1; fl[j] = fn end
+        fidx[fn] = j
       end
-      nt = nt + 1
-      futs[nt] = f
+      local n = #futs + 1
+      futs[n], js[n] = f, j
       local na = f.n
       flat[nf + 1], flat[nf + 2] = j, na
       for x = 1, na do flat[nf + 2 + x] = f[x] end
       nf = nf + 2 + na
       f.state = "running"
-      if nt >= per then
-        send_batch(p, fl, futs, flat, nt, nf)
-        futs, flat, nt, nf = {}, {}, 0, 0
-      end
+      f.fn = nil
     end
   end
-  if nt > 0 then send_batch(p, fl, futs, flat, nt, nf) end
+  local nt = #futs
+  if nt == 0 then return end
+  -- one batch per worker, so tasks buffered while the workers started or
+  -- were busy are spread, not all queued behind one worker
+  parts = parts or p.n
+  if parts > nt then parts = nt end
+  if parts <= 1 then
+    send_chunk(p, nil, { batch = true, fl = fl, futs = futs, js = js, packed = C.pack(flat, 1, nf) })
+    return
+  end
+  local per = math.ceil(nt / parts)
+  local pos = 1
+  for k0 = 1, nt, per do
+    local fs, jj = {}, {}
+    local start = pos
+    for k = k0, math.min(k0 + per - 1, nt) do
+      fs[#fs + 1], jj[#jj + 1] = futs[k], js[k]
+      pos = pos + 2 + futs[k].n
+    end
+    send_chunk(p, nil, { batch = true, fl = fl, futs = fs, js = jj, packed = C.pack(flat, start, pos - start) })
+  end
 end
 
 -- let every active job top up its chunks in flight
@@ -1131,14 +1133,11 @@ function Pool:flush()
   flush(self)
 end
 
-local getpid = process.pid
 function Pool:submit(fn, ...)
-  if getmetatable(self) ~= Pool or self.closed or self.broken or self.owner ~= getpid() then check_pool(self, "pool:submit") end
+  check_pool(self, "pool:submit")
   if type(fn) ~= "function" then argerr("pool:submit", 1, "function expected, got " .. type(fn)) end
   self.futs = self.futs + 1
-  -- every field a settled future gets, made now: one allocation of the hash
-  local f = setmetatable({ pool = self, fn = fn, n = select("#", ...), state = "pending",
-    ok = false, nr = 0, value = false, ... }, Future)
+  local f = setmetatable({ pool = self, fn = fn, n = select("#", ...), state = "pending", ... }, Future)
   self.nsub = self.nsub + 1
   self.sub[self.nsub] = f
   if self.nsub >= 64 then flush(self)
@@ -1192,12 +1191,6 @@ local function check_timeout(fname, t, n)
 end
 
 function Future:result(timeout)
-  if timeout == nil and self.ok == true and self.state == "done" and getmetatable(self) == Future then
-    local nr = self.nr -- the common case first: settled with results
-    if nr == 1 then return self.value end
-    if nr == 0 then return end
-    return unpack(self.value, 1, nr)
-  end
   check_future(self, "future:result")
   timeout = check_timeout("future:result", timeout)
   if not wait_future(self, timeout, "future:result") then return nil, "timeout" end
@@ -1329,7 +1322,7 @@ function Pool:close()
   self.closing = true
   -- wait for submitted work to come back before closing the queue
   local ok, err = pcall(function()
-    while (next(self.out) ~= nil or self.nsub > 0) and not self.broken do self:_pump(0.25) end
+    while next(self.out) ~= nil and not self.broken do self:_pump(0.25) end
   end)
   self.closing = false
   self.closed = true
