@@ -143,7 +143,12 @@ for _, kind in ipairs { "process", "thread" } do
     end)
 
     it("a submitted task starts while a worker is idle, without any wait call", function()
-      p:map(function(x) return x end, { 1, 2 }) -- the workers are up and idle
+      p:map(function(x) return x end, { 1, 2 })
+      -- both workers waiting for tasks (the pool's own idle count); a task
+      -- submitted while they are still busy waits for the next pool call
+      local until_idle = concur.clock() + 10
+      while p.st[p.idlei] < 2 and concur.clock() < until_idle do end
+      assert.equal(2, p.st[p.idlei])
       local d = shared.dict()
       local f = p:submit(function(dd) dd.ran = true; return 1 end, d)
       -- no pool call from here on: the task must already be on its way
