@@ -142,6 +142,41 @@ for _, kind in ipairs { "process", "thread" } do
       for i = 1, 500 do assert.equal(2 * i, fs[i]:result(20)) end
     end)
 
+    it("a submitted task starts while a worker is idle, without any wait call", function()
+      p:map(function(x) return x end, { 1, 2 })
+      -- both workers waiting for tasks (the pool's own idle count); a task
+      -- submitted while they are still busy waits for the next pool call
+      local until_idle = concur.clock() + 10
+      while p.st[p.idlei] < 2 and concur.clock() < until_idle do end
+      assert.equal(2, p.st[p.idlei])
+      local d = shared.dict()
+      local f = p:submit(function(dd) dd.ran = true; return 1 end, d)
+      -- no pool call from here on: the task must already be on its way
+      local deadline = concur.clock() + 10
+      while not d.ran and concur.clock() < deadline do end
+      assert.is_true(d.ran)
+      assert.equal(1, f:result(10))
+    end)
+
+    it("a result that cannot cross fails its own future, the batch's others keep theirs", function()
+      local fs = {}
+      for i = 1, 50 do
+        fs[i] = p:submit(function(x)
+          if x == 25 then return coroutine.create(function() end) end
+          return x, -x
+        end, i)
+      end
+      for i = 1, 50 do
+        if i == 25 then
+          assert.matches("could not be sent", fs[i]:error(10))
+        else
+          local a, b = fs[i]:result(10)
+          assert.equal(i, a)
+          assert.equal(-i, b)
+        end
+      end
+    end)
+
     it("as_completed yields each future once, as it finishes", function()
       local fs = {}
       fs[1] = p:submit(function() concur.sleep(0.4); return "slow" end)
