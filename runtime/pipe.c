@@ -50,7 +50,8 @@
  * frames) when the area is full, before a large frame, or at once when a
  * receiver is about to sleep on the socket (it sets `want`, then looks at
  * st_len; the sender stores st_len, then looks at `want`: one of them sees
- * the other). A receiver that has read everything put on the socket
+ * the other; and a waiting receiver looks at st_len again every WATCH
+ * seconds whatever it missed). A receiver that has read everything put on the socket
  * (next + buffered == sent) takes the staged frames itself under the send
  * lock: one memcpy into its buffer, committed sender side first (sent, then
  * st_len) and receiver side after (win). Killed between the two it loses
@@ -601,6 +602,7 @@ static int look(cc_pipe *p, dir *d, int mode) {
         } else { /* the rest was taken by the dead receiver: start afresh */
             put64(&d->win, 0);
             put64(&d->next, d->sent);
+            put64(&d->left, 0); /* no frame in progress (drop_frame cleared it too) */
             d->scan = 0;
             res = RESYNCED;
         }
@@ -619,7 +621,8 @@ static int want_data(dir *d) {
 
 static int caught_up(dir *d) { return !d->scan && d->next + buffered(d) == d->sent; }
 
-/* Waiting for a header: 1 ready (or staged frames to take), 0 timeout,
+/* Waiting for a header: 1 ready (or staged frames to take, or a WATCH
+ * slice passed: look again), 0 timeout,
  * negative errno. busy: the last try found a sender holding the staging;
  * look again every millisecond rather than spin (it may be stopped), and
  * for up to BUSY_GRACE past the deadline (poll said ready: recv(0) must
@@ -636,7 +639,14 @@ static int wait_plain(cc_pipe *p, dir *d, double deadline, double busy_since) {
         int w = cc_wait_fd(p->fd, POLLIN, until);
         return w < 0 ? w : 1;
     }
-    return cc_wait_fd(p->fd, POLLIN, deadline);
+    /* in WATCH slices: the caller looks at the staging area again after
+     * each (a sender that missed `want`, or state a killed peer left, must
+     * not hide a staged frame for the whole deadline) */
+    double until = cc_now() + WATCH;
+    if (deadline >= 0 && deadline < until) until = deadline;
+    int w = cc_wait_fd(p->fd, POLLIN, until);
+    if (w != 0) return w;
+    return deadline >= 0 && cc_now() >= deadline ? 0 : 1;
 }
 
 /* Wait for input: 1 ready, 0 timeout, RESYNCED, negative errno. Mid-frame
@@ -766,9 +776,16 @@ static void drop_keep(dir *d) {
     }
 }
 
-/* Give up the frame in progress: find the next one. */
+/* Give up the frame in progress: find the next one. No frame is in
+ * progress any more (left 0): when the scan ends without a header -- look()
+ * found the stream idle and resynchronised at its end -- take() must start
+ * a frame, not resume the given-up one (which would read the next frames'
+ * bytes as its body, or drop it again and scan past the staging forever).
+ * scan is stored first: a receiver killed between the two stores leaves
+ * scan set, and the next one calls this again. */
 static int drop_frame(dir *d, int r) {
     d->scan = 1;
+    put64(&d->left, 0);
     drop_keep(d);
     return r;
 }
