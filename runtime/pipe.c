@@ -50,8 +50,10 @@
  * frames) when the area is full, before a large frame, or at once when a
  * receiver is about to sleep on the socket (it sets `want`, then looks at
  * st_len; the sender stores st_len, then looks at `want`: one of them sees
- * the other; and a waiting receiver looks at st_len again every WATCH
- * seconds whatever it missed). A receiver that has read everything put on the socket
+ * the other; a sender that takes over a dead sender's lock sets `want`,
+ * which the dead one may have cleared in a flush that never wrote; and a
+ * receiver that finds frames staged that it cannot take yet looks again
+ * every WATCH seconds). A receiver that has read everything put on the socket
  * (next + buffered == sent) takes the staged frames itself under the send
  * lock: one memcpy into its buffer, committed sender side first (sent, then
  * st_len) and receiver side after (win). Killed between the two it loses
@@ -547,6 +549,10 @@ int cc_pipe_send(cc_pipe *p, const void *msg, size_t len, double deadline) {
     int r = cc_mutex_lock(&d->send_lock, deadline);
     if (r == -EOWNERDEAD && d->send_left) set_broken(p, SENDER_DIED);
     else if (r && r != -EOWNERDEAD) return r;
+    /* a sender killed in flush() after clearing `want` and before its
+     * bytes reached the socket may have hidden a sleeping receiver's
+     * request: flush what is staged from now on */
+    if (r == -EOWNERDEAD) atomic_store(&d->want, 1);
     if (p->ln->broken) r = -EPROTO;
     else if (d->rclosed) r = -EPIPE;
     else {
@@ -629,7 +635,8 @@ static int caught_up(dir *d) { return !d->scan && d->next + buffered(d) == d->se
  * find the frame a sender is putting on the socket right now). */
 #define BUSY_GRACE 0.005
 static int wait_plain(cc_pipe *p, dir *d, double deadline, double busy_since) {
-    if (want_data(d) && caught_up(d)) {
+    int staged = want_data(d);
+    if (staged && caught_up(d)) {
         if (busy_since < 0) return 1; /* staged since we looked: take it */
         double now = cc_now(), end = busy_since + BUSY_GRACE;
         if (deadline < 0 || deadline > end) end = deadline;
@@ -639,9 +646,12 @@ static int wait_plain(cc_pipe *p, dir *d, double deadline, double busy_since) {
         int w = cc_wait_fd(p->fd, POLLIN, until);
         return w < 0 ? w : 1;
     }
-    /* in WATCH slices: the caller looks at the staging area again after
-     * each (a sender that missed `want`, or state a killed peer left, must
-     * not hide a staged frame for the whole deadline) */
+    /* Nothing staged: whoever stages next sees `want` and flushes, and the
+     * socket wakes us. Something staged that we cannot take yet: sleep in
+     * WATCH slices, the caller looks at the staging area again after each
+     * (state a killed peer left must not hide a staged frame for the whole
+     * deadline). */
+    if (!staged) return cc_wait_fd(p->fd, POLLIN, deadline);
     double until = cc_now() + WATCH;
     if (deadline >= 0 && deadline < until) until = deadline;
     int w = cc_wait_fd(p->fd, POLLIN, until);
