@@ -647,11 +647,13 @@ static int wait_plain(cc_pipe *p, dir *d, double deadline, double busy_since) {
         return w < 0 ? w : 1;
     }
     /* Nothing staged: whoever stages next sees `want` and flushes, and the
-     * socket wakes us. Something staged that we cannot take yet: sleep in
-     * WATCH slices, the caller looks at the staging area again after each
-     * (state a killed peer left must not hide a staged frame for the whole
-     * deadline). */
-    if (!staged) return cc_wait_fd(p->fd, POLLIN, deadline);
+     * socket wakes us. Read past `sent`: a sender is between its sendmsg
+     * and its stores (it holds the lock, and sees `want` when it stages
+     * next). Something staged while we are behind `sent` with the socket
+     * drained: sleep in WATCH slices, the caller looks at the staging area
+     * again after each (state a killed peer left must not hide a staged
+     * frame for the whole deadline). */
+    if (!staged || d->next + buffered(d) > d->sent) return cc_wait_fd(p->fd, POLLIN, deadline);
     double until = cc_now() + WATCH;
     if (deadline >= 0 && deadline < until) until = deadline;
     int w = cc_wait_fd(p->fd, POLLIN, until);
