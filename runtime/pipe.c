@@ -50,7 +50,10 @@
  * frames) when the area is full, before a large frame, or at once when a
  * receiver is about to sleep on the socket (it sets `want`, then looks at
  * st_len; the sender stores st_len, then looks at `want`: one of them sees
- * the other). A receiver that has read everything put on the socket
+ * the other; a sender that takes over a dead sender's lock sets `want`,
+ * which the dead one may have cleared in a flush that never wrote; and a
+ * receiver that finds frames staged that it cannot take yet looks again
+ * every WATCH seconds). A receiver that has read everything put on the socket
  * (next + buffered == sent) takes the staged frames itself under the send
  * lock: one memcpy into its buffer, committed sender side first (sent, then
  * st_len) and receiver side after (win). Killed between the two it loses
@@ -546,6 +549,10 @@ int cc_pipe_send(cc_pipe *p, const void *msg, size_t len, double deadline) {
     int r = cc_mutex_lock(&d->send_lock, deadline);
     if (r == -EOWNERDEAD && d->send_left) set_broken(p, SENDER_DIED);
     else if (r && r != -EOWNERDEAD) return r;
+    /* a sender killed in flush() after clearing `want` and before its
+     * bytes reached the socket may have hidden a sleeping receiver's
+     * request: flush what is staged from now on */
+    if (r == -EOWNERDEAD) atomic_store(&d->want, 1);
     if (p->ln->broken) r = -EPROTO;
     else if (d->rclosed) r = -EPIPE;
     else {
@@ -601,6 +608,7 @@ static int look(cc_pipe *p, dir *d, int mode) {
         } else { /* the rest was taken by the dead receiver: start afresh */
             put64(&d->win, 0);
             put64(&d->next, d->sent);
+            put64(&d->left, 0); /* no frame in progress (drop_frame cleared it too) */
             d->scan = 0;
             res = RESYNCED;
         }
@@ -619,14 +627,16 @@ static int want_data(dir *d) {
 
 static int caught_up(dir *d) { return !d->scan && d->next + buffered(d) == d->sent; }
 
-/* Waiting for a header: 1 ready (or staged frames to take), 0 timeout,
+/* Waiting for a header: 1 ready (or staged frames to take, or a WATCH
+ * slice passed: look again), 0 timeout,
  * negative errno. busy: the last try found a sender holding the staging;
  * look again every millisecond rather than spin (it may be stopped), and
  * for up to BUSY_GRACE past the deadline (poll said ready: recv(0) must
  * find the frame a sender is putting on the socket right now). */
 #define BUSY_GRACE 0.005
 static int wait_plain(cc_pipe *p, dir *d, double deadline, double busy_since) {
-    if (want_data(d) && caught_up(d)) {
+    int staged = want_data(d);
+    if (staged && caught_up(d)) {
         if (busy_since < 0) return 1; /* staged since we looked: take it */
         double now = cc_now(), end = busy_since + BUSY_GRACE;
         if (deadline < 0 || deadline > end) end = deadline;
@@ -636,7 +646,19 @@ static int wait_plain(cc_pipe *p, dir *d, double deadline, double busy_since) {
         int w = cc_wait_fd(p->fd, POLLIN, until);
         return w < 0 ? w : 1;
     }
-    return cc_wait_fd(p->fd, POLLIN, deadline);
+    /* Nothing staged: whoever stages next sees `want` and flushes, and the
+     * socket wakes us. Read past `sent`: a sender is between its sendmsg
+     * and its stores (it holds the lock, and sees `want` when it stages
+     * next). Something staged while we are behind `sent` with the socket
+     * drained: sleep in WATCH slices, the caller looks at the staging area
+     * again after each (state a killed peer left must not hide a staged
+     * frame for the whole deadline). */
+    if (!staged || d->next + buffered(d) > d->sent) return cc_wait_fd(p->fd, POLLIN, deadline);
+    double until = cc_now() + WATCH;
+    if (deadline >= 0 && deadline < until) until = deadline;
+    int w = cc_wait_fd(p->fd, POLLIN, until);
+    if (w != 0) return w;
+    return deadline >= 0 && cc_now() >= deadline ? 0 : 1;
 }
 
 /* Wait for input: 1 ready, 0 timeout, RESYNCED, negative errno. Mid-frame
@@ -766,9 +788,16 @@ static void drop_keep(dir *d) {
     }
 }
 
-/* Give up the frame in progress: find the next one. */
+/* Give up the frame in progress: find the next one. No frame is in
+ * progress any more (left 0): when the scan ends without a header -- look()
+ * found the stream idle and resynchronised at its end -- take() must start
+ * a frame, not resume the given-up one (which would read the next frames'
+ * bytes as its body, or drop it again and scan past the staging forever).
+ * scan is stored first: a receiver killed between the two stores leaves
+ * scan set, and the next one calls this again. */
 static int drop_frame(dir *d, int r) {
     d->scan = 1;
+    put64(&d->left, 0);
     drop_keep(d);
     return r;
 }
