@@ -352,6 +352,17 @@ end
 
 -- ------------------------------------------------------------------ sources
 
+-- take(s, i0, k): items[i0 .. i0 + k - 1] (up to n) as an array, and how many
+local function indexed_take(items, n)
+  return function(s, i0, k)
+    local out = {}
+    local last = i0 + k - 1
+    if last > n then last = n end
+    for i = i0, last do out[i - i0 + 1] = items[i] end
+    return out, last - i0 + 1
+  end
+end
+
 -- items: an array, a shared.list, or an iterator function (consumed lazily)
 local function source(fname, items)
   local t = type(items)
@@ -359,13 +370,7 @@ local function source(fname, items)
     local n = #items
     -- raw packing only for plain tables: a proxy's items come from __index
     local arr = getmetatable(items) == nil and items or nil
-    return { n = n, arr = arr, take = function(s, i0, k)
-      local out = {}
-      local last = i0 + k - 1
-      if last > n then last = n end
-      for i = i0, last do out[i - i0 + 1] = items[i] end
-      return out, last - i0 + 1
-    end }
+    return { n = n, arr = arr, take = indexed_take(items, n) }
   elseif t == "function" then
     local ended = false
     return { n = nil, take = function(s, i0, k)
@@ -379,13 +384,7 @@ local function source(fname, items)
     end }
   elseif t == "userdata" and pcall(function() return items.totable and items.append end) and items.append then
     local n = #items
-    return { n = n, take = function(s, i0, k)
-      local out = {}
-      local last = i0 + k - 1
-      if last > n then last = n end
-      for i = i0, last do out[i - i0 + 1] = items[i] end
-      return out, last - i0 + 1
-    end }
+    return { n = n, take = indexed_take(items, n) }
   end
   argerr(fname, 2, "items expected: an array, a shared.list or an iterator function, got " .. t)
 end

@@ -119,6 +119,16 @@ local function last_error()
   return line and line:gsub("^%s+", ""):sub(1, 160)
 end
 
+-- a concur run whose stderr went to errfile: the figure, or nil and why not
+local function run_reporting(cmd, under)
+  local f = io.popen(cmd)
+  local s = f:read("*a")
+  local ok = f:close()
+  local v = ok and tonumber(s:match("[%d.eE+-]+"))
+  if v then return v end
+  return nil, "failed under " .. under .. ": " .. (last_error() or "no output")
+end
+
 -- one run: the figure, or nil and why not
 local function run_one(kind, spec)
   if not spec then return nil end
@@ -137,22 +147,11 @@ local function run_one(kind, spec)
   end
   if kind == "luajit" then
     if not has_luajit then return nil, "luajit or build/luajit/concur.so missing" end
-    cmd = string.format("LUA_CPATH='build/luajit/?.so' timeout 300 luajit %sluajit_bench.lua %s %d 2>%s", here,
-      spec[1], size, errfile)
-    local f = io.popen(cmd)
-    local s = f:read("*a")
-    local ok = f:close()
-    local v = ok and tonumber(s:match("[%d.eE+-]+"))
-    if v then return v end
-    return nil, "failed under LuaJIT: " .. (last_error() or "no output")
+    return run_reporting(string.format("LUA_CPATH='build/luajit/?.so' timeout 300 luajit %sluajit_bench.lua %s %d 2>%s",
+      here, spec[1], size, errfile), "LuaJIT")
   elseif kind == "concur" then
-    cmd = string.format("timeout 300 build/concur %sconcur_bench.lua %s %d 2>%s", here, spec[1], size, errfile)
-    local f = io.popen(cmd)
-    local s = f:read("*a")
-    local ok = f:close()
-    local v = ok and tonumber(s:match("[%d.eE+-]+"))
-    if v then return v end
-    return nil, "failed under build/concur: " .. (last_error() or "no output")
+    return run_reporting(string.format("timeout 300 build/concur %sconcur_bench.lua %s %d 2>%s",
+      here, spec[1], size, errfile), "build/concur")
   elseif kind == "python" then
     if not has_python then return nil end
     cmd = string.format("timeout 300 python3 %spython_ref.py %s %d", here, spec[1], size)
