@@ -227,7 +227,9 @@ step("process", function()
   assert(sleeper:kill("KILL"))
   assert(not pcall(sleeper.join, sleeper, T))
   assert(sleeper.exitcode == -9)
-  refused(process.spawn, function() end, coroutine.create(print))
+  -- a forked child has its arguments already: a coroutine goes as it is
+  assert(process.spawn(function(co) return type(co) end, coroutine.create(print)):join(T) == "thread")
+  refused(process.spawn, 42)
   local out = process.run{"sh", "-c", "cat; echo err >&2", stdin = "in\n", timeout = T}
   assert(out.status == 0 and out.stdout == "in\n" and out.stderr == "err\n")
   local slow = process.run{"sleep", "30", timeout = 0.2}
