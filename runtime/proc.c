@@ -149,9 +149,11 @@ static void die_with_parent(pid_t parent) {
 static pid_t fork_keeping(const int *keep, int nkeep) {
     fflush(NULL);
     pid_t parent = getpid();
+    void *unwinder = cc_unwinder_locate();
     pthread_mutex_lock(&track_lock);
     pid_t pid = fork();
     if (pid == 0) {
+        cc_unwinder_release(unwinder);
         die_with_parent(parent);
         int n = 0;
         for (int i = 0; i < ntracked; i++) {

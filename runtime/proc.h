@@ -13,6 +13,13 @@ int cc_pipe_tracked(int fds[2], int flags);
 /* Untrack and close (no-op for fd < 0). */
 void cc_close_tracked(int fd);
 
+/* libgcc's unwinder lock across fork (unwinder.c): the parent locates it
+ * before forking (NULL where it cannot be found); the child, still alone,
+ * unlocks it if a thread left behind held it, so it can raise LuaJIT
+ * errors. */
+void *cc_unwinder_locate(void);
+void cc_unwinder_release(void *mutex);
+
 /* ---- children of process.spawn ----
  *
  * The record of a forked child that runs code of ours (not exec): the

@@ -344,6 +344,36 @@ describe("process.spawn", function()
     SIBLING = nil
   end)
 
+  it("starts children that can raise errors while a thread raises errors (LuaJIT's unwinder lock)", function()
+    -- LuaJIT raises errors by unwinding, under a libgcc mutex once it has
+    -- compiled code; a fork while a thread held it left it held in the child
+    -- for ever (4 children in 200 hung). Under Lua 5.4 errors are longjmps.
+    local stop = concur.shared.value("i64", 0)
+    local t = concur.thread.new(function(flag)
+      local n = 0
+      while flag:get() == 0 do
+        for _ = 1, 100 do pcall(error, "x") end
+        n = n + 1
+      end
+      return n
+    end, stop)
+    local hung = 0
+    for _ = 1, 300 do
+      local p = process.spawn(function()
+        for _ = 1, 10 do pcall(error, "y") end
+        return true
+      end)
+      if not p:join(5) then
+        hung = hung + 1
+        p:kill("SIGKILL")
+        pcall(p.join, p, 10)
+      end
+    end
+    stop:set(1)
+    assert.is_true(t:join(30) > 0)
+    assert.equal(0, hung)
+  end)
+
   it("reports cpu_count and pid", function()
     assert.is_true(process.cpu_count() >= 1)
     assert.equal("number", type(process.pid()))
