@@ -18,7 +18,7 @@
  * can wait is made under it: sends are MPI_Isend, receives are MPI_Improbe
  * then MPI_Mrecv of the matched message (eager or rendezvous, it is already
  * ours), collectives are the non-blocking forms; the waits poll with a
- * backoff (spin ~50 us, then yield, then sleep 20 us doubling to 1 ms), which
+ * backoff (128 probes, spin to ~50 us, then yield, then sleep 20 us doubling to 1 ms), which
  * costs at most 1 ms of latency after a wait of more than a few ms, and lets
  * thread:cancel interrupt any wait. A send interrupted before MPI is done
  * with it leaves its request and buffer on a pending list; they are freed
@@ -210,6 +210,25 @@ static int send_on(lua_State *L, MPI_Comm comm, MPI_Comm chunks, const char *fna
     int to = check_range(L, 2, 2, fname, "destination rank", 0, my_size - 1);
     int tag = lua_isnoneornil(L, 3) ? 0 : check_range(L, 3, 3, fname, "tag", 0, tag_ub());
     lua_settop(L, 1);
+    unsigned char small[FM_SMALL];
+    size_t slen = fm_encode(L, 1, small);
+    if (slen) { /* one small scalar: no codec, no scratch buffer */
+        char *p = malloc(slen); /* MPI may read it after we return */
+        if (!p) errorf(L, "%s: out of memory", fname);
+        memcpy(p, small, slen);
+        MPI_Request r;
+        int done = 0;
+        LOCK();
+        if (pendings) free_done_pendings();
+        int rc = MPI_Isend(p, (int)slen, MPI_BYTE, to, tag, comm, &r);
+        if (rc == MPI_SUCCESS) rc = MPI_Test(&r, &done, MPI_STATUS_IGNORE);
+        UNLOCK();
+        if (rc != MPI_SUCCESS) free(p);
+        mpi_check(L, rc, fname, "MPI_Isend");
+        if (!done) wait_all(L, 1, &r, p, fname);
+        free(p);
+        return 0;
+    }
     cc_buf *b = encode_scratch(L, __builtin_frame_address(0), fname);
     if (b->len > chunk) { /* a copy the long path owns */
         char *p = malloc(b->len);

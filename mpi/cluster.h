@@ -26,6 +26,7 @@
 #endif
 #include "../include/concur.h"
 #include "../bindings/cb.h" /* prototypes only: the module links none of it */
+#include "../bindings/fastmsg.h" /* inline: one small scalar without the codec */
 #include "../runtime/proc.h"
 
 #define MOD "concur.cluster"

@@ -88,14 +88,24 @@ double opt_deadline(lua_State *L, int idx, int arg, const char *fname) {
 }
 
 /* One step of a polling wait: spin, then yield, then sleep 20 us doubling
- * to 1 ms. 0, or -EINTR when the thread was cancelled. */
+ * to 1 ms. 0, or -EINTR when the thread was cancelled. The first SPINS
+ * steps read no clock (a clock read cost as much as the probe it follows:
+ * 18% of a ping-pong's time) and look for a cancel every 16th. */
 typedef struct backoff {
     double start;
     long sleep_ns;
     double yield_for; /* 0: 2 ms */
+    unsigned spins;
 } backoff;
 
+enum { SPINS = 128 };
+
 static int backoff_step(backoff *b) {
+    if (b->spins < SPINS) {
+        b->spins++;
+        if (b->spins % 16 == 0 && api.interrupted && api.interrupted()) return -EINTR;
+        return 0;
+    }
     if (api.interrupted && api.interrupted()) return -EINTR;
     double now = api.now();
     if (b->start == 0) b->start = now;
@@ -138,7 +148,7 @@ void free_done_pendings(void) { /* under mpi_lock */
  * buffers are left to the caller. */
 static void wait_all2(lua_State *L, int n, MPI_Request *reqs, void *buf, void *buf2,
                       const char *fname) {
-    backoff b = {0, 0, 0};
+    backoff b = {0, 0, 0, 0};
     for (;;) {
         int done = 0;
         LOCK();
@@ -253,7 +263,7 @@ void decode_box(lua_State *L, const char *fname);
 int recv_value(lua_State *L, MPI_Comm comm, MPI_Comm chunks, int from, int tag,
                       double deadline, MPI_Status *st, const char *fname) {
     /* (on comm_pool, an empty message is rank 0's "leave": returns 2) */
-    backoff bo = {0, 0, comm == comm_pool ? 100e-6 : 0};
+    backoff bo = {0, 0, comm == comm_pool ? 100e-6 : 0, 0};
     const void *frame = __builtin_frame_address(0);
     for (;;) {
         int found = 0;
@@ -275,22 +285,38 @@ int recv_value(lua_State *L, MPI_Comm comm, MPI_Comm chunks, int from, int tag,
             UNLOCK();
             return 2;
         }
-        cc_buf *b = api.buf_take_at(L, 1, frame);
-        if (n < 0 || n > (MPI_Count)chunk || api.buf_reserve(b, n > 0 ? (size_t)n : 1) != 0) {
-            char tiny[16]; /* take it off anyway: MPI truncates it */
-            MPI_Mrecv(tiny, 0, MPI_BYTE, &m, MPI_STATUS_IGNORE);
-            UNLOCK();
-            api.buf_give(L, b);
-            errorf(L, "%s: cannot take a message of %lld bytes (%s)", fname, (long long)n,
-                   n > (MPI_Count)chunk ? "longer than a chunk: corrupt" : "out of memory");
+        /* a small message (every scalar, a descriptor) lands on the C
+         * stack: no scratch buffer, and nothing a nested call could reuse */
+        unsigned char small[FM_SMALL];
+        cc_buf *b = NULL;
+        char *in = (char *)small;
+        if (n < 0 || n > FM_SMALL) {
+            b = api.buf_take_at(L, 1, frame);
+            if (n < 0 || n > (MPI_Count)chunk || api.buf_reserve(b, (size_t)n) != 0) {
+                char tiny[16]; /* take it off anyway: MPI truncates it */
+                MPI_Mrecv(tiny, 0, MPI_BYTE, &m, MPI_STATUS_IGNORE);
+                UNLOCK();
+                api.buf_give(L, b);
+                errorf(L, "%s: cannot take a message of %lld bytes (%s)", fname, (long long)n,
+                       n > (MPI_Count)chunk ? "longer than a chunk: corrupt" : "out of memory");
+            }
+            in = b->data;
         }
-        rc = MPI_Mrecv(b->data, (int)n, MPI_BYTE, &m, MPI_STATUS_IGNORE);
+        rc = MPI_Mrecv(in, (int)n, MPI_BYTE, &m, MPI_STATUS_IGNORE);
         uint32_t mark = 0;
-        if (rc == MPI_SUCCESS && n == 16) memcpy(&mark, b->data, sizeof mark);
+        if (rc == MPI_SUCCESS && n == 16) memcpy(&mark, in, sizeof mark);
         if (rc != MPI_SUCCESS || mark != BIG_MARK) {
             UNLOCK();
-            if (rc != MPI_SUCCESS) api.buf_give(L, b);
+            if (rc != MPI_SUCCESS && b) api.buf_give(L, b);
             mpi_check(L, rc, fname, "MPI_Mrecv");
+            if (!b) {
+                if (n < 8 || cc_msg_nrefs(small) != 0)
+                    errorf(L, "%s: corrupt message (%zu bytes, not a concur value)", fname, (size_t)n);
+                if (fm_decode(L, small, (size_t)n) == 1) return 1;
+                int k = api.decode(L, small, (size_t)n, fname);
+                if (k != 1) errorf(L, "%s: corrupt message (%d values, expected 1)", fname, k);
+                return 1;
+            }
             b->len = (size_t)n;
             if (b->len < 8 || cc_msg_nrefs(b->data) != 0) {
                 api.buf_give(L, b);
@@ -304,7 +330,7 @@ int recv_value(lua_State *L, MPI_Comm comm, MPI_Comm chunks, int from, int tag,
             return 1;
         }
         uint64_t total;
-        memcpy(&total, b->data + 8, sizeof total);
+        memcpy(&total, in + 8, sizeof total);
         size_t nchunks = (total + chunk - 1) / chunk;
         char *data = total && total <= ((uint64_t)1 << 40) ? malloc(total) : NULL;
         MPI_Request *reqs = data ? malloc(nchunks * sizeof *reqs) : NULL;
@@ -314,7 +340,7 @@ int recv_value(lua_State *L, MPI_Comm comm, MPI_Comm chunks, int from, int tag,
             rc = MPI_Irecv(data + off, (int)len, MPI_BYTE, src, 0, chunks, &reqs[i]);
         }
         UNLOCK();
-        api.buf_give(L, b);
+        if (b) api.buf_give(L, b);
         if (!reqs || rc != MPI_SUCCESS) {
             /* the chunks would be left for the next descriptor from src */
             fprintf(stderr, "%s: cannot receive a message of %llu bytes from rank %d (%s); aborting the job\n",

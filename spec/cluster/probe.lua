@@ -66,6 +66,27 @@ check("nil and false travel", function()
   end
 end)
 
+check("scalars of every kind and strings around the small-message size", function()
+  -- one scalar travels without the codec (bindings/fastmsg.h), on the C
+  -- stack of both ranks; longer strings and tables take the codec
+  local mtype = math.type or type -- (LuaJIT: numbers only)
+  local vals = { true, 0, -1, math.maxinteger or 2^52, math.mininteger or -2^52, 2^53, -0.0, 1/0, -1/0, 0.1, "" }
+  for _, len in ipairs { 1, 40, 47, 48, 49, 50, 56, 63, 64, 65, 200, 5000 } do vals[#vals + 1] = string.rep("x", len) end
+  if rank == 1 then
+    for _, v in ipairs(vals) do cluster.send(v, 0, 6) end
+    cluster.send(0/0, 0, 6)
+  elseif rank == 0 then
+    for i, v in ipairs(vals) do
+      local got = cluster.recv(1, 6, 20)
+      eq(v, got, "value " .. i)
+      eq(mtype(v), mtype(got), "type of value " .. i)
+      if v == 0 and 1 / v < 0 then eq(-1/0, 1 / got, "sign of -0.0") end
+    end
+    local nan = cluster.recv(1, 6, 20)
+    eq(true, nan ~= nan, "NaN")
+  end
+end)
+
 check("recv timeout", function()
   local v, why = cluster.recv(nil, 999, 0.05)
   eq(nil, v); eq("timeout", why)
