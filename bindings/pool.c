@@ -79,19 +79,25 @@ static int scalar_tag(lua_State *L) {
     }
 }
 
-/* pack(t, first, n) -> string, or nil when t[first..first+n-1] hold a
- * value that is not a scalar */
-static int l_pack(lua_State *L) {
-    luaL_checktype(L, 1, LUA_TTABLE);
-    lua_Integer first = luaL_checkinteger(L, 2), n = luaL_checkinteger(L, 3);
-    if (n < 0 || n > (lua_Integer)1 << 28) return luaL_error(L, "pool.pack: bad count");
+/* Value k (0-based) of what is packed, on top of the stack: t[first + k]
+ * of the table at 1, or argument k + 1 when there is no table (packv). */
+static void push_item(lua_State *L, int table, lua_Integer first, lua_Integer k) {
+    if (table) lua_rawgeti(L, 1, (int)(first + k));
+    else lua_pushvalue(L, (int)(k + 1));
+}
+
+/* The string of n values (see above), or nil when one is not a scalar.
+ * Up to 256 bytes are built on the C stack: no scratch userdata. */
+static int pack_items(lua_State *L, int table, lua_Integer first, lua_Integer n) {
+    char small[256];
     /* all numbers (the usual map chunk): one pass */
     if (n > 0) {
-        char *out = lua_newuserdata(L, 1 + 8 * (size_t)n); /* scratch, collected */
+        size_t need = 1 + 8 * (size_t)n;
+        char *out = need <= sizeof small ? small : lua_newuserdata(L, need); /* scratch, collected */
         int ints = 0, dbls = 0;
         lua_Integer k = 0;
         for (; k < n; k++) {
-            lua_rawgeti(L, 1, (int)(first + k));
+            push_item(L, table, first, k);
             if (lua_type(L, -1) != LUA_TNUMBER) {
                 lua_pop(L, 1);
                 break;
@@ -110,16 +116,16 @@ static int l_pack(lua_State *L) {
         }
         if (k == n) {
             out[0] = ints ? 'i' : 'd';
-            lua_pushlstring(L, out, 1 + 8 * (size_t)n);
+            lua_pushlstring(L, out, need);
             return 1;
         }
-        lua_pop(L, 1);
+        if (out != small) lua_pop(L, 1);
     }
     /* pass 1: the format and the size */
     int ints = 0, dbls = 0, others = 0;
     size_t size = 1;
     for (lua_Integer k = 0; k < n; k++) {
-        lua_rawgeti(L, 1, (int)(first + k));
+        push_item(L, table, first, k);
         int tag = scalar_tag(L);
         if (!tag) {
             lua_pushnil(L);
@@ -133,12 +139,12 @@ static int l_pack(lua_State *L) {
     }
     char fmt = others || (ints && dbls) ? 'v' : ints ? 'i' : 'd';
     if (fmt != 'v') size = 1 + 8 * (size_t)n;
-    char *out = lua_newuserdata(L, size); /* scratch, collected */
+    char *out = size <= sizeof small ? small : lua_newuserdata(L, size); /* scratch, collected */
     char *w = out;
     *w++ = fmt;
     /* pass 2: the values */
     for (lua_Integer k = 0; k < n; k++) {
-        lua_rawgeti(L, 1, (int)(first + k));
+        push_item(L, table, first, k);
         int tag = scalar_tag(L);
         if (fmt == 'v') *w++ = (char)tag;
         if (tag == SC_INT) {
@@ -161,6 +167,22 @@ static int l_pack(lua_State *L) {
     }
     lua_pushlstring(L, out, size);
     return 1;
+}
+
+/* pack(t, first, n) -> string, or nil when t[first..first+n-1] hold a
+ * value that is not a scalar */
+static int l_pack(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_Integer first = luaL_checkinteger(L, 2), n = luaL_checkinteger(L, 3);
+    if (n < 0 || n > (lua_Integer)1 << 28) return luaL_error(L, "pool.pack: bad count");
+    return pack_items(L, 1, first, n);
+}
+
+/* packv(...) -> string of its arguments, or nil (as pack) */
+static int l_packv(lua_State *L) {
+    int n = lua_gettop(L);
+    luaL_checkstack(L, 4, "pool.packv");
+    return pack_items(L, 0, 0, n);
 }
 
 static int corrupt(lua_State *L) { return luaL_error(L, "pool.unpack: corrupt chunk"); }
@@ -297,7 +319,7 @@ static int l_table(lua_State *L) {
 
 static const luaL_Reg helpers[] = {
     {"table", l_table},
-    {"isatty", l_isatty}, {"fnv", l_fnv},   {"nap", l_nap}, {"pack", l_pack},
+    {"isatty", l_isatty}, {"fnv", l_fnv},   {"nap", l_nap}, {"pack", l_pack}, {"packv", l_packv},
     {"unpack", l_unpack}, {"move", l_move}, {"run", l_run}, {NULL, NULL},
 };
 

@@ -115,6 +115,15 @@ for _, kind in ipairs { "process", "thread" } do
       assert.matches("task failed in " .. kind .. " %d+: .*boom", err)
     end)
 
+    it("submit returns a task's one table result as that table", function()
+      -- it came back wrapped in another table ({{7}} for {7})
+      local v = p:submit(function() return { 7, k = "v" } end):result(10)
+      assert.same({ 7, k = "v" }, v)
+      local fs = {}
+      for i = 1, 3 do fs[i] = p:submit(function(t) return { t[1] } end, { i }) end
+      for i = 1, 3 do assert.same({ i }, fs[i]:result(10)) end
+    end)
+
     it("submit carries tables, nils and several results", function()
       local f = p:submit(function(t, none, s) return t.x, none, { y = t.x }, s end, { x = 5 }, nil, "s")
       local a, b, c, d = f:result(10)
@@ -156,6 +165,40 @@ for _, kind in ipairs { "process", "thread" } do
       while not d.ran and concur.clock() < deadline do end
       assert.is_true(d.ran)
       assert.equal(1, f:result(10))
+    end)
+
+    it("runs submitted tasks while the caller waits on something else, never held back", function()
+      -- they used to wait in the caller's buffer until the next pool call:
+      -- right after pool.new, or while every worker was busy, a caller
+      -- blocked on a queue the tasks feed waited for ever
+      local q = queue()
+      local fs = { p:submit(function(qq) qq:put("a") end, q) }
+      assert.equal("a", q:get(10))
+      fs[2] = p:submit(function() concur.sleep(0.3) end)
+      fs[3] = p:submit(function() concur.sleep(0.3) end)
+      for i = 1, 3 do fs[#fs + 1] = p:submit(function(qq, x) qq:put(x) end, q, i) end
+      local got = {}
+      for _ = 1, 3 do got[#got + 1] = q:get(10) end
+      table.sort(got)
+      assert.same({ 1, 2, 3 }, got)
+      for _, f in ipairs(fs) do f:result(10) end
+    end)
+
+    it("cancels a queued submit, which then never runs; a running one is not cancelled", function()
+      local d = shared.dict()
+      local slow = {}
+      for i = 1, 2 do slow[i] = p:submit(function() concur.sleep(0.4); return "slow" end) end
+      local f = p:submit(function(dd) dd.ran = true; return 1 end, d)
+      concur.sleep(0.1) -- both workers are in the slow tasks now
+      assert.is_true(f:cancel())
+      assert.is_true(f:cancelled())
+      assert.equal("cancelled", f:error(10))
+      assert.has_error(function() f:result(10) end, "future:result: the future was cancelled")
+      assert.is_false(slow[1]:cancel())
+      assert.equal("slow", slow[1]:result(10))
+      assert.equal("slow", slow[2]:result(10))
+      assert.equal(7, p:submit(function() return 7 end):result(10))
+      assert.is_nil(d.ran)
     end)
 
     it("a result that cannot cross fails its own future, the batch's others keep theirs", function()
@@ -412,6 +455,25 @@ describe("pool (process) worker death", function()
     assert.is_false(ok)
     assert.matches("^pool%.map: item 3 failed in process %d+: worker died %(SIGKILL%)", err)
     assert.equal(6, #p:map(function(x) return x end, squares(6)))
+    p:terminate()
+  end)
+
+  it("fails only the submit a worker died in when it had taken many at once", function()
+    local p = pool.new { workers = 2, kind = "process" }
+    p:submit(function() end):result(10) -- workers up
+    local fs = {}
+    for i = 1, 300 do
+      fs[i] = p:submit(function(x)
+        if x == 150 then concur.process.run { "kill", "-KILL", tostring(concur.process.pid()) }; concur.sleep(10) end
+        return x
+      end, i)
+    end
+    local failed = {}
+    for i = 1, 300 do
+      local err = fs[i]:error(30)
+      if err then failed[#failed + 1] = i .. ": " .. err else assert.equal(i, fs[i]:result()) end
+    end
+    assert.same({ "150: worker died (SIGKILL)" }, failed)
     p:terminate()
   end)
 

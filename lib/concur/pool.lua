@@ -16,18 +16,19 @@ How work moves.
     index or index list, items, n}. A worker caches the decoded function
     per generation. `live[gen]` is cleared when a call ends or is cancelled,
     so workers skip the chunks of a cancelled call without running them.
-  * submit() buffers tasks in the caller and hands them out in batches,
-    each batch one message with its distinct functions once. The buffer is
-    flushed at once when there are more idle workers than messages
-    waiting in the task queue (workers count themselves in the last slot
-    of `st` around each task-queue wait), when it holds 64 tasks, and
-    before every call that waits (result, done, wait, as_completed, map,
-    close). So a task is held back only while every idle worker already
-    has a message on its way; the batches grow with the time a worker
-    takes to wake up, which is what makes 10^5 submits cheap. (A caller
-    that submits and then computes for a long time without touching the
-    pool can leave up to 63 tasks in its buffer after the workers drain
-    the queue: call pool:flush() or any wait before long work.)
+  * submit() in a process or thread pool puts its task in the task queue
+    before it returns ({0, cid, j, nargs, args...}, one packed string when
+    the function is registered and the arguments are scalars), so a task
+    never waits on the caller. Workers take up to 64 messages at once while
+    messages prove quick (< 0.2 ms), one at a time after one runs > 2 ms,
+    and give back what they took but did not start after a long one. A
+    cancelled submit is marked in the shared dict `skip` (and counted in
+    `cancels[1]`, so workers look only when there are marks); the worker
+    that takes it skips it. Under the MPI backend, which moves only when
+    rank 0 calls into it, submit buffers in the caller and hands out
+    batches, each one message with its distinct functions once: at once
+    while a rank is idle (the last slot of `st` counts idle workers), when
+    64 are buffered, and before every call that waits.
   * Messages made only of scalars (the usual map chunk of numbers or
     strings, a batch of tasks whose functions are registered) travel as
     one string packed by pool.c, which the codec copies instead of
@@ -44,8 +45,9 @@ How work moves.
     a worker dies it knows exactly which item was running -- that item fails
     with "worker died (SIGKILL)" -- and re-queues the rest of the chunk;
     a replacement worker starts in the same slot. A worker killed between
-    taking a message and recording it loses the chunk: after a death, a
-    pool that stays quiet with chunks still out sends them again.
+    taking a message and recording it, or holding messages it took but had
+    not started, loses them: after a death, a pool that stays quiet with
+    chunks still out sends them again.
   * The pool terminates itself at the end of the state through a finalizer
     made after each worker (finalizers run newest first, so it runs before
     a worker handle's own finalizer would join a worker that waits for
@@ -67,6 +69,9 @@ handling -- talks to workers only through this table:
                                      be interrupted (poll, do not block)
   backend.kill(pool, w)              stop it now (SIGKILL / cancel)
   backend.stop(pool)                 no more tasks: workers finish and exit
+  backend.immediate                  true when a message sent reaches an idle
+                                     worker without further calls: submits
+                                     are then sent at once, not buffered
 
 `kind` may be such a table. A backend's workers run worker_main(ctx)
 (exported as pool._worker_main) with ctx.get() / ctx.put(msg) in place of
@@ -104,11 +109,22 @@ local function worker_main(ctx)
   local unpack = table.unpack or unpack
   local traceback = debug.traceback
   local get, put = ctx.get, ctx.put
+  -- take(k): up to k messages (nil once there are no more); give_back(ms)
+  -- returns messages not started
+  local take, give_back
   if not get then
     local tq, rq = ctx.tq, ctx.rq
-    get = function() return tq:get() end
     put = function(m) return rq:put(m) end
+    take = function(k) return tq:get_many(k) end
+    give_back = function(ms) tq:put_many(ms) end
+  else -- a backend's own channel: one message at a time
+    take = function()
+      local m = get()
+      if m == nil then return nil end
+      return { m }
+    end
   end
+  local cancels, skip = ctx.cancels, ctx.skip
   local C = require("concur.pool")._C
   local st, live, fns = ctx.st, ctx.live, ctx.fns
   local slot = ctx.slot
@@ -134,10 +150,13 @@ local function worker_main(ctx)
   local cache = {}
   local fcache = {}
   local NOFNS = {}
+  local U = {} -- reused by every packed message (read before the next)
   local count = 0
   -- send a result message; a result that cannot cross becomes that
   -- item's error instead of killing the worker
   local t0 = 0 -- when the current message started: replies say how long it ran
+  -- (each reply goes at once: held for the next message, it would wait as
+  -- long as that message runs)
   local function reply(cid, res, errs, n)
     local dt = clock() - t0
     if not errs and type(res) == "string" then
@@ -159,20 +178,68 @@ local function worker_main(ctx)
       put({ slot, cid, {}, errs, me, n })
     end
   end
+  -- One submit packed as {0, cid, j, nargs, args...} (u), its function
+  -- registered (j < 0): run it; its results go back as one packed string
+  -- {slot, -cid, nres, values...}, or, when it failed or a result needs the
+  -- codec, in the forms of a batch's reply
+  local function finish_single(cid, ok, ...)
+    if ok then
+      local msg = C.packv(slot, -cid, select("#", ...), ...)
+      if msg then put(msg) return true end
+    end
+    return false, ok, pack(...)
+  end
+  local function single(u, cid)
+    local j, na = u[3], u[4]
+    local fn = fcache[j]
+    if not fn then fn = fns[j]; fcache[j] = fn end
+    st[b + 2] = 1
+    local done, ok, r = finish_single(cid, xpcall(fn, traceback, unpack(u, 5, 4 + na)))
+    if done then return true end
+    -- an error, or results that need the codec: the batch reply's forms
+    if ok then
+      local nr = r.n
+      local t = { nr }
+      for x = 1, nr do t[x + 1] = r[x] end
+      reply(cid, { t }, nil, 1)
+    else
+      local err = r[1]
+      reply(cid, C.pack({ -1 }, 1, 1), { err == nil and "nil" or err }, 1)
+    end
+    return true
+  end
+  -- Messages are taken several at a time while they prove quick (up to
+  -- 64: a burst of submits costs one queue operation per worker wake-up),
+  -- one at a time once one runs long, so slow work is still spread; after
+  -- a long one, the messages not started go back for the other workers.
+  local group, gi, gn, want = nil, 0, 0, 1
   while true do
-    st:add(idle, 1) -- the caller hands out submits at once while one is idle
-    local m = get()
-    st:add(idle, -1)
-    if m == nil then break end
+    if gi >= gn then
+      st:add(idle, 1) -- (the pool's count of idle workers)
+      group = take(want)
+      st:add(idle, -1)
+      if group == nil then break end
+      gi, gn = 0, #group
+    end
+    gi = gi + 1
+    local m = group[gi]
+    group[gi] = nil
     t0 = clock()
+    local u -- one submit, packed: {0, cid, j, nargs, args...}
     if type(m) == "string" then -- a message of scalars travels packed
-      local u = C.unpack(m)
-      if u[1] == 0 then m = { 0, u[2], NOFNS, u[4], u[3] }
-      else m = { u[1], u[2], u[3], u[5], u[4] } end
+      u = C.unpack(m, U, 1)
+      if u[1] ~= 0 then m, u = { u[1], u[2], u[3], u[5], u[4] }, nil
+      elseif type(u[4]) == "string" then m, u = { 0, u[2], NOFNS, u[4], u[3] }, nil
+      else m = u end
     end
     local gen, cid = m[1], m[2]
     st[b + 1] = cid
-    if gen ~= 0 then
+    if gen == 0 and (u or m[5] == 1) and cancels and cancels[1] > 0 and skip[cid] then
+      put({ slot, cid, false, nil, me, 0 }) -- cancelled before it started
+    elseif u then
+      single(u, cid)
+      count = count + 1
+    elseif gen ~= 0 then
       local spec = cache[gen]
       if spec == nil and live[gen] then
         spec = fns[gen]
@@ -275,8 +342,27 @@ local function worker_main(ctx)
       reply(cid, res, errs, n)
       count = count + n
     end
+    local now = clock()
+    if now - t0 > 0.002 then -- long work: the rest of the group goes back
+      want = 1
+      if gi < gn and give_back then
+        local rest = {}
+        for k = gi + 1, gn do rest[#rest + 1] = group[k]; group[k] = nil end
+        give_back(rest)
+        gn = gi
+      end
+    elseif now - t0 < 2e-4 then
+      want = 64
+    end
     st[b + 1] = 0
-    if ctx.maxtasks and count >= ctx.maxtasks then break end
+    if ctx.maxtasks and count >= ctx.maxtasks then
+      if gi < gn and give_back then
+        local rest = {}
+        for k = gi + 1, gn do rest[#rest + 1] = group[k] end
+        give_back(rest)
+      end
+      break
+    end
   end
 end
 M._worker_main = worker_main
@@ -296,7 +382,8 @@ local function queue_stop(pool) pool.tq:close() end
 
 local function worker_ctx(pool, slot)
   return { tq = pool.tq, rq = pool.rq, st = pool.st, live = pool.live, fns = pool.fns, slot = slot,
-    kind = pool.kind, init = pool.init, init_args = pool.init_args, maxtasks = pool.maxtasks }
+    kind = pool.kind, init = pool.init, init_args = pool.init_args, maxtasks = pool.maxtasks,
+    cancels = pool.cancels, skip = pool.skip }
 end
 
 local backends = {}
@@ -306,7 +393,7 @@ backends.process = {
     local h = process.spawn { worker_main, worker_ctx(pool, slot), name = "pool worker " .. slot }
     return { h = h, id = "process " .. h.pid }
   end,
-  send = queue_send, recv = queue_recv, stop = queue_stop,
+  send = queue_send, recv = queue_recv, stop = queue_stop, immediate = true,
   alive = function(pool, w) return w.h:alive() end,
   kill = function(pool, w) w.h:kill("SIGKILL") end,
   reap = function(pool, w, quiet)
@@ -326,7 +413,7 @@ backends.thread = {
     local h = thread.new(worker_main, worker_ctx(pool, slot))
     return { h = h, id = "thread " .. slot }
   end,
-  send = queue_send, recv = queue_recv, stop = queue_stop,
+  send = queue_send, recv = queue_recv, stop = queue_stop, immediate = true,
   alive = function(pool, w) return w.h:alive() end,
   kill = function(pool, w) w.h:cancel() end,
   reap = function(pool, w, quiet)
@@ -517,7 +604,12 @@ function M.new(opts)
     live = shared.dict(), fns = shared.dict(),
     workers = {}, idlei = 4 * n + 1, fcache = setmetatable({}, { __mode = "k" }), nfids = 0, out = {}, inflight = 0, nextcid = 0, nextgen = 0,
     jobs = setmetatable({}, { __mode = "k" }), sub = {}, nsub = 0, futs = 0, lastcheck = clock(),
+    immediate = be.immediate,
   }, Pool)
+  if be.immediate then -- cancelled submits the workers skip: skip[cid], counted in cancels[1]
+    p.cancels, p.skip = shared.array(1, "i64"), shared.dict()
+  end
+  if be.send == queue_send then p.direct = p.tq end -- submits put straight into it
   if p.init_args then p.init_args.n = p.init_args.n or #p.init_args end
   if rawget(_G, "newproxy") then -- LuaJIT: tables have no __gc
     p.proxy = newproxy(true)
@@ -558,7 +650,14 @@ local function send_chunk(p, job, rec)
 end
 
 -- a chunk that lost its worker: item `at` failed, the rest go again
+local send_single
+
 local function requeue(p, rec, at)
+  if rec.single then -- one submit: again, unless it was the item that failed
+    if rec.skipped then p.skip[rec.cid] = nil end
+    if not at and rec.state == "running" then send_single(p, rec) end
+    return
+  end
   if rec.batch then
     local futs, js = {}, {}
     for k = 1, #rec.futs do
@@ -593,7 +692,9 @@ local function worker_ended(p, s, why)
     p.out[cid] = nil
     p.inflight = p.inflight - 1
     local msg = why and reason or ("worker died (" .. reason .. ")")
-    if rec.batch then
+    if rec.single then
+      rec:_settle(false, msg, w.id)
+    elseif rec.batch then
       local f = rec.futs[at]
       if f then f:_settle(false, msg, w.id) end
     else
@@ -649,10 +750,25 @@ local function check_workers(p)
   end
 end
 
+local DU = {} -- deliver's unpacked reply, read before the next
 local function deliver(p, m)
   if type(m) == "string" then
-    local u = C.unpack(m)
-    m = { u[1], u[2], u[5], nil, u[4], u[3], u[6] }
+    local u = C.unpack(m, DU, 1)
+    local cid = u[2]
+    if cid < 0 then -- one submit's results: {slot, -cid, nres, values...}
+      cid = -cid
+      local rec = p.out[cid]
+      if not rec then return end
+      p.out[cid] = nil
+      p.inflight = p.inflight - 1
+      if rec.skipped then p.skip[cid] = nil end
+      local nr = u[3]
+      if nr == 1 then rec:_settle(true, u[4], nil, 1)
+      elseif nr == 0 then rec:_settle(true, nil, nil, 0)
+      else rec:_settle(true, { unpack(u, 4, 3 + nr) }, nil, nr) end
+      return
+    end
+    m = { u[1], cid, u[5], nil, u[4], u[3], u[6] }
   end
   local slot, cid = m[1], m[2]
   if cid == -1 then
@@ -664,6 +780,29 @@ local function deliver(p, m)
   p.out[cid] = nil
   p.inflight = p.inflight - 1
   local res, errs, me, n = m[3], m[4], m[5], m[6]
+  if rec.single then -- one submit (a future): {nres, values...} or its error
+    if rec.skipped then p.skip[cid] = nil end
+    if res == false then -- the worker skipped it: cancelled
+      if rec.state == "running" then
+        rec.state = "cancelled"
+        p.futs = p.futs - 1
+      end
+      return
+    end
+    if errs and errs[1] ~= nil then rec:_settle(false, errs[1], me)
+    elseif type(res) == "string" then
+      local flat = C.unpack(res)
+      local nr = flat[1]
+      if nr == 1 then rec:_settle(true, flat[2], me, 1)
+      elseif nr == 0 then rec:_settle(true, nil, me, 0)
+      else rec:_settle(true, { unpack(flat, 2, 1 + nr) }, me, nr) end
+    else
+      local r = res[1] -- {count, values...}
+      if r[1] == 1 then rec:_settle(true, r[2], me, 1)
+      else rec:_settle(true, { unpack(r, 2, r[1] + 1) }, me, r[1]) end
+    end
+    return
+  end
   if rec.batch then
     local flat, pos = type(res) == "string" and C.unpack(res), 1
     for k = 1, #rec.futs do
@@ -679,7 +818,8 @@ local function deliver(p, m)
         pos = pos + 1 + nr
       else
         local r = res[k] -- {count, values...}
-        f:_settle(true, { unpack(r, 2, r[1] + 1) }, me, r[1])
+        if r[1] == 1 then f:_settle(true, r[2], me, 1)
+        else f:_settle(true, { unpack(r, 2, r[1] + 1) }, me, r[1]) end
       end
     end
     return
@@ -794,6 +934,33 @@ local function flush(p, parts)
     end
     send_chunk(p, nil, { batch = true, fl = fl, futs = fs, js = jj, packed = C.pack(flat, start, pos - start) })
   end
+end
+
+-- Process and thread pools: a submit goes into the task queue at once, as a
+-- message of its own ({0, cid, j, nargs, args...} packed when the function
+-- is registered and the arguments are scalars), so it runs as soon as a
+-- worker is free whatever the caller does next; workers take such messages
+-- many at a time (worker_main). The future is its own record in p.out.
+send_single = function(p, f, tq) -- tq: the task queue, to put straight into
+  local fn, n = f.fn, f.n
+  local j = f.j
+  if j == nil then
+    j = fn_id(p, fn) or false
+    f.j = j
+  end
+  p.nextcid = p.nextcid + 1
+  local cid = p.nextcid
+  f.cid = cid
+  p.out[cid] = f
+  p.inflight = p.inflight + 1
+  local m
+  if j then m = C.packv(0, cid, j, n, unpack(f, 1, n)) end
+  if not m then
+    local fl = {}
+    if not j then fl, j = { fn }, 1 end
+    m = { 0, cid, fl, { { j, { n = n, unpack(f, 1, n) } } }, 1 }
+  end
+  if tq then tq:put(m) else p.be.send(p, m) end
 end
 
 -- let every active job top up its chunks in flight
@@ -1136,6 +1303,11 @@ function Pool:submit(fn, ...)
   check_pool(self, "pool:submit")
   if type(fn) ~= "function" then argerr("pool:submit", 1, "function expected, got " .. type(fn)) end
   self.futs = self.futs + 1
+  if self.immediate then
+    local f = setmetatable({ pool = self, fn = fn, n = select("#", ...), state = "running", single = true, ... }, Future)
+    send_single(self, f, self.direct)
+    return f
+  end
   local f = setmetatable({ pool = self, fn = fn, n = select("#", ...), state = "pending", ... }, Future)
   self.nsub = self.nsub + 1
   self.sub[self.nsub] = f
@@ -1156,6 +1328,7 @@ function Future:_settle(ok, v, who, nr)
   if self.state == "done" or self.state == "cancelled" then return end
   self.state = "done"
   self.ok = ok
+  self.fn = nil
   for x = 1, self.n do self[x] = nil end -- the arguments are not needed any more
   if ok then self.value, self.nr = v, nr
   else self.err = v; self.who = who end
@@ -1191,8 +1364,10 @@ end
 
 function Future:result(timeout)
   check_future(self, "future:result")
-  timeout = check_timeout("future:result", timeout)
-  if not wait_future(self, timeout, "future:result") then return nil, "timeout" end
+  if self.state ~= "done" or timeout ~= nil then -- (done: nothing to wait for)
+    timeout = check_timeout("future:result", timeout)
+    if not wait_future(self, timeout, "future:result") then return nil, "timeout" end
+  end
   if self.state == "cancelled" then error("future:result: the future was cancelled", 2) end
   if not self.ok then
     if type(self.err) == "string" then error(("future:result: task failed in %s: %s"):format(self.who or "?", self.err), 2) end
@@ -1224,9 +1399,27 @@ function Future:cancelled() return self.state == "cancelled" end
 -- true when the task had not been handed to a worker yet
 function Future:cancel()
   check_future(self, "future:cancel")
+  local p = self.pool
   if self.state == "pending" then
     self.state = "cancelled"
-    self.pool.futs = self.pool.futs - 1
+    p.futs = p.futs - 1
+    return true
+  end
+  if self.state == "running" and self.single and p.owner == process.pid() and not p.closed then
+    -- queued: the worker that takes it skips it (the mark goes first, then
+    -- the look at what the workers run; a worker marks what it runs, then
+    -- looks for the mark). Already running: false, and its result comes;
+    -- if that worker saw the mark after all, it ends cancelled (deliver).
+    p.skip[self.cid] = true
+    p.cancels:add(1, 1)
+    self.skipped = true
+    for s = 1, p.n do
+      if p.st[(s - 1) * 4 + 1] == self.cid then return false end
+    end
+    self.state = "cancelled"
+    self.fn = nil
+    for x = 1, self.n do self[x] = nil end
+    p.futs = p.futs - 1
     return true
   end
   return self.state == "cancelled"
@@ -1350,7 +1543,8 @@ function Pool:terminate()
   for job in pairs(self.jobs) do pcall(job.finish, job) end
   for _, f in ipairs(self.sub) do if f.state == "pending" then f.state = "cancelled" end end
   for _, rec in pairs(self.out) do
-    if rec.batch then for _, f in ipairs(rec.futs) do f:_settle(false, "pool terminated") end end
+    if rec.single then rec:_settle(false, "pool terminated")
+    elseif rec.batch then for _, f in ipairs(rec.futs) do f:_settle(false, "pool terminated") end end
   end
   self.out = {}
   pcall(self.be.stop, self)
