@@ -942,12 +942,7 @@ end
 -- worker is free whatever the caller does next; workers take such messages
 -- many at a time (worker_main). The future is its own record in p.out.
 send_single = function(p, f, tq) -- tq: the task queue, to put straight into
-  local fn, n = f.fn, f.n
-  local j = f.j
-  if j == nil then
-    j = fn_id(p, fn) or false
-    f.j = j
-  end
+  local fn, n, j = f.fn, f.n, f.j
   p.nextcid = p.nextcid + 1
   local cid = p.nextcid
   f.cid = cid
@@ -1304,7 +1299,10 @@ function Pool:submit(fn, ...)
   if type(fn) ~= "function" then argerr("pool:submit", 1, "function expected, got " .. type(fn)) end
   self.futs = self.futs + 1
   if self.immediate then
-    local f = setmetatable({ pool = self, fn = fn, n = select("#", ...), state = "running", single = true, ... }, Future)
+    -- every field it will have, so the table is sized once (no rehash
+    -- when the task is sent and when it is settled)
+    local f = setmetatable({ pool = self, fn = fn, n = select("#", ...), state = "running", single = true,
+      j = fn_id(self, fn) or false, cid = 0, ok = false, value = false, nr = 0, ... }, Future)
     send_single(self, f, self.direct)
     return f
   end
