@@ -213,6 +213,13 @@ local function worker_main(ctx)
   -- one at a time once one runs long, so slow work is still spread; after
   -- a long one, the messages not started go back for the other workers.
   local group, gi, gn, want = nil, 0, 0, 1
+  local function give_rest() -- the messages taken but not started go back
+    if gi >= gn or not give_back then return end
+    local rest = {}
+    for k = gi + 1, gn do rest[#rest + 1] = group[k]; group[k] = nil end
+    give_back(rest)
+    gn = gi
+  end
   while true do
     if gi >= gn then
       st:add(idle, 1) -- (the pool's count of idle workers)
@@ -345,22 +352,13 @@ local function worker_main(ctx)
     local now = clock()
     if now - t0 > 0.002 then -- long work: the rest of the group goes back
       want = 1
-      if gi < gn and give_back then
-        local rest = {}
-        for k = gi + 1, gn do rest[#rest + 1] = group[k]; group[k] = nil end
-        give_back(rest)
-        gn = gi
-      end
+      give_rest()
     elseif now - t0 < 2e-4 then
       want = 64
     end
     st[b + 1] = 0
     if ctx.maxtasks and count >= ctx.maxtasks then
-      if gi < gn and give_back then
-        local rest = {}
-        for k = gi + 1, gn do rest[#rest + 1] = group[k] end
-        give_back(rest)
-      end
+      give_rest()
       break
     end
   end
