@@ -48,10 +48,18 @@ static cb_handle *to_handle(lua_State *L, int idx) {
     return ok ? lua_touserdata(L, idx) : NULL;
 }
 
-/* Metamethods can be called by hand with anything: check, never trust. */
+/* Metamethods can be called by hand with anything: check, never trust.
+ * Upvalue 1 is the type whose metatable holds them, for the error:
+ * "list:__gc: bad self (list expected, got FILE*)". */
 static cb_handle *meta_arg(lua_State *L, int idx, const char *event) {
     cb_handle *h = to_handle(L, idx);
-    if (!h) cb_typeerror(L, idx, event, "concur object");
+    if (!h) {
+        enum cc_type t = (enum cc_type)lua_tointeger(L, lua_upvalueindex(1));
+        char fname[64];
+        snprintf(fname, sizeof fname, "%s:%s", cb_typename(t), event);
+        cb_self(L, t, fname);
+        cb_typeerror(L, idx, fname, cb_typename(t)); /* (cb_self raised) */
+    }
     return h;
 }
 
@@ -96,12 +104,12 @@ void cb_newtype(lua_State *L, enum cc_type t, const char *name, const luaL_Reg *
     }
     lua_pushboolean(L, 1);
     cb_rawsetp(L, -2, &HANDLE_KEY);
-    lua_pushcfunction(L, h_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, h_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pushcfunction(L, h_eq);
-    lua_setfield(L, -2, "__eq");
+    static const luaL_Reg generic[] = {{"__gc", h_gc}, {"__tostring", h_tostring}, {"__eq", h_eq}, {NULL, NULL}};
+    for (const luaL_Reg *r = generic; r->name; r++) {
+        lua_pushinteger(L, t); /* the type, for meta_arg's error */
+        lua_pushcclosure(L, r->func, 1);
+        lua_setfield(L, -2, r->name);
+    }
     lua_pushstring(L, full);
     lua_setfield(L, -2, "__name");
     if (meta) cb_setfuncs(L, meta, 0);

@@ -194,8 +194,9 @@ describe("wrong receivers", function()
     local t = thread.new(function() return true end)
     local p = process.spawn(function() end)
     local cases = {
-      {getmetatable(concur.lock()).__tostring, {}, "__tostring: bad argument #1 %(concur object expected, got table%)"},
-      {getmetatable(l).__gc, io.stdout, "__gc: bad argument #1 %(concur object expected, got " .. FILE .. "%)"},
+      {getmetatable(concur.lock()).__tostring, {}, "lock:__tostring: bad self %(lock expected, got table%)"},
+      {getmetatable(l).__gc, io.stdout, "list:__gc: bad self %(list expected, got " .. FILE .. "%)"},
+      {getmetatable(concur.queue()).__eq, 5, "queue:__eq: bad self %(queue expected, got number%)"},
       {getmetatable(t).__gc, {}, "thread:__gc: bad self %(thread expected, got table%)"},
       {getmetatable(t).__gc, io.stdout, "thread:__gc: bad self %(thread expected, got " .. FILE .. "%)"},
       {getmetatable(t).__tostring, 42, "thread:__tostring: bad self %(thread expected, got number%)"},
