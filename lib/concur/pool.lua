@@ -114,8 +114,15 @@ local function worker_main(ctx)
   local take, give_back
   if not get then
     local tq, rq = ctx.tq, ctx.rq
+    local share = ctx.n or 1 -- take at most 1/n of what is queued
     put = function(m) return rq:put(m) end
-    take = function(k) return tq:get_many(k) end
+    take = function(k)
+      if k > 1 then
+        local fair = math.floor(#tq / share)
+        if fair < k then k = fair > 1 and fair or 1 end
+      end
+      return tq:get_many(k)
+    end
     give_back = function(ms) tq:put_many(ms) end
   else -- a backend's own channel: one message at a time
     take = function()
@@ -209,9 +216,10 @@ local function worker_main(ctx)
     return true
   end
   -- Messages are taken several at a time while they prove quick (up to
-  -- 64: a burst of submits costs one queue operation per worker wake-up),
-  -- one at a time once one runs long, so slow work is still spread; after
-  -- a long one, the messages not started go back for the other workers.
+  -- 64, and at most 1/n of those queued: a burst of submits costs one queue
+  -- operation per worker wake-up), one at a time once one runs long, so
+  -- slow work is still spread; after a long one, and when another worker
+  -- waits, the messages not started go back for the other workers.
   local group, gi, gn, want = nil, 0, 0, 1
   local function give_rest() -- the messages taken but not started go back
     if gi >= gn or not give_back then return end
@@ -227,6 +235,14 @@ local function worker_main(ctx)
       st:add(idle, -1)
       if group == nil then break end
       gi, gn = 0, #group
+      -- others wait for work: keep a fair share, they take the rest (what
+      -- was quick may now be long: holding it all would idle them)
+      local others = gn > 1 and give_back and st[idle] or 0
+      if others > 0 then
+        gi = math.ceil(gn / (others + 1)) -- kept: 1..gi; give_rest hands back the rest
+        give_rest()
+        gi = 0
+      end
     end
     gi = gi + 1
     local m = group[gi]
@@ -381,7 +397,7 @@ local function queue_stop(pool) pool.tq:close() end
 local function worker_ctx(pool, slot)
   return { tq = pool.tq, rq = pool.rq, st = pool.st, live = pool.live, fns = pool.fns, slot = slot,
     kind = pool.kind, init = pool.init, init_args = pool.init_args, maxtasks = pool.maxtasks,
-    cancels = pool.cancels, skip = pool.skip }
+    cancels = pool.cancels, skip = pool.skip, n = pool.n }
 end
 
 local backends = {}
