@@ -327,6 +327,37 @@ describe("queue", function()
     assert.matches("true\t100000\ttrue", out)
   end)
 
+  it("keeps every method on a queue in heavy use, acting on the queue it is given", function()
+    -- after 64 calls a handle gets methods bound to it (bindings/queue.c)
+    local q, r = queue(), queue()
+    for i = 1, 200 do q:put(i); assert.equal(i, q:get()) end
+    for i = 1, 200 do r:put(i); r:get() end
+    assert.is_true(q:put("x"))
+    assert.equal(1, #q)
+    assert.equal(1, q:len())
+    assert.is_false(q:empty())
+    assert.matches("^queue: ", tostring(q))
+    -- a bound method called with another queue acts on that one
+    assert.is_true(q.put(r, "for r"))
+    assert.equal("for r", r:get(1))
+    assert.equal("x", q.get(q, 1))
+    -- and refuses what is not a queue, as before
+    assert.has_error(function() q.put({}, 1) end, "queue:put: bad self (queue expected, got table)")
+    assert.has_error(function() q.get(concur.lock()) end, "queue:get: bad self (queue expected, got concur.lock)")
+    -- the handle still travels by reference to threads and processes
+    q:put(41)
+    local t = thread.new(function(qq) qq:put(qq:get() + 1) end, q)
+    t:join(10)
+    local p = process.spawn(function(qq) qq:put(qq:get() + 1) end, q)
+    p:join(10)
+    assert.equal(43, q:get(1))
+    q:close()
+    assert.is_true(q:closed())
+    local fresh = queue() -- the type's own methods are untouched
+    assert.is_true(fresh:put(1))
+    assert.equal(1, fresh:get(1))
+  end)
+
   it("rejects bad input", function()
     local q = queue()
     assert.has_error(function() q.put(nil, 1) end)
