@@ -663,9 +663,9 @@ local function send_chunk(p, job, rec)
   p.be.send(p, m)
 end
 
--- a chunk that lost its worker: item `at` failed, the rest go again
-local send_single
+local send_single -- (below: a submit's own message)
 
+-- a chunk that lost its worker: item `at` failed, the rest go again
 local function requeue(p, rec, at)
   if rec.single then -- one submit: again, unless it was the item that failed
     if rec.skipped then p.skip[rec.cid] = nil end
@@ -691,6 +691,10 @@ local function requeue(p, rec, at)
   end
 end
 
+-- the futures a record of submitted tasks holds: a batch's, or the one
+-- future that is its own record (a submit sent on its own)
+local function futures_of(rec) return rec.futs or { rec } end
+
 -- a worker ended: fail what it ran, re-queue the rest, start another
 local function worker_ended(p, s, why)
   local w = p.workers[s]
@@ -706,10 +710,8 @@ local function worker_ended(p, s, why)
     p.out[cid] = nil
     p.inflight = p.inflight - 1
     local msg = why and reason or ("worker died (" .. reason .. ")")
-    if rec.single then
-      rec:_settle(false, msg, w.id)
-    elseif rec.batch then
-      local f = rec.futs[at]
+    if rec.batch or rec.single then
+      local f = futures_of(rec)[at]
       if f then f:_settle(false, msg, w.id) end
     else
       rec.job:fail(at, msg, w.id)
@@ -764,6 +766,16 @@ local function check_workers(p)
   end
 end
 
+-- settle f from t[at] = its number of results, t[at + 1 ..] = the results;
+-- returns that number
+local function settle_from(f, t, at, who)
+  local nr = t[at]
+  if nr == 1 then f:_settle(true, t[at + 1], who, 1)
+  elseif nr == 0 then f:_settle(true, nil, who, 0)
+  else f:_settle(true, { unpack(t, at + 1, at + nr) }, who, nr) end
+  return nr
+end
+
 local DU = {} -- deliver's unpacked reply, read before the next
 local function deliver(p, m)
   if type(m) == "string" then
@@ -776,10 +788,7 @@ local function deliver(p, m)
       p.out[cid] = nil
       p.inflight = p.inflight - 1
       if rec.skipped then p.skip[cid] = nil end
-      local nr = u[3]
-      if nr == 1 then rec:_settle(true, u[4], nil, 1)
-      elseif nr == 0 then rec:_settle(true, nil, nil, 0)
-      else rec:_settle(true, { unpack(u, 4, 3 + nr) }, nil, nr) end
+      settle_from(rec, u, 3, nil)
       return
     end
     m = { u[1], cid, u[5], nil, u[4], u[3], u[6] }
@@ -794,46 +803,26 @@ local function deliver(p, m)
   p.out[cid] = nil
   p.inflight = p.inflight - 1
   local res, errs, me, n = m[3], m[4], m[5], m[6]
-  if rec.single then -- one submit (a future): {nres, values...} or its error
+  if rec.batch or rec.single then -- submitted tasks: {nres, values...} or an error each
     if rec.skipped then p.skip[cid] = nil end
-    if res == false then -- the worker skipped it: cancelled
+    if res == false then -- one submit its worker skipped: cancelled
       if rec.state == "running" then
         rec.state = "cancelled"
         p.futs = p.futs - 1
       end
       return
     end
-    if errs and errs[1] ~= nil then rec:_settle(false, errs[1], me)
-    elseif type(res) == "string" then
-      local flat = C.unpack(res)
-      local nr = flat[1]
-      if nr == 1 then rec:_settle(true, flat[2], me, 1)
-      elseif nr == 0 then rec:_settle(true, nil, me, 0)
-      else rec:_settle(true, { unpack(flat, 2, 1 + nr) }, me, nr) end
-    else
-      local r = res[1] -- {count, values...}
-      if r[1] == 1 then rec:_settle(true, r[2], me, 1)
-      else rec:_settle(true, { unpack(r, 2, r[1] + 1) }, me, r[1]) end
-    end
-    return
-  end
-  if rec.batch then
+    local futs = futures_of(rec)
     local flat, pos = type(res) == "string" and C.unpack(res), 1
-    for k = 1, #rec.futs do
-      local f = rec.futs[k]
+    for k = 1, #futs do
+      local f = futs[k]
       if errs and errs[k] ~= nil then
         f:_settle(false, errs[k], me)
         if flat then pos = pos + 1 end
       elseif flat then
-        local nr = flat[pos]
-        if nr == 1 then f:_settle(true, flat[pos + 1], me, 1)
-        elseif nr == 0 then f:_settle(true, nil, me, 0)
-        else f:_settle(true, { unpack(flat, pos + 1, pos + nr) }, me, nr) end
-        pos = pos + 1 + nr
+        pos = pos + 1 + settle_from(f, flat, pos, me)
       else
-        local r = res[k] -- {count, values...}
-        if r[1] == 1 then f:_settle(true, r[2], me, 1)
-        else f:_settle(true, { unpack(r, 2, r[1] + 1) }, me, r[1]) end
+        settle_from(f, res[k], 1, me)
       end
     end
     return
@@ -1555,8 +1544,9 @@ function Pool:terminate()
   for job in pairs(self.jobs) do pcall(job.finish, job) end
   for _, f in ipairs(self.sub) do if f.state == "pending" then f.state = "cancelled" end end
   for _, rec in pairs(self.out) do
-    if rec.single then rec:_settle(false, "pool terminated")
-    elseif rec.batch then for _, f in ipairs(rec.futs) do f:_settle(false, "pool terminated") end end
+    if rec.batch or rec.single then
+      for _, f in ipairs(futures_of(rec)) do f:_settle(false, "pool terminated") end
+    end
   end
   self.out = {}
   pcall(self.be.stop, self)
