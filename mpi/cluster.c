@@ -201,6 +201,20 @@ static cc_buf *encode_scratch(lua_State *L, const void *frame, const char *fname
     return b;
 }
 
+/* MPI_Isend, then one MPI_Test, under the lock (freeing the sends that
+ * finished since): MPI's return code; *done tells whether MPI is through
+ * with data. */
+static int isend_test(const void *data, size_t len, int to, int tag, MPI_Comm comm, MPI_Request *r,
+                      int *done) {
+    *done = 0;
+    LOCK();
+    if (pendings) free_done_pendings();
+    int rc = MPI_Isend(data, (int)len, MPI_BYTE, to, tag, comm, r);
+    if (rc == MPI_SUCCESS) rc = MPI_Test(r, done, MPI_STATUS_IGNORE);
+    UNLOCK();
+    return rc;
+}
+
 /* cluster.send(v, to, [tag]). The hot path sends straight from the scratch
  * buffer: a small message is usually done at the first test. If the wait is
  * interrupted, the buffer's memory goes to the pending list (the scratch
@@ -217,12 +231,8 @@ static int send_on(lua_State *L, MPI_Comm comm, MPI_Comm chunks, const char *fna
         if (!p) errorf(L, "%s: out of memory", fname);
         memcpy(p, small, slen);
         MPI_Request r;
-        int done = 0;
-        LOCK();
-        if (pendings) free_done_pendings();
-        int rc = MPI_Isend(p, (int)slen, MPI_BYTE, to, tag, comm, &r);
-        if (rc == MPI_SUCCESS) rc = MPI_Test(&r, &done, MPI_STATUS_IGNORE);
-        UNLOCK();
+        int done;
+        int rc = isend_test(p, slen, to, tag, comm, &r, &done);
         if (rc != MPI_SUCCESS) free(p);
         mpi_check(L, rc, fname, "MPI_Isend");
         if (!done) wait_all(L, 1, &r, p, fname);
@@ -240,12 +250,8 @@ static int send_on(lua_State *L, MPI_Comm comm, MPI_Comm chunks, const char *fna
         return 0;
     }
     MPI_Request r;
-    int done = 0;
-    LOCK();
-    if (pendings) free_done_pendings();
-    int rc = MPI_Isend(b->data, (int)b->len, MPI_BYTE, to, tag, comm, &r);
-    if (rc == MPI_SUCCESS) rc = MPI_Test(&r, &done, MPI_STATUS_IGNORE);
-    UNLOCK();
+    int done;
+    int rc = isend_test(b->data, b->len, to, tag, comm, &r, &done);
     if (rc != MPI_SUCCESS) {
         api.buf_give(L, b);
         mpi_check(L, rc, fname, "MPI_Isend");

@@ -65,7 +65,7 @@ static int writable_data(struct dl_phdr_info *info, size_t size, void *arg) {
     return 1;
 }
 
-static pthread_mutex_t *find_object_mutex(void) {
+void *cc_unwinder_locate(void) {
     static void *decoded_fn;  /* __register_frame_info_bases when last decoded */
     static uintptr_t decoded; /* what it gave */
     void *h = dlopen("libgcc_s.so.1", RTLD_LAZY | RTLD_NOLOAD);
@@ -83,13 +83,11 @@ static pthread_mutex_t *find_object_mutex(void) {
         decoded = m;
     }
     dlclose(h);
-    return (pthread_mutex_t *)m;
+    return (void *)m;
 }
 #else
-static pthread_mutex_t *find_object_mutex(void) { return NULL; }
+void *cc_unwinder_locate(void) { return NULL; }
 #endif
-
-void *cc_unwinder_locate(void) { return find_object_mutex(); }
 
 void cc_unwinder_release(void *mutex) {
     pthread_mutex_t *m = mutex;
