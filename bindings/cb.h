@@ -77,6 +77,10 @@ cc_obj *cb_test(lua_State *L, int idx);          /* any concur handle, or NULL *
  * changes fields (a per-handle __index: methods found without a C call)
  * and sets it. */
 void cb_derive(lua_State *L, int idx);
+/* Give the handle at idx a metatable of its own (cb_derive) whose __index is
+ * `methods` as closures bound to it (upvalue 1 = the handle), so a method
+ * checks its receiver with one address compare (locks, queues). */
+void cb_bind_methods(lua_State *L, int idx, const luaL_Reg *methods);
 /* Retain every object that has a handle in this state and list them in held
  * (an array of cc_obj *, held->len bytes): all that a child forked from this
  * state can reach. The caller releases each one later. 0 or -ENOMEM. */

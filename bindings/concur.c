@@ -284,6 +284,23 @@ void cb_derive(lua_State *L, int idx) {
     lua_remove(L, base);
 }
 
+void cb_bind_methods(lua_State *L, int idx, const luaL_Reg *methods) {
+    idx = cb_absindex(L, idx);
+    int n = 0;
+    for (const luaL_Reg *m = methods; m->name; m++) n++;
+    luaL_checkstack(L, 6, NULL);
+    cb_derive(L, idx);
+    int mt = lua_gettop(L);
+    lua_createtable(L, 0, n);
+    for (; methods->name; methods++) {
+        lua_pushvalue(L, idx);
+        lua_pushcclosure(L, methods->func, 1);
+        lua_setfield(L, mt + 1, methods->name);
+    }
+    lua_setfield(L, mt, "__index");
+    lua_setmetatable(L, idx);
+}
+
 cc_obj *cb_self(lua_State *L, enum cc_type t, const char *fname) {
     cb_handle *h = lua_touserdata(L, 1);
     /* fast path: only a full userdata can carry our very metatable (short

@@ -396,23 +396,16 @@ static const luaL_Reg barrier_methods[] = {
     {NULL, NULL},
 };
 
-/* Give the lock handle at 1 a metatable of its own whose __index is its
- * methods bound to it (upvalue 1 = the handle). */
+/* Give the lock handle at 1 its methods bound to it (cb_bind_methods); its
+ * own metatable names its type's under TYPE_KEY for lock_self. */
 static void bind(lua_State *L, int t) {
-    const luaL_Reg *methods = t == CC_T_COND ? cond_methods : lock_methods;
-    luaL_checkstack(L, 6, NULL);
-    cb_derive(L, 1);
-    int mt = lua_gettop(L);
+    luaL_checkstack(L, 3, NULL);
     lua_getmetatable(L, 1); /* still the type's: bind runs once per handle */
-    cb_rawsetp(L, mt, &TYPE_KEY);
-    lua_createtable(L, 0, 8);
-    for (; methods->name; methods++) {
-        lua_pushvalue(L, 1);
-        lua_pushcclosure(L, methods->func, 1);
-        lua_setfield(L, mt + 1, methods->name);
-    }
-    lua_setfield(L, mt, "__index");
-    lua_setmetatable(L, 1);
+    cb_bind_methods(L, 1, t == CC_T_COND ? cond_methods : lock_methods);
+    lua_getmetatable(L, 1); /* its own now */
+    lua_insert(L, -2);
+    cb_rawsetp(L, -2, &TYPE_KEY);
+    lua_pop(L, 1);
 }
 
 static const luaL_Reg funcs[] = {

@@ -296,21 +296,7 @@ static const luaL_Reg meta[] = {
     {"__len", q_len}, {"__tostring", q_tostring}, {NULL, NULL},
 };
 
-/* Give the queue handle at 1 a metatable of its own whose __index is its
- * methods bound to it (upvalue 1 = the handle). */
-static void bind(lua_State *L) {
-    luaL_checkstack(L, 6, NULL);
-    cb_derive(L, 1);
-    int mt = lua_gettop(L);
-    lua_createtable(L, 0, 13);
-    for (const luaL_Reg *m = methods; m->name; m++) {
-        lua_pushvalue(L, 1);
-        lua_pushcclosure(L, m->func, 1);
-        lua_setfield(L, mt + 1, m->name);
-    }
-    lua_setfield(L, mt, "__index");
-    lua_setmetatable(L, 1);
-}
+static void bind(lua_State *L) { cb_bind_methods(L, 1, methods); }
 
 int cb_open_queue(lua_State *L) {
     cb_lazytype(CC_T_QUEUE, "queue", methods, meta, NULL);
