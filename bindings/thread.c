@@ -72,6 +72,7 @@ typedef struct cthread {
     int holds_refs;       /* msg is a whole message owning its references */
     cc_buf msg;           /* in: fn and arguments; out: results or error */
     char *path, *cpath;
+    struct ready *ready;  /* a state made ahead for it (see "ready states"), or NULL */
 } cthread;
 
 static const char UNJOINED_KEY = 'u';
@@ -101,12 +102,16 @@ void concur_set_thread_init(concur_state_init fn, void *ud) {
     init_ud = ud;
 }
 
+struct ready;
+static void drop_ready(struct ready *r);
+
 static void unref(cthread *t) {
     if (atomic_fetch_sub(&t->refs, 1) != 1) return;
     /* in a forked child this record is a copy: its counts are the parent's */
     if (t->holds_refs && t->owner == cc_pid()) cc_msg_release(t->msg.data, t->msg.len);
     cc_buf_free(&t->msg);
     cc_done_destroy(&t->done);
+    drop_ready(t->ready);
     free(t->path);
     free(t->cpath);
     free(t);
@@ -319,13 +324,34 @@ static void save_error(lua_State *L, cthread *t, int idx) {
     }
 }
 
-static int setup_and_run(lua_State *L) {
-    cthread *t = lua_touserdata(L, 1);
+/* The libraries of a thread's state: the standard ones, then concur as
+ * globals (globals: the parent has them so) or as a module; the
+ * coroutine functions tracked for cancel. Nothing here depends on the
+ * thread it will run: a ready state (below) is made by this ahead. */
+static int open_libs(lua_State *L) {
+    int globals = lua_toboolean(L, 1);
     /* package.loaded at the size it will have (the standard libraries and
      * concur's modules): one table, not four rehashed copies */
     lua_createtable(L, 0, 32);
     lua_setfield(L, LUA_REGISTRYINDEX, "_LOADED");
     luaL_openlibs(L);
+    if (globals) concur_openlibs(L);
+    else cb_requiref(L, "concur", luaopen_concur);
+#if CB_CANCEL_HOOK
+    track_coroutines(L);
+#endif
+    return 0;
+}
+
+static int setup_and_run(lua_State *L) {
+    cthread *t = lua_touserdata(L, 1);
+    if (!t->ready) {
+        lua_pushcfunction(L, open_libs);
+        lua_pushboolean(L, t->globals);
+        lua_call(L, 1, 0);
+    }
+    /* seeded here, not when a ready state is made: a forked child has its
+     * parent's ready state, and would draw its numbers */
     cb_seed_random(L);
     lua_getglobal(L, "package");
     if (lua_istable(L, -1)) {
@@ -339,12 +365,7 @@ static int setup_and_run(lua_State *L) {
         }
     }
     lua_pop(L, 1);
-    if (t->globals) concur_openlibs(L);
-    else cb_requiref(L, "concur", luaopen_concur);
     if (init_fn) init_fn(L, init_ud);
-#if CB_CANCEL_HOOK
-    track_coroutines(L);
-#endif
     lua_settop(L, 0);
     lua_pushcfunction(L, cb_msghandler);
     lua_pushcfunction(L, body);
@@ -502,17 +523,104 @@ static lua_State *new_state(own_state *o) { (void)o; return luaL_newstate(); }
 static void close_state(lua_State *L, own_state *o) { (void)o; lua_close(L); }
 #endif
 
+/* ---- ready states ----
+ *
+ * Making a thread's state (its libraries) is most of a thread's start. A
+ * caller about to wait in join for a thread that is still running makes
+ * one ahead, while it would otherwise sleep, and keeps it for its next
+ * thread.new (one per calling state, in its registry); the new thread then
+ * only seeds it, sets package.path/cpath and runs the embedder's init. It
+ * is a fresh state nobody has run code in: a thread still starts with
+ * fresh globals. Made with the globals choice of the state that keeps it;
+ * a thread.new that wants the other (concur global removed since) closes
+ * it and makes its own as before. */
+typedef struct ready {
+    own_state own; /* the allocator's region: must not move, so not on a stack */
+    lua_State *L;
+    int globals;
+} ready;
+
+static void drop_ready(ready *r) {
+    if (!r) return;
+    close_state(r->L, &r->own);
+    free(r);
+}
+
+static ready *make_ready(int globals) {
+    ready *r = malloc(sizeof *r);
+    if (!r) return NULL;
+    r->L = new_state(&r->own);
+    r->globals = globals;
+    if (!r->L) {
+        free(r);
+        return NULL;
+    }
+    lua_pushcfunction(r->L, open_libs);
+    lua_pushboolean(r->L, globals);
+    if (lua_pcall(r->L, 1, 0, 0) != LUA_OK) {
+        drop_ready(r);
+        return NULL;
+    }
+    lua_settop(r->L, 0);
+    return r;
+}
+
+/* The calling state's slot for its ready state: a userdata in its
+ * registry (made by its first thread.new) whose finalizer closes a ready
+ * state never used. globals: what that thread.new found. */
+static const char READY_KEY = 'r';
+typedef struct ready_slot { ready *r; int globals; } ready_slot;
+
+static int slot_gc(lua_State *L) {
+    ready_slot *s = lua_touserdata(L, 1);
+    drop_ready(s->r);
+    s->r = NULL;
+    return 0;
+}
+
+/* The slot, or NULL when L has none and make is 0. make may raise (memory). */
+static ready_slot *ready_slot_of(lua_State *L, int make) {
+    cb_rawgetp(L, LUA_REGISTRYINDEX, &READY_KEY);
+    ready_slot *s = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (s || !make) return s;
+    s = cb_newuserdata(L, sizeof *s);
+    s->r = NULL;
+    s->globals = 0;
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, slot_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    cb_rawsetp(L, LUA_REGISTRYINDEX, &READY_KEY);
+    return s;
+}
+
+/* Called by a join about to wait for a running thread: make L's next
+ * thread a state now, unless L has one or the wait is short (deadline,
+ * when not < 0, is when it ends). Runs no code in L. */
+static void make_ahead(lua_State *L, double deadline) {
+    if (deadline >= 0 && deadline - cc_now() < 1e-3) return;
+    ready_slot *s = ready_slot_of(L, 0);
+    if (s && !s->r) s->r = make_ready(s->globals);
+}
+
 static void *run(void *arg) {
     cthread *t = arg;
     self = t;
 #if CB_CANCEL_HOOK
     running = NULL;
-    mask_cancel(0); /* blocked by l_new around pthread_create */
+    mask_cancel(0); /* blocked from its start (l_new) */
 #endif
     cc_interrupt_set(&t->cancel);
     int outcome = FAILED;
-    own_state own;
-    lua_State *L = new_state(&own);
+    own_state local, *own = &local;
+    lua_State *L;
+    if (t->ready) {
+        own = &t->ready->own;
+        L = t->ready->L;
+    } else {
+        L = new_state(own);
+    }
     if (L) {
         lua_pushcfunction(L, setup_and_run);
         lua_pushlightuserdata(L, t);
@@ -527,12 +635,14 @@ static void *run(void *arg) {
             t->holds_refs = 0;
             save_error(L, t, lua_gettop(L));
         }
-        close_state(L, &own); /* joins what this thread started and did not join */
+        close_state(L, own); /* joins what this thread started and did not join */
     } else {
         if (t->holds_refs) cc_msg_release(t->msg.data, t->msg.len);
         t->holds_refs = 0;
         t->msg.len = 0;
     }
+    free(t->ready); /* its state is closed */
+    t->ready = NULL;
     if (outcome == FAILED && t->cancel) outcome = CANCELLED;
     t->outcome = outcome;
     cc_interrupt_set(NULL);
@@ -598,18 +708,17 @@ static int l_new(lua_State *L) {
     lua_getglobal(L, "concur");
     t->globals = !lua_isnil(L, -1) && lua_rawequal(L, -1, -2);
     lua_pop(L, 3);
+    ready_slot *slot = ready_slot_of(L, 1);
+    slot->globals = t->globals;
+    if (slot->r && slot->r->globals == t->globals) t->ready = slot->r;
+    else drop_ready(slot->r); /* made for the other choice */
+    slot->r = NULL;
     atomic_store(&t->refs, 2); /* the handle and the thread */
-#if CB_CANCEL_HOOK
-    sigset_t was;
-    pthread_sigmask(SIG_SETMASK, NULL, &was);
-    mask_cancel(1);
-#endif
-    int r = cc_thread_start(&t->tid, run, t);
-#if CB_CANCEL_HOOK
-    if (!sigismember(&was, CANCEL_SIG)) mask_cancel(0);
-#endif
+    int r = cc_thread_start(&t->tid, run, t, CB_CANCEL_HOOK ? CANCEL_SIG : 0);
     if (r) {
         atomic_store(&t->refs, 1);
+        slot->r = t->ready; /* kept for the next try */
+        t->ready = NULL;
         return luaL_error(L, "thread.new: cannot start a thread: %s", strerror(-r));
     }
     t->started = 1;
@@ -623,6 +732,7 @@ static int finish(lua_State *L, cthread *t, int idx, double deadline, const char
     if (t->owner != cc_pid())
         return luaL_error(L, "%s: the thread belongs to process %d", fname, (int)t->owner);
     if (!t->joined) {
+        if (!cc_done_get(&t->done)) make_ahead(L, deadline);
         int r = cc_thread_join(t->tid, deadline);
         if (r) return r;
         t->joined = 1;

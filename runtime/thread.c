@@ -10,6 +10,7 @@
 #include "cc.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <time.h>
 
 void cc_done_init(cc_done *d) {
@@ -60,12 +61,18 @@ int cc_done_wait(cc_done *d, double deadline) {
     return r;
 }
 
-int cc_thread_start(pthread_t *t, void *(*fn)(void *), void *arg) {
+int cc_thread_start(pthread_t *t, void *(*fn)(void *), void *arg, int block) {
     pthread_attr_t a;
     pthread_attr_init(&a);
     /* 4 MiB of reserved (not committed) stack: room for Lua's C recursion
      * limit even under AddressSanitizer's larger frames. */
     pthread_attr_setstacksize(&a, 4u << 20);
+    if (block > 0) { /* the caller's mask and block: set by the new thread itself */
+        sigset_t m;
+        pthread_sigmask(SIG_SETMASK, NULL, &m);
+        sigaddset(&m, block);
+        pthread_attr_setsigmask_np(&a, &m);
+    }
     int r = pthread_create(t, &a, fn, arg);
     pthread_attr_destroy(&a);
     return -r;

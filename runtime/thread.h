@@ -23,6 +23,8 @@ _Atomic int *cc_interrupt_get(void);
  * watch cc_interrupted(): 0, -ETIMEDOUT, -EINTR or -errno. */
 int cc_thread_join(pthread_t t, double deadline);
 
-/* Start fn(arg) on a new joinable thread; 0 or -errno. */
-int cc_thread_start(pthread_t *t, void *(*fn)(void *), void *arg);
+/* Start fn(arg) on a new joinable thread; 0 or -errno. block > 0: a signal
+ * the new thread starts with blocked besides the caller's mask (set at its
+ * creation: the caller's own mask is not touched). */
+int cc_thread_start(pthread_t *t, void *(*fn)(void *), void *arg, int block);
 #endif

@@ -50,6 +50,58 @@ describe("thread.new", function()
     assert.equal(package.path, path)
   end)
 
+  -- A join that waits makes the caller's next thread's state ahead of time
+  -- (a "ready state"): it must be as fresh as one made at thread.new.
+  it("starts the thread after a join with fresh globals and the package.path of its thread.new", function()
+    local slow = function() require("concur").sleep(0.05) leaked = 1 string.leaked = 1 return 1 end
+    assert.equal(1, thread.new(slow):join(10)) -- a ready state is made while this waits
+    local saved = package.path
+    package.path = "./?/fresh.lua;" .. saved
+    local ok, a, b, path = pcall(function()
+      return thread.new(function() return rawget(_G, "leaked"), string.leaked, package.path end):join(10)
+    end)
+    package.path = saved
+    assert.is_true(ok, a)
+    assert.is_nil(a)
+    assert.is_nil(b)
+    assert.equal("./?/fresh.lua;" .. saved, path)
+  end)
+
+  it("gives threads started from ready states random numbers of their own, in a forked child too", function()
+    local draw = function() return math.random(0, 2 ^ 40) end
+    local slow = function() require("concur").sleep(0.05) end
+    local seen = {}
+    for _ = 1, 3 do
+      thread.new(slow):join(10) -- leaves a ready state behind
+      local p = concur.process.spawn(function(f, s)
+        local th = require("concur").thread
+        return th.new(f):join(10)
+      end, draw, slow)
+      local mine = thread.new(draw):join(10) -- from the ready state the child also has
+      local child = p:join(10)
+      assert.is_nil(seen[mine])
+      seen[mine] = true
+      assert.are_not.equal(mine, child)
+    end
+  end)
+
+  it("opens concur in the new thread as the caller has it now, whatever a ready state was made with", function()
+    local slow = function() require("concur").sleep(0.05) end
+    local probe = function() return rawget(_G, "thread") ~= nil end
+    local had = rawget(_G, "concur")
+    local ok, err = pcall(function()
+      for _, global in ipairs({false, true, false}) do
+        thread.new(slow):join(10) -- a ready state with the current choice
+        -- concur opens as globals in a thread when the caller's concur
+        -- global is the loaded module
+        rawset(_G, "concur", global and package.loaded.concur or nil)
+        assert.equal(global, thread.new(probe):join(10))
+      end
+    end)
+    rawset(_G, "concur", had)
+    assert.is_true(ok, err)
+  end)
+
   it("gives a handle of every type its type's metatable, name and methods in a new thread's state", function()
     local lock, shared = concur.lock, concur.shared
     local objs = {
