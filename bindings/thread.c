@@ -6,7 +6,9 @@
  * untransferable value is refused before any thread starts) and decoded in
  * the new one; results, or the error with its traceback, come back the same
  * way and stay in the thread record, so join can be called again and gives
- * the same values.
+ * the same values. A join that waits for a running thread first makes the
+ * caller's next thread state ("ready states" below), so the next
+ * thread.new starts with its libraries open.
  *
  * A record is shared by the Lua handle and the running thread (a count of
  * two); whichever lets go last frees it. Handles of threads not yet joined
