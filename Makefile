@@ -112,6 +112,10 @@ $(B)/concur.pc: Makefile include/concur.h $(B)/prefix.stamp
 $(B)/embed: tests/embed.c $(B)/libconcur.a $(B)/include/concur.h
 	$(CC) $(BASEFLAGS) $(CFLAGS) $(LUA54_CFLAGS) -I$(B)/include -o $@ $< $(B)/libconcur.a $(LUA54_LIBS) -lm -ldl
 
+# a host that loads the module, closes its state (dlclose) and goes on
+$(B)/unload: tests/unload.c
+	$(CC) $(BASEFLAGS) $(CFLAGS) $(LUA54_CFLAGS) -o $@ $< $(LUA54_LIBS) -ldl
+
 # the allocator on its own: runtime/ only, no Lua
 $(B)/arena_test: tests/arena_test.c $(RUNTIME_SRC) runtime/cc.h
 	@mkdir -p $(dir $@)
@@ -123,7 +127,7 @@ deps:
 # make test = every spec three ways, then once more under the ASan+UBSan host
 # (NOASAN=1 leaves that pass out)
 test: deps
-	@$(MAKE) --no-print-directory all $(B)/embed $(B)/arena_test
+	@$(MAKE) --no-print-directory all $(B)/embed $(B)/unload $(B)/arena_test
 	@$(if $(NOASAN),true,$(ASAN_MAKE) $(B)/asan/concur)
 	@sh scripts/test.sh $(if $(NOASAN),,--with-asan)
 

@@ -62,11 +62,12 @@ enum { RUNNING = -1, FAILED = 0, RETURNED = 1, CANCELLED = 2 };
 
 typedef struct cthread {
     _Atomic int refs;
-    pthread_t tid;
+    cc_worker *w;         /* the worker running it, job gen (cancel's signal) */
+    uint64_t gen;
     pid_t owner;          /* the process whose thread this is */
     cc_done done;
     _Atomic int cancel;
-    int started, joined;  /* pthread_create / pthread_join (or detach) done */
+    int started, joined;  /* started / seen done by a join (or left running by stop) */
     int observed;         /* joined by the script: its failure is reported there */
     int num;              /* thread-N in notices */
     int outcome;          /* RUNNING until done */
@@ -281,7 +282,7 @@ static void cancel(cthread *t) {
 #if CB_CANCEL_HOOK
     if (!t->started || t->joined || t->owner != cc_pid() || cc_done_get(&t->done)) return;
     pthread_once(&signal_once, install_signal);
-    if (signal_ok) pthread_kill(t->tid, CANCEL_SIG); /* ESRCH: it just ended */
+    if (signal_ok) cc_worker_signal(t->w, t->gen, CANCEL_SIG); /* not if it just ended */
 #endif
 }
 
@@ -606,7 +607,7 @@ static void make_ahead(lua_State *L, double deadline) {
     if (s && !s->r) s->r = make_ready(s->globals);
 }
 
-static void *run(void *arg) {
+static void run(void *arg) {
     cthread *t = arg;
     self = t;
 #if CB_CANCEL_HOOK
@@ -650,7 +651,7 @@ static void *run(void *arg) {
     cc_interrupt_set(NULL);
     cc_done_set(&t->done);
     unref(t);
-    return NULL;
+    self = NULL;
 }
 
 /* ---- in the caller ---- */
@@ -716,7 +717,7 @@ static int l_new(lua_State *L) {
     else drop_ready(slot->r); /* made for the other choice */
     slot->r = NULL;
     atomic_store(&t->refs, 2); /* the handle and the thread */
-    int r = cc_thread_start(&t->tid, run, t, CB_CANCEL_HOOK ? CANCEL_SIG : 0);
+    int r = cc_worker_run(&t->w, &t->gen, run, t, CB_CANCEL_HOOK ? CANCEL_SIG : 0);
     if (r) {
         atomic_store(&t->refs, 1);
         slot->r = t->ready; /* kept for the next try */
@@ -735,7 +736,7 @@ static int finish(lua_State *L, cthread *t, int idx, double deadline, const char
         return luaL_error(L, "%s: the thread belongs to process %d", fname, (int)t->owner);
     if (!t->joined) {
         if (!cc_done_get(&t->done)) make_ahead(L, deadline);
-        int r = cc_thread_join(t->tid, deadline);
+        int r = cc_done_wait(&t->done, deadline);
         if (r) return r;
         t->joined = 1;
         if (idx) cb_registry_mark(L, &UNJOINED_KEY, idx, 0);
@@ -790,13 +791,8 @@ static void stop(cthread *t) {
     int r = cc_done_wait(&t->done, cc_deadline(GRACE));
     cc_interrupt_set(flag);
     char note[64];
-    if (r == 0) {
-        pthread_join(t->tid, NULL);
-        snprintf(note, sizeof note, "thread-%d", t->num);
-    } else {
-        pthread_detach(t->tid);
-        snprintf(note, sizeof note, "thread-%d (did not stop, left running)", t->num);
-    }
+    if (r == 0) snprintf(note, sizeof note, "thread-%d", t->num);
+    else snprintf(note, sizeof note, "thread-%d (did not stop, left running)", t->num);
     t->joined = 1;
     if (alive && cc_stopping()) cc_exit_note(note);
 }
@@ -818,7 +814,6 @@ static void wait_or_stop(cthread *t, int stopping) {
         stop(t);
         return;
     }
-    pthread_join(t->tid, NULL);
     t->joined = 1;
 }
 

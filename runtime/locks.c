@@ -44,6 +44,12 @@
 /* ---- the calling thread's kernel tid, cached (refreshed after fork) ---- */
 
 static __thread pid_t my_tid;
+/* locks and rlocks this thread holds (an rlock once, however deep): a
+ * worker thread that ends a job holding one must end too, for the
+ * holder to count as dead (runtime/thread.c) */
+static __thread int held;
+
+int cc_locks_held(void) { return held; }
 static pthread_once_t tid_once = PTHREAD_ONCE_INIT;
 
 static void forget_tid(void) { my_tid = 0; }
@@ -166,7 +172,10 @@ int cc_lock_acquire(cc_lock *l, double deadline) {
         return 0;
     }
     int r = lock_word(l, me, deadline, 0);
-    if (r == 0 || r == -EOWNERDEAD) SET(depth, 1);
+    if (r == 0 || r == -EOWNERDEAD) {
+        SET(depth, 1);
+        held++;
+    }
     return r;
 }
 
@@ -178,6 +187,7 @@ int cc_lock_release(cc_lock *l) {
         if (depth > 0) return 0;
     }
     unlock_word(l);
+    held--;
     return 0;
 }
 

@@ -23,6 +23,7 @@ int cc_lock_acquire(cc_lock *l, double deadline);
 int cc_lock_release(cc_lock *l);                      /* 0, -EPERM */
 int cc_lock_locked(cc_lock *l);
 int cc_lock_owned(cc_lock *l);                        /* held by the calling thread */
+int cc_locks_held(void);                               /* how many the calling thread holds */
 
 typedef struct cc_sem cc_sem;
 int cc_sem_new(cc_sem **out, int64_t value);

@@ -1,16 +1,38 @@
 /*
- * thread.c -- OS threads for thread.new, and the one-shot event a closing
- * state waits on (a condition on CLOCK_MONOTONIC, so a timeout is immune to
- * wall-clock changes, woken in slices when the waiter can be interrupted).
- * A join waits on the thread's exit itself (pthread_clockjoin_np, in the
- * same slices): one wake-up, where the event and then pthread_join were
- * two.
+ * thread.c -- the OS threads that run thread.new's threads, and the one-shot
+ * event a join waits on (a condition on CLOCK_MONOTONIC, so a timeout is
+ * immune to wall-clock changes, woken in slices when the waiter can be
+ * interrupted).
+ *
+ * Workers. Starting an OS thread (clone, a stack, its first faults) and
+ * ending one (the stack given back, the join) was about half of a
+ * thread.new + join. So an OS thread that has run a job parks for up to
+ * IDLE_SECONDS (at most IDLE_MAX of them) and the next job is handed to it:
+ * a condition signal instead of pthread_create. A job is a function and its
+ * argument; its end is for the caller to signal (bindings/thread.c sets the
+ * thread record's event). Kept out of reuse, so that they end:
+ * - a worker whose job ended holding a lock or rlock (cc_locks_held): the
+ *   lock's next acquirer must see its holder's tid gone ("owner died"), and
+ *   the next job on that OS thread must not pass for the holder;
+ * - workers over IDLE_MAX, and all when the program ends or the module is
+ *   unloaded (the destructor below wakes the parked ones and joins them:
+ *   none may run this code once it is unmapped).
+ * Ended workers are joined by the next cc_worker_run or the destructor, and
+ * their records are kept for new workers, never freed: cc_worker_signal can
+ * always read one, and sends only while its job number is still the one
+ * running (a cancel of a thread that just ended must not reach the next).
+ * What a job leaves in its OS thread stays for the next: the kernel tid
+ * (thread.id), a signal mask or CPU affinity a C module set, stack pages
+ * touched. A forked child has none of the workers (forget_workers).
  */
 #include "thread.h"
 #include "cc.h"
+#include "locks.h"
 
 #include <errno.h>
 #include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
 #include <time.h>
 
 void cc_done_init(cc_done *d) {
@@ -61,7 +83,162 @@ int cc_done_wait(cc_done *d, double deadline) {
     return r;
 }
 
-int cc_thread_start(pthread_t *t, void *(*fn)(void *), void *arg, int block) {
+/* ---- workers: OS threads that run one job after another ---- */
+
+#define IDLE_MAX 4
+#define IDLE_SECONDS 10.0
+
+enum { W_FREE, W_BUSY, W_IDLE, W_DEAD };
+
+struct cc_worker {
+    pthread_t tid;
+    pthread_cond_t cv;
+    void (*fn)(void *);
+    void *arg;
+    uint64_t gen;
+    int state, stop;
+    _Atomic int handed;     /* a job was given to it while parked */
+    cc_worker *next;
+};
+
+static pthread_mutex_t wlock = PTHREAD_MUTEX_INITIALIZER;
+static cc_worker *idle, *dead, *spare;
+static int nidle, nbusy, stopping;
+static __thread int in_job; /* this thread is a worker running a job */
+static uint64_t jobs;
+
+/* Before it sleeps, a parked worker watches for a job for up to SPIN
+ * seconds: a job that comes meanwhile (the next thread.new of a loop) is
+ * taken without a wake-up, which costs the giver a system call and the
+ * worker a scheduler round (about 6 + 12 us here). */
+#define SPIN 50e-6
+static void spin(cc_worker *w) {
+    double until = cc_now() + SPIN;
+    for (unsigned k = 1; !atomic_load_explicit(&w->handed, memory_order_acquire); k++) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+        if (!(k & 63) && cc_now() > until) return;
+    }
+}
+
+static void *worker_main(void *p) {
+    cc_worker *w = p;
+    pthread_mutex_lock(&wlock);
+    for (;;) {
+        void (*fn)(void *) = w->fn;
+        void *arg = w->arg;
+        pthread_mutex_unlock(&wlock);
+        in_job = 1;
+        fn(arg);
+        in_job = 0;
+        int keep = cc_locks_held() == 0;
+        pthread_mutex_lock(&wlock);
+        nbusy--;
+        w->fn = NULL;
+        w->arg = NULL;
+        if (!keep || stopping || nidle >= IDLE_MAX) break;
+        w->state = W_IDLE;
+        w->next = idle;
+        idle = w;
+        nidle++;
+        atomic_store(&w->handed, 0);
+        pthread_mutex_unlock(&wlock);
+        spin(w);
+        pthread_mutex_lock(&wlock);
+        struct timespec ts;
+        cc_timespec(cc_now() + IDLE_SECONDS, &ts);
+        while (!w->fn && !w->stop)
+            if (pthread_cond_timedwait(&w->cv, &wlock, &ts) == ETIMEDOUT) break;
+        if (w->fn) continue; /* cc_worker_run took it off the idle list */
+        for (cc_worker **pp = &idle; *pp; pp = &(*pp)->next)
+            if (*pp == w) {
+                *pp = w->next;
+                nidle--;
+                break;
+            }
+        break;
+    }
+    w->state = W_DEAD;
+    w->next = dead;
+    dead = w;
+    pthread_mutex_unlock(&wlock);
+    return NULL;
+}
+
+/* join the workers on list l (ended), then keep their records for reuse */
+static void reap(cc_worker *l) {
+    while (l) {
+        cc_worker *n = l->next;
+        pthread_join(l->tid, NULL);
+        pthread_cond_destroy(&l->cv);
+        pthread_mutex_lock(&wlock);
+        l->state = W_FREE;
+        l->next = spare;
+        spare = l;
+        pthread_mutex_unlock(&wlock);
+        l = n;
+    }
+}
+
+static void worker_cond_init(cc_worker *w) {
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->cv, &a);
+    pthread_condattr_destroy(&a);
+}
+
+/* A forked child has none of its parent's workers (only the thread that
+ * forked): the lists start empty there; records on the spare list are free
+ * memory and stay. */
+static void forget_workers(void) {
+    pthread_mutex_init(&wlock, NULL);
+    idle = dead = NULL;
+    nidle = nbusy = 0;
+    stopping = 0;
+}
+
+static pthread_once_t workers_once = PTHREAD_ONCE_INIT;
+static void workers_init(void) { pthread_atfork(NULL, NULL, forget_workers); }
+
+int cc_worker_run(cc_worker **out, uint64_t *gen, void (*fn)(void *), void *arg, int block) {
+    pthread_once(&workers_once, workers_init);
+    pthread_mutex_lock(&wlock);
+    cc_worker *ended = dead;
+    dead = NULL;
+    cc_worker *w = idle;
+    int r = 0;
+    if (w) {
+        idle = w->next;
+        nidle--;
+        w->fn = fn;
+        w->arg = arg;
+        w->gen = ++jobs;
+        w->state = W_BUSY;
+        nbusy++;
+        *out = w;
+        *gen = w->gen;
+        atomic_store_explicit(&w->handed, 1, memory_order_release);
+        pthread_cond_signal(&w->cv);
+        pthread_mutex_unlock(&wlock);
+        reap(ended);
+        return 0;
+    }
+    w = spare;
+    if (w) spare = w->next;
+    else w = calloc(1, sizeof *w);
+    if (!w) {
+        pthread_mutex_unlock(&wlock);
+        reap(ended);
+        return -ENOMEM;
+    }
+    worker_cond_init(w);
+    w->fn = fn;
+    w->arg = arg;
+    w->gen = ++jobs;
+    w->stop = 0;
+    w->state = W_BUSY;
     pthread_attr_t a;
     pthread_attr_init(&a);
     /* 4 MiB of reserved (not committed) stack: room for Lua's C recursion
@@ -73,36 +250,51 @@ int cc_thread_start(pthread_t *t, void *(*fn)(void *), void *arg, int block) {
         sigaddset(&m, block);
         pthread_attr_setsigmask_np(&a, &m);
     }
-    int r = pthread_create(t, &a, fn, arg);
+    r = pthread_create(&w->tid, &a, worker_main, w);
     pthread_attr_destroy(&a);
+    if (r) {
+        pthread_cond_destroy(&w->cv);
+        w->state = W_FREE;
+        w->next = spare;
+        spare = w;
+    } else {
+        nbusy++;
+        *out = w;
+        *gen = w->gen;
+    }
+    pthread_mutex_unlock(&wlock);
+    reap(ended);
     return -r;
 }
 
-/* pthread_clockjoin_np until the monotonic time until; TSan does not
- * intercept it (it would never see the join), so there the same wait goes
- * through pthread_timedjoin_np on the wall clock. */
-static int join_until(pthread_t t, double until) {
-    struct timespec ts;
-#if CC_TSAN
-    struct timespec rt;
-    clock_gettime(CLOCK_REALTIME, &rt);
-    double left = until - cc_now();
-    cc_timespec((double)rt.tv_sec + (double)rt.tv_nsec * 1e-9 + (left > 0 ? left : 0), &ts);
-    return pthread_timedjoin_np(t, NULL, &ts);
-#else
-    cc_timespec(until, &ts);
-    return pthread_clockjoin_np(t, NULL, CLOCK_MONOTONIC, &ts);
-#endif
+int cc_worker_signal(cc_worker *w, uint64_t gen, int sig) {
+    pthread_mutex_lock(&wlock);
+    int sent = w->state == W_BUSY && w->gen == gen && pthread_kill(w->tid, sig) == 0;
+    pthread_mutex_unlock(&wlock);
+    return sent;
 }
 
-int cc_thread_join(pthread_t t, double deadline) {
-    if (pthread_tryjoin_np(t, NULL) == 0) return 0;
-    for (;;) {
-        if (cc_interrupted()) return -EINTR;
-        double until = cc_wait_slice(deadline);
-        if (until < 0) return -pthread_join(t, NULL);
-        int r = join_until(t, until);
-        if (r != ETIMEDOUT) return -r;
-        if (deadline >= 0 && cc_now() >= deadline) return -ETIMEDOUT;
+/* When the program ends, or this code is unloaded (the module's dlclose):
+ * parked workers are woken to end, and every worker that has ended is
+ * joined, so none runs this code once it is gone. A job still running (a
+ * thread stop() left running) is waited for a moment only. */
+static void __attribute__((destructor)) stop_workers(void) {
+    pthread_mutex_lock(&wlock);
+    stopping = 1;
+    for (cc_worker *w = idle; w; w = w->next) {
+        w->stop = 1;
+        pthread_cond_signal(&w->cv);
+    }
+    pthread_mutex_unlock(&wlock);
+    for (int i = 0; i < 100; i++) {
+        pthread_mutex_lock(&wlock);
+        cc_worker *ended = dead;
+        dead = NULL;
+        int more = idle != NULL || nbusy - in_job > 0;
+        pthread_mutex_unlock(&wlock);
+        reap(ended);
+        if (!more) break;
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
     }
 }

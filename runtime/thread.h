@@ -2,6 +2,7 @@
 #ifndef CC_THREAD_H
 #define CC_THREAD_H
 #include <pthread.h>
+#include <stdint.h>
 
 typedef struct cc_done {
     pthread_mutex_t m;
@@ -19,12 +20,12 @@ int cc_done_wait(cc_done *d, double deadline);   /* 0, -ETIMEDOUT, -EINTR */
  * must not themselves be interrupted. */
 _Atomic int *cc_interrupt_get(void);
 
-/* Join t, waiting until deadline (absolute, CC_FOREVER) in slices that
- * watch cc_interrupted(): 0, -ETIMEDOUT, -EINTR or -errno. */
-int cc_thread_join(pthread_t t, double deadline);
-
-/* Start fn(arg) on a new joinable thread; 0 or -errno. block > 0: a signal
- * the new thread starts with blocked besides the caller's mask (set at its
- * creation: the caller's own mask is not touched). */
-int cc_thread_start(pthread_t *t, void *(*fn)(void *), void *arg, int block);
+/* Workers: OS threads that run one job after another. cc_worker_run runs
+ * fn(arg) on a parked worker, or on a new thread (4 MiB of stack, started
+ * with signal `block` blocked besides the caller's mask when block > 0);
+ * *w and *gen name the job for cc_worker_signal. 0 or -errno. */
+typedef struct cc_worker cc_worker;
+int cc_worker_run(cc_worker **w, uint64_t *gen, void (*fn)(void *), void *arg, int block);
+/* pthread_kill(sig) to w while it still runs job gen: 1 sent, else 0. */
+int cc_worker_signal(cc_worker *w, uint64_t gen, int sig);
 #endif

@@ -79,6 +79,14 @@ if [ "$mode" != "--sanitize" ] && [ -z "${SPEC:-}" ]; then
         echo "!! embedding test failed"
         failed=$((failed + 1))
     fi
+    # the module unloaded by a host that goes on (tests/unload.c)
+    echo "== unloading the module (build/unload)"
+    if [ -x build/unload ] && timeout 60 build/unload build/lua5.4/concur.so; then
+        passed=$((passed + 1))
+    else
+        echo "!! unloading test failed"
+        failed=$((failed + 1))
+    fi
     # the allocator on its own, SIGKILLs included (tests/arena_test.c)
     echo "== arena allocator (build/arena_test)"
     if [ -x build/arena_test ] && timeout 120 build/arena_test; then

@@ -82,6 +82,26 @@ describe("lock", function()
     m:release()
   end)
 
+  -- An OS thread runs one thread.new after another; one whose thread
+  -- ended holding a lock must end too, or the next thread there would be
+  -- taken for the holder (an rlock would just let it in)
+  it("hands over an rlock or lock whose holder thread ended, to threads started after it too", function()
+    for _, make in ipairs({ lock, lock.rlock }) do
+      for _ = 1, 5 do
+        local m = make()
+        thread.new(function(mm) mm:acquire() mm:acquire(0) end, m):join(10)
+        local results = {}
+        for k = 1, 4 do
+          results[k] = { thread.new(function(mm) return mm:acquire(5) end, m):join(10) }
+          if results[k][1] then break end
+        end
+        local first = results[1]
+        assert.is_true(first[1], "the next thread did not get it")
+        assert.equal("owner died", first[2])
+      end
+    end
+  end)
+
   it("keeps lines whole when processes print under it", function()
     local path = os.tmpname()
     local m = lock()

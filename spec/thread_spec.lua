@@ -102,6 +102,22 @@ describe("thread.new", function()
     assert.is_true(ok, err)
   end)
 
+  it("runs one thread after another on the OS threads of ended ones, each in a fresh state", function()
+    -- an OS thread that ran a thread parks and runs the next thread.new
+    -- (a new OS thread has a new kernel tid: Linux hands them out in turn)
+    local ids, n = {}, 0
+    for i = 1, 20 do
+      local id, seen = thread.new(function(k)
+        local before = rawget(_G, "MARK")
+        MARK = k
+        return require("concur").thread.id(), before
+      end, i):join(10)
+      assert.is_nil(seen)
+      if not ids[id] then ids[id] = true n = n + 1 end
+    end
+    assert.is_true(n < 20, "every thread had an OS thread of its own")
+  end)
+
   it("gives a handle of every type its type's metatable, name and methods in a new thread's state", function()
     local lock, shared = concur.lock, concur.shared
     local objs = {
