@@ -18,9 +18,10 @@
  *   unloaded (the destructor below wakes the parked ones and joins them:
  *   none may run this code once it is unmapped).
  * Ended workers are joined by the next cc_worker_run or the destructor, and
- * their records are kept for new workers, never freed: cc_worker_signal can
- * always read one, and sends only while its job number is still the one
- * running (a cancel of a thread that just ended must not reach the next).
+ * their records are kept for new workers (freed by the destructor only):
+ * cc_worker_signal can always read one, and sends only while its job
+ * number is still the one running (a cancel of a thread that just ended
+ * must not reach the next).
  * What a job leaves in its OS thread stays for the next: the kernel tid
  * (thread.id), a signal mask or CPU affinity a C module set, stack pages
  * touched. A forked child has none of the workers (forget_workers).
@@ -299,5 +300,16 @@ static void __attribute__((destructor)) stop_workers(void) {
         if (!more) break;
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
+    }
+    /* the records of joined workers go too: unloaded, nothing would
+     * point at them any more */
+    pthread_mutex_lock(&wlock);
+    cc_worker *l = spare;
+    spare = NULL;
+    pthread_mutex_unlock(&wlock);
+    while (l) {
+        cc_worker *n = l->next;
+        free(l);
+        l = n;
     }
 }
