@@ -116,7 +116,9 @@ if [ "$mode" = "--sanitize" ]; then
     # TSan: scripts/tsan.supp says which reports are its own limits (robust
     # mutex hand-over, process-shared mutexes across fork); thread leaks are
     # off because a forked child "inherits" its parent's threads in TSan's
-    # bookkeeping (our own specs check that every thread is joined)
+    # bookkeeping (our own specs check that every thread is joined). The
+    # whole pass takes 11-12 minutes on a 2-core machine: its own limit
+    limit=${TSAN_TIMEOUT:-1200}
     TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 die_after_fork=0 report_signal_unsafe=0 report_thread_leaks=0 suppressions=$PWD/scripts/tsan.supp" \
         CONCUR_TEST_FLAVOUR=tsan run tsan build/tsan/concur "$busted" $specs
     if [ -z "${SPEC:-}" ]; then # a run limited to some specs is not the workload's
