@@ -529,6 +529,28 @@ describe("pool kinds", function()
     p:terminate()
   end)
 
+  -- the thread backend with a kill that takes its time, as a caller
+  -- preempted right after it would: the cancelled worker meanwhile wakes,
+  -- replies "interrupted" and takes its next message (an intermittent CI
+  -- failure: the item was reported "interrupted", not "timed out")
+  it("fails a timed-out item as timed out however soon its worker answers the cancel", function()
+    local slow_kill = {}
+    for k, v in pairs(pool._backends.thread) do slow_kill[k] = v end
+    slow_kill.kill = function(p, w)
+      w.h:cancel()
+      concur.sleep(0.3)
+    end
+    slow_kill.name = "thread"
+    local p = pool.new { workers = 2, kind = slow_kill }
+    local r, errs = p:map(function(x)
+      if x == 2 then require("concur").sleep(30) end
+      return x
+    end, { 1, 2, 3, 4, 5, 6 }, { timeout = 0.5, errors = "collect", chunksize = 1 })
+    p:terminate()
+    assert.matches("timed out after 0%.5s", errs[2])
+    assert.same({ 1, nil, 3, 4, 5, 6 }, { r[1], r[2], r[3], r[4], r[5], r[6] })
+  end)
+
   it("names the kinds it knows when given another", function()
     local ok, err = pcall(pool.new, { kind = "fiber" })
     assert.is_false(ok)

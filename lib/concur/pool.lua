@@ -696,10 +696,12 @@ end
 local function futures_of(rec) return rec.futs or { rec } end
 
 -- a worker ended: fail what it ran, re-queue the rest, start another
-local function worker_ended(p, s, why)
+-- (cid, at: what it ran, when the caller read it before stopping it: a
+-- cancelled thread may answer and take its next message at once)
+local function worker_ended(p, s, why, cid, at)
   local w = p.workers[s]
   local b = (s - 1) * 4
-  local cid, at = p.st[b + 1], p.st[b + 2]
+  if not cid then cid, at = p.st[b + 1], p.st[b + 2] end
   p.had_death = true
   local reason = why or p.be.reap(p, w)
   if why then p.be.reap(p, w) end
@@ -754,12 +756,12 @@ local function check_workers(p)
         worker_ended(p, s)
       else
         local b = (s - 1) * 4
-        local cid = p.st[b + 1]
+        local cid, at = p.st[b + 1], p.st[b + 2]
         local rec = cid ~= 0 and p.out[cid]
         local to = rec and rec.job and rec.job.timeout
         if to and p.st[b + 3] > 0 and now - p.st[b + 3] > to then
           p.be.kill(p, w)
-          worker_ended(p, s, ("timed out after %gs"):format(to))
+          worker_ended(p, s, ("timed out after %gs"):format(to), cid, at)
         end
       end
     end
