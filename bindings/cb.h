@@ -142,6 +142,9 @@ void cb_registry_drain(lua_State *L, const void *key, const char *mt,
                        int (*fn)(lua_State *L, void *ud, int arg), int arg);
 /* t = registry[key] (a table); t[stack[idx]] = on and true or nil. */
 void cb_registry_mark(lua_State *L, const void *key, int idx, int on);
+/* Give the userdata on top of the stack a metatable of its own holding
+ * only __gc = gc, and keep it in the registry under key (popped). */
+void cb_keep_with_gc(lua_State *L, const void *key, lua_CFunction gc);
 /* A per-state scratch buffer (which = 0 or 1) for one call, reused so
  * put/get/send/recv allocate nothing; safe against re-entry from
  * finalizers, required modules and metamethods (see concur.c). Give it

@@ -615,13 +615,17 @@ static scratch *get_scratch(lua_State *L) {
             s->temp[i].s = s;
             s->temp[i].slot = 2 + i;
         }
-        lua_createtable(L, 0, 1);
-        lua_pushcfunction(L, scratch_gc);
-        lua_setfield(L, -2, "__gc");
-        lua_setmetatable(L, -2);
-        cb_rawsetp(L, LUA_REGISTRYINDEX, &SCRATCH_KEY);
+        cb_keep_with_gc(L, &SCRATCH_KEY, scratch_gc);
     }
     return s;
+}
+
+void cb_keep_with_gc(lua_State *L, const void *key, lua_CFunction gc) {
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    cb_rawsetp(L, LUA_REGISTRYINDEX, key);
 }
 
 /* The frame that held something is gone when we run above it; when we run

@@ -606,11 +606,7 @@ static ready_slot *ready_slot_of(lua_State *L, int make) {
     s = cb_newuserdata(L, sizeof *s);
     s->r = NULL;
     s->globals = 0;
-    lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, slot_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_setmetatable(L, -2);
-    cb_rawsetp(L, LUA_REGISTRYINDEX, &READY_KEY);
+    cb_keep_with_gc(L, &READY_KEY, slot_gc);
     return s;
 }
 
