@@ -790,13 +790,6 @@ local function deliver(p, m)
       p.out[cid] = nil
       p.inflight = p.inflight - 1
       if rec.skipped then p.skip[cid] = nil end
-      if u[3] == 1 and rec.state == "running" then -- one result: Future:_settle inline
-        rec.state, rec.ok, rec.fn = "done", true, nil
-        for x = 1, rec.n do rec[x] = nil end
-        rec.value, rec.nr = u[4], 1
-        p.futs = p.futs - 1
-        return
-      end
       settle_from(rec, u, 3, nil)
       return
     end
@@ -1306,35 +1299,16 @@ function Pool:flush()
   flush(self)
 end
 
-local getpid = process.pid
 function Pool:submit(fn, ...)
-  -- (check_pool's tests inline: a submit is a few hundred VM instructions)
-  if getmetatable(self) ~= Pool or self.owner ~= getpid() or self.broken or self.closed then
-    check_pool(self, "pool:submit")
-  end
+  check_pool(self, "pool:submit")
   if type(fn) ~= "function" then argerr("pool:submit", 1, "function expected, got " .. type(fn)) end
   self.futs = self.futs + 1
   if self.immediate then
-    local e, j = self.fcache[fn], nil
-    if e and e.id and e.n == 0 then j = e.id else j = fn_id(self, fn) or false end
-    local n = select("#", ...)
     -- every field it will have, so the table is sized once (no rehash
     -- when the task is sent and when it is settled)
-    local f = setmetatable({ pool = self, fn = fn, n = n, state = "running", single = true,
-      j = j, cid = 0, ok = false, value = false, nr = 0, ... }, Future)
-    -- send_single's direct path, the arguments taken from here
-    local tq = self.direct
-    local m = tq and j and C.packv(0, self.nextcid + 1, j, n, ...)
-    if not m then
-      send_single(self, f, tq)
-      return f
-    end
-    local cid = self.nextcid + 1
-    self.nextcid = cid
-    f.cid = cid
-    self.out[cid] = f
-    self.inflight = self.inflight + 1
-    tq:put(m)
+    local f = setmetatable({ pool = self, fn = fn, n = select("#", ...), state = "running", single = true,
+      j = fn_id(self, fn) or false, cid = 0, ok = false, value = false, nr = 0, ... }, Future)
+    send_single(self, f, self.direct)
     return f
   end
   local f = setmetatable({ pool = self, fn = fn, n = select("#", ...), state = "pending", ... }, Future)
@@ -1392,7 +1366,7 @@ local function check_timeout(fname, t, n)
 end
 
 function Future:result(timeout)
-  if getmetatable(self) ~= Future then check_future(self, "future:result") end
+  check_future(self, "future:result")
   if self.state ~= "done" or timeout ~= nil then -- (done: nothing to wait for)
     timeout = check_timeout("future:result", timeout)
     if not wait_future(self, timeout, "future:result") then return nil, "timeout" end
