@@ -89,17 +89,14 @@ int cc_done_wait(cc_done *d, double deadline) {
 #define IDLE_MAX 4
 #define IDLE_SECONDS 10.0
 
-enum { W_FREE, W_BUSY, W_IDLE, W_DEAD };
-
 struct cc_worker {
     pthread_t tid;
     pthread_cond_t cv;
-    void (*fn)(void *);
+    void (*fn)(void *);     /* its job, NULL once it has ended */
     void *arg;
-    uint64_t gen;
-    int state, stop;
+    uint64_t gen;           /* the job's number */
     _Atomic int handed;     /* a job was given to it while parked */
-    cc_worker *next;
+    cc_worker *next;        /* on the idle, dead or spare list */
 };
 
 static pthread_mutex_t wlock = PTHREAD_MUTEX_INITIALIZER;
@@ -139,7 +136,6 @@ static void *worker_main(void *p) {
         w->fn = NULL;
         w->arg = NULL;
         if (!keep || stopping || nidle >= IDLE_MAX) break;
-        w->state = W_IDLE;
         w->next = idle;
         idle = w;
         nidle++;
@@ -149,7 +145,7 @@ static void *worker_main(void *p) {
         pthread_mutex_lock(&wlock);
         struct timespec ts;
         cc_timespec(cc_now() + IDLE_SECONDS, &ts);
-        while (!w->fn && !w->stop)
+        while (!w->fn && !stopping)
             if (pthread_cond_timedwait(&w->cv, &wlock, &ts) == ETIMEDOUT) break;
         if (w->fn) continue; /* cc_worker_run took it off the idle list */
         for (cc_worker **pp = &idle; *pp; pp = &(*pp)->next)
@@ -160,7 +156,6 @@ static void *worker_main(void *p) {
             }
         break;
     }
-    w->state = W_DEAD;
     w->next = dead;
     dead = w;
     pthread_mutex_unlock(&wlock);
@@ -174,20 +169,11 @@ static void reap(cc_worker *l) {
         pthread_join(l->tid, NULL);
         pthread_cond_destroy(&l->cv);
         pthread_mutex_lock(&wlock);
-        l->state = W_FREE;
         l->next = spare;
         spare = l;
         pthread_mutex_unlock(&wlock);
         l = n;
     }
-}
-
-static void worker_cond_init(cc_worker *w) {
-    pthread_condattr_t a;
-    pthread_condattr_init(&a);
-    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-    pthread_cond_init(&w->cv, &a);
-    pthread_condattr_destroy(&a);
 }
 
 /* A forked child has none of its parent's workers (only the thread that
@@ -206,62 +192,63 @@ static void forget_workers(void) {
 static pthread_once_t workers_once = PTHREAD_ONCE_INIT;
 static void workers_init(void) { pthread_atfork(workers_before_fork, workers_in_parent, forget_workers); }
 
+/* Start a thread running w (under wlock, so cc_worker_signal sees its
+ * tid): 4 MiB of reserved (not committed) stack, room for Lua's C
+ * recursion limit even under AddressSanitizer's larger frames; the
+ * caller's signal mask plus `block`, set by the new thread itself. 0 or an
+ * errno. */
+static int start(cc_worker *w, int block) {
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setstacksize(&a, 4u << 20);
+    if (block > 0) {
+        sigset_t m;
+        pthread_sigmask(SIG_SETMASK, NULL, &m);
+        sigaddset(&m, block);
+        pthread_attr_setsigmask_np(&a, &m);
+    }
+    int r = pthread_create(&w->tid, &a, worker_main, w);
+    pthread_attr_destroy(&a);
+    if (r) pthread_cond_destroy(&w->cv);
+    return r;
+}
+
 int cc_worker_run(cc_worker **out, uint64_t *gen, void (*fn)(void *), void *arg, int block) {
     pthread_once(&workers_once, workers_init);
     pthread_mutex_lock(&wlock);
     cc_worker *ended = dead;
     dead = NULL;
     cc_worker *w = idle;
-    int r = 0;
-    if (w) {
+    int parked = w != NULL, r = 0;
+    if (parked) {
         idle = w->next;
         nidle--;
+    } else if ((w = spare)) {
+        spare = w->next;
+    } else {
+        w = calloc(1, sizeof *w);
+    }
+    if (!w) {
+        r = ENOMEM;
+    } else {
         w->fn = fn;
         w->arg = arg;
         w->gen = ++jobs;
-        w->state = W_BUSY;
-        nbusy++;
-        *out = w;
-        *gen = w->gen;
-        atomic_store_explicit(&w->handed, 1, memory_order_release);
-        pthread_cond_signal(&w->cv);
-        pthread_mutex_unlock(&wlock);
-        reap(ended);
-        return 0;
+        if (parked) {
+            atomic_store_explicit(&w->handed, 1, memory_order_release);
+            pthread_cond_signal(&w->cv);
+        } else if ((r = start(w, block))) {
+            w->fn = NULL; /* runs nothing: cc_worker_signal leaves it alone */
+            w->next = spare;
+            spare = w;
+        }
     }
-    w = spare;
-    if (w) spare = w->next;
-    else w = calloc(1, sizeof *w);
-    if (!w) {
-        pthread_mutex_unlock(&wlock);
-        reap(ended);
-        return -ENOMEM;
-    }
-    worker_cond_init(w);
-    w->fn = fn;
-    w->arg = arg;
-    w->gen = ++jobs;
-    w->stop = 0;
-    w->state = W_BUSY;
-    pthread_attr_t a;
-    pthread_attr_init(&a);
-    /* 4 MiB of reserved (not committed) stack: room for Lua's C recursion
-     * limit even under AddressSanitizer's larger frames. */
-    pthread_attr_setstacksize(&a, 4u << 20);
-    if (block > 0) { /* the caller's mask and block: set by the new thread itself */
-        sigset_t m;
-        pthread_sigmask(SIG_SETMASK, NULL, &m);
-        sigaddset(&m, block);
-        pthread_attr_setsigmask_np(&a, &m);
-    }
-    r = pthread_create(&w->tid, &a, worker_main, w);
-    pthread_attr_destroy(&a);
-    if (r) {
-        pthread_cond_destroy(&w->cv);
-        w->state = W_FREE;
-        w->next = spare;
-        spare = w;
-    } else {
+    if (!r) {
         nbusy++;
         *out = w;
         *gen = w->gen;
@@ -273,7 +260,7 @@ int cc_worker_run(cc_worker **out, uint64_t *gen, void (*fn)(void *), void *arg,
 
 int cc_worker_signal(cc_worker *w, uint64_t gen, int sig) {
     pthread_mutex_lock(&wlock);
-    int sent = w->state == W_BUSY && w->gen == gen && pthread_kill(w->tid, sig) == 0;
+    int sent = w->fn && w->gen == gen && pthread_kill(w->tid, sig) == 0;
     pthread_mutex_unlock(&wlock);
     return sent;
 }
@@ -285,10 +272,7 @@ int cc_worker_signal(cc_worker *w, uint64_t gen, int sig) {
 static void __attribute__((destructor)) stop_workers(void) {
     pthread_mutex_lock(&wlock);
     stopping = 1;
-    for (cc_worker *w = idle; w; w = w->next) {
-        w->stop = 1;
-        pthread_cond_signal(&w->cv);
-    }
+    for (cc_worker *w = idle; w; w = w->next) pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&wlock);
     for (int i = 0; i < 100; i++) {
         pthread_mutex_lock(&wlock);
