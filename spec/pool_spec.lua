@@ -519,6 +519,49 @@ describe("pool (process) worker death", function()
   end)
 end)
 
+-- A worker that dies after it took a submit and recorded its id, before it
+-- marked it started (two Lua statements apart), left what it ran last as
+-- the item: the future was neither failed nor sent again, and hung.
+for _, kind in ipairs { "process", "thread" } do
+  describe("pool (" .. kind .. ") worker lost before it starts a submit", function()
+    it("sends the submit again, and its future settles", function()
+      local once = shared.array(1, "i64")
+      local p = pool.new { workers = 1, kind = kind, init_args = { once }, init = function(flag)
+        debug.sethook(function()
+          local i = debug.getinfo(2, "n")
+          if i and i.name == "single" and flag:add(1, 1) == 1 then error("worker lost") end
+        end, "c")
+      end }
+      local function g() return 42 end
+      assert.equal(42, p:submit(g):result(20)) -- (seen once: sent whole)
+      local r = p:map(function(x) return x end, { 1, 2, 3 }, { chunksize = 3 }) -- it ran item 3 last
+      assert.same({ 1, 2, 3 }, { r[1], r[2], r[3] })
+      local f = p:submit(g) -- seen twice: registered, sent packed, run by single()
+      assert.same({ 42 }, { f:result(20) })
+      assert.equal(2, once[1]) -- the first worker died there; the replacement ran it
+      p:terminate()
+    end)
+
+    it("runs a chunk again whole when its worker died before it started it", function()
+      local armed, once = shared.array(1, "i64"), shared.array(1, "i64")
+      local p = pool.new { workers = 1, kind = kind, init_args = { armed, once }, init = function(a, flag)
+        local xp = xpcall -- the worker's protected call of the chunk: die outside it
+        debug.sethook(function()
+          if a[1] == 1 and debug.getinfo(2, "f").func == xp and flag:add(1, 1) == 1 then error("worker lost") end
+        end, "c")
+      end }
+      local r = p:map(function(x) return x * 10 end, { 1, 2, 3 }, { chunksize = 3 }) -- it ran item 3 last
+      assert.same({ 10, 20, 30 }, { r[1], r[2], r[3] })
+      armed[1] = 1
+      -- items 1-3 again: the dead worker's last item (3) was not one it ran
+      r = p:map(function(x) return x * 100 end, { 1, 2, 3 }, { chunksize = 3 })
+      assert.same({ 100, 200, 300 }, { r[1], r[2], r[3] })
+      assert.equal(2, once[1])
+      p:terminate()
+    end)
+  end)
+end
+
 describe("pool kinds", function()
   it("runs kind = \"auto\" on local processes when not launched by mpirun", function()
     if os.getenv("OMPI_COMM_WORLD_SIZE") or os.getenv("PMI_SIZE") then return end

@@ -372,6 +372,10 @@ local function worker_main(ctx)
     elseif now - t0 < 2e-4 then
       want = 64
     end
+    -- (no item first: a worker that dies after it records its next cid
+    -- and before its first item leaves at 0, "none started", not the
+    -- last item of this message)
+    st[b + 2] = 0
     st[b + 1] = 0
     if ctx.maxtasks and count >= ctx.maxtasks then
       give_rest()
@@ -668,8 +672,14 @@ local send_single -- (below: a submit's own message)
 -- a chunk that lost its worker: item `at` failed, the rest go again
 local function requeue(p, rec, at)
   if rec.single then -- one submit: again, unless it was the item that failed
+    -- (settled by worker_ended when `at` said it ran; any other `at` is
+    -- what the worker ran before: it died before it started this one)
     if rec.skipped then p.skip[rec.cid] = nil end
-    if not at and rec.state == "running" then send_single(p, rec) end
+    if rec.state == "running" then -- its message again, under the same cid
+      p.out[rec.cid] = rec
+      p.inflight = p.inflight + 1
+      p.be.send(p, rec.m)
+    end
     return
   end
   if rec.batch then
@@ -689,6 +699,16 @@ local function requeue(p, rec, at)
   if #idx > 0 and not rec.job.over then
     send_chunk(p, rec.job, { first = idx, items = items, n = #idx })
   end
+end
+
+-- whether item i is one of a map chunk's
+local function chunk_has(rec, i)
+  local first = rec.first
+  if type(first) == "table" then
+    for k = 1, rec.n do if first[k] == i then return true end end
+    return false
+  end
+  return type(i) == "number" and i >= first and i < first + rec.n
 end
 
 -- the futures a record of submitted tasks holds: a batch's, or the one
@@ -715,8 +735,10 @@ local function worker_ended(p, s, why, cid, at)
     if rec.batch or rec.single then
       local f = futures_of(rec)[at]
       if f then f:_settle(false, msg, w.id) end
-    else
+    elseif chunk_has(rec, at) then
       rec.job:fail(at, msg, w.id)
+    else
+      at = nil -- it died before it started an item of this chunk: all again
     end
     requeue(p, rec, at)
   end
@@ -890,7 +912,7 @@ local function fn_id(p, fn)
   return e.id
 end
 
--- A future holds its arguments in its array part (f[1..f.n]) until it is
+-- A buffered future holds its arguments in its array part (f[1..f.n]) until it is
 -- settled; a batch record lists its futures and their function refs (js).
 local function flush(p, parts)
   if p.nsub == 0 then return end
@@ -945,21 +967,24 @@ end
 -- message of its own ({0, cid, j, nargs, args...} packed when the function
 -- is registered and the arguments are scalars), so it runs as soon as a
 -- worker is free whatever the caller does next; workers take such messages
--- many at a time (worker_main). The future is its own record in p.out.
-send_single = function(p, f, tq) -- tq: the task queue, to put straight into
-  local fn, n, j = f.fn, f.n, f.j
+-- many at a time (worker_main). The future is its own record in p.out and
+-- keeps the message (f.m) until it is settled, to send it again if a
+-- worker died before it recorded the task (requeue); j: fn's id or false.
+send_single = function(p, f, tq, j, fn, ...) -- tq: the task queue, to put straight into
   p.nextcid = p.nextcid + 1
   local cid = p.nextcid
   f.cid = cid
   p.out[cid] = f
   p.inflight = p.inflight + 1
+  local n = select("#", ...)
   local m
-  if j then m = C.packv(0, cid, j, n, unpack(f, 1, n)) end
+  if j then m = C.packv(0, cid, j, n, ...) end
   if not m then
     local fl = {}
     if not j then fl, j = { fn }, 1 end
-    m = { 0, cid, fl, { { j, { n = n, unpack(f, 1, n) } } }, 1 }
+    m = { 0, cid, fl, { { j, { n = n, ... } } }, 1 }
   end
+  f.m = m
   if tq then tq:put(m) else p.be.send(p, m) end
 end
 
@@ -1304,11 +1329,12 @@ function Pool:submit(fn, ...)
   if type(fn) ~= "function" then argerr("pool:submit", 1, "function expected, got " .. type(fn)) end
   self.futs = self.futs + 1
   if self.immediate then
-    -- every field it will have, so the table is sized once (no rehash
-    -- when the task is sent and when it is settled)
-    local f = setmetatable({ pool = self, fn = fn, n = select("#", ...), state = "running", single = true,
-      j = fn_id(self, fn) or false, cid = 0, ok = false, value = false, nr = 0, ... }, Future)
-    send_single(self, f, self.direct)
+    -- every field it will have, so the table is made at its size, 8
+    -- (no rehash when the task is sent and when it is settled); it keeps
+    -- its message, not the function and arguments (send_single)
+    local f = setmetatable({ pool = self, state = "running", single = true, cid = 0, m = false,
+      ok = false, value = false, nr = 0 }, Future)
+    send_single(self, f, self.direct, fn_id(self, fn) or false, fn, ...)
     return f
   end
   local f = setmetatable({ pool = self, fn = fn, n = select("#", ...), state = "pending", ... }, Future)
@@ -1331,8 +1357,11 @@ function Future:_settle(ok, v, who, nr)
   if self.state == "done" or self.state == "cancelled" then return end
   self.state = "done"
   self.ok = ok
-  self.fn = nil
-  for x = 1, self.n do self[x] = nil end -- the arguments are not needed any more
+  if self.single then self.m = nil -- its message, the arguments: not needed any more
+  else
+    self.fn = nil
+    for x = 1, self.n do self[x] = nil end
+  end
   if ok then self.value, self.nr = v, nr
   else self.err = v; self.who = who end
   local p = self.pool
@@ -1420,8 +1449,7 @@ function Future:cancel()
       if p.st[(s - 1) * 4 + 1] == self.cid then return false end
     end
     self.state = "cancelled"
-    self.fn = nil
-    for x = 1, self.n do self[x] = nil end
+    self.m = nil
     p.futs = p.futs - 1
     return true
   end
