@@ -519,11 +519,13 @@ describe("pool (process) worker death", function()
   end)
 end)
 
--- A worker that dies after it took a submit and recorded its id, before it
--- marked it started (two Lua statements apart), left what it ran last as
--- the item: the future was neither failed nor sent again, and hung.
+-- A worker stopped after it took a message and recorded its id, before it
+-- marked its first item (a few Lua statements apart), left what it ran last
+-- as the item: a submit's future hung, a chunk's stale item was failed (or
+-- counted twice), and a chunk call failing there skipped items silently.
+-- Debug hooks stop the worker at that point.
 for _, kind in ipairs { "process", "thread" } do
-  describe("pool (" .. kind .. ") worker lost before it starts a submit", function()
+  describe("pool (" .. kind .. ") worker stopped before its first item", function()
     it("sends the submit again, and its future settles", function()
       local once = shared.array(1, "i64")
       local p = pool.new { workers = 1, kind = kind, init_args = { once }, init = function(flag)
@@ -557,6 +559,25 @@ for _, kind in ipairs { "process", "thread" } do
       r = p:map(function(x) return x * 100 end, { 1, 2, 3 }, { chunksize = 3 })
       assert.same({ 100, 200, 300 }, { r[1], r[2], r[3] })
       assert.equal(2, once[1])
+      p:terminate()
+    end)
+
+    it("fails the item about to run when the chunk's call fails before its first item", function()
+      local armed = shared.array(1, "i64")
+      local p = pool.new { workers = 1, kind = kind, init_args = { armed }, init = function(a)
+        local run = require("concur.pool")._C.run
+        debug.sethook(function()
+          if a[1] == 1 and debug.getinfo(2, "f").func == run and a:add(1, 1) == 2 then error("no room") end
+        end, "c")
+      end }
+      local r = p:map(function(x) return x * 10 end, { 1, 2, 3 }, { chunksize = 3 }) -- it ran item 3 last
+      assert.same({ 10, 20, 30 }, { r[1], r[2], r[3] })
+      armed[1] = 1
+      local errs
+      r, errs = p:map(function(x) return x * 100 end, { 1, 2, 3 }, { chunksize = 3, errors = "collect" })
+      assert.matches("no room", errs[1])
+      assert.same({ nil, 200, 300 }, { r[1], r[2], r[3] })
+      assert.is_nil(errs[3])
       p:terminate()
     end)
   end)

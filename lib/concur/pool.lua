@@ -302,10 +302,12 @@ local function worker_main(ctx)
           end
         else -- the plain case loops in C (pool.c: run)
           while k < n do
+            st[b + 4] = k -- (run stores each item's; still k: it failed before one)
             local ok, err = xpcall(C.run, traceback, fn, items, n, res, st, b, first, k)
             if ok then k = n
             else
-              k = st[b + 4]
+              local at = st[b + 4]
+              k = at > k and at or k + 1
               errs = errs or {}
               errs[k] = err == nil and "nil" or err
             end
