@@ -175,6 +175,16 @@ static inline uint64_t cc_fnv1a(const void *p, size_t n) {
     return h;
 }
 
+/* A spinning waiter's pause between looks (lets the sibling hyperthread
+ * run, saves power). */
+static inline void cc_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 /* ---- sync (sync.c) -------------------------------------------------- */
 /* A robust, process-shared mutex. lock returns 0, -ETIMEDOUT, or
  * -EOWNERDEAD (acquired; the previous holder died holding it). */

@@ -646,14 +646,6 @@ static int caught_up(dir *d) { return !d->scan && d->next + buffered(d) == d->se
  * (nothing staged, every byte sent read): a change then is news, never a
  * frame we already know we cannot take yet. */
 #define SPIN 50e-6
-static inline void relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
 static int spin_cpus(void) {
     static _Atomic int n; /* CPUs this process may run on, looked up once */
     int c = atomic_load_explicit(&n, memory_order_relaxed);
@@ -678,7 +670,7 @@ static int spin_for_data(dir *d, double deadline) {
         if (atomic_load_explicit(&d->st_len, memory_order_relaxed) ||
             atomic_load_explicit(&d->sent, memory_order_relaxed) != have)
             return 1;
-        relax();
+        cc_relax();
         if (!(k & 63) && (cc_now() > until || cc_interrupted())) return 0;
     }
 }
@@ -688,7 +680,7 @@ static int wait_plain(cc_pipe *p, dir *d, double deadline, double busy_since) {
     if (busy_since >= 0 && spin_cpus() > 1 && cc_now() - busy_since < SPIN) {
         /* a sender holds the staging for a memcpy (or is stopped): look
          * again in a moment, before asking for the socket */
-        for (int k = 0; k < 64; k++) relax();
+        for (int k = 0; k < 64; k++) cc_relax();
         return 1;
     }
     int staged = want_data(d);

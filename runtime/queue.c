@@ -109,14 +109,6 @@ void cc_queue_destroy(cc_obj *o) {
     cc_free(q);
 }
 
-static inline void relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
 /* The lock is held for a memcpy: a locker that finds it taken tries again
  * a few times before the robust mutex puts it to sleep in the kernel (a
  * futex wait and a wake per collision otherwise). */
@@ -124,7 +116,7 @@ static int lock(cc_queue *q) {
     for (int i = 0; i < SPIN_LOCK; i++) {
         int r = cc_mutex_trylock(&q->m);
         if (r != -EBUSY) return r == -EOWNERDEAD ? 0 : r; /* consistent by construction */
-        relax();
+        cc_relax();
     }
     int r = cc_mutex_lock_hard(&q->m);
     return r == -EOWNERDEAD ? 0 : r;
@@ -291,7 +283,7 @@ static void spin_on(cc_queue *q, _Atomic uint32_t *word) {
     uint32_t seen = atomic_load_explicit(word, memory_order_relaxed);
     unlock(q);
     for (int i = 0; i < SPIN_WAIT; i++) {
-        relax();
+        cc_relax();
         if (atomic_load_explicit(word, memory_order_acquire) != seen) break;
     }
     lock(q);

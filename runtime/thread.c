@@ -113,9 +113,7 @@ static uint64_t jobs;
 static void spin(cc_worker *w) {
     double until = cc_now() + SPIN;
     for (unsigned k = 1; !atomic_load_explicit(&w->handed, memory_order_acquire); k++) {
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
+        cc_relax();
         if (!(k & 63) && cc_now() > until) return;
     }
 }

@@ -521,60 +521,52 @@ end)
 
 -- A worker stopped after it took a message and recorded its id, before it
 -- marked its first item (a few Lua statements apart), left what it ran last
--- as the item: a submit's future hung, a chunk's stale item was failed (or
--- counted twice), and a chunk call failing there skipped items silently.
+-- as the item: a submit's future hung (or failed though it never ran), a
+-- chunk's stale item was failed (or counted twice), and a chunk call
+-- failing there skipped items silently.
 -- Debug hooks stop the worker at that point.
 for _, kind in ipairs { "process", "thread" } do
   describe("pool (" .. kind .. ") worker stopped before its first item", function()
-    it("sends the submit again, and its future settles", function()
-      local once = shared.array(1, "i64")
-      local p = pool.new { workers = 1, kind = kind, init_args = { once }, init = function(flag)
+    -- One worker whose call hook raises msg the first time, once armed
+    -- (a[1] = 1), the worker calls the function is_it(debug info) names;
+    -- a map of items 1-3 in one chunk first, so item 3 is what it ran last.
+    local function hooked(is_it, msg)
+      local a = shared.array(2, "i64") -- armed, times it fired
+      local p = pool.new { workers = 1, kind = kind, init_args = { a, is_it, msg }, init = function(aa, it, m)
         debug.sethook(function()
-          local i = debug.getinfo(2, "n")
-          if i and i.name == "single" and flag:add(1, 1) == 1 then error("worker lost") end
+          if aa[1] == 1 and it(debug.getinfo(2, "nf")) and aa:add(2, 1) == 1 then error(m) end
         end, "c")
       end }
+      local r = p:map(function(x) return x * 10 end, { 1, 2, 3 }, { chunksize = 3 })
+      assert.same({ 10, 20, 30 }, { r[1], r[2], r[3] })
+      a[1] = 1
+      return p, a
+    end
+
+    it("sends the submit again, and its future settles", function()
+      -- a registered function's submit is run by the worker's single()
+      local p, a = hooked(function(i) return i.name == "single" end, "worker lost")
       local function g() return 42 end
       assert.equal(42, p:submit(g):result(20)) -- (seen once: sent whole)
-      local r = p:map(function(x) return x end, { 1, 2, 3 }, { chunksize = 3 }) -- it ran item 3 last
-      assert.same({ 1, 2, 3 }, { r[1], r[2], r[3] })
-      local f = p:submit(g) -- seen twice: registered, sent packed, run by single()
+      local f = p:submit(g) -- seen twice: registered, sent packed
       assert.same({ 42 }, { f:result(20) })
-      assert.equal(2, once[1]) -- the first worker died there; the replacement ran it
+      assert.equal(2, a[2]) -- the first worker died there; the replacement ran it
       p:terminate()
     end)
 
     it("runs a chunk again whole when its worker died before it started it", function()
-      local armed, once = shared.array(1, "i64"), shared.array(1, "i64")
-      local p = pool.new { workers = 1, kind = kind, init_args = { armed, once }, init = function(a, flag)
-        local xp = xpcall -- the worker's protected call of the chunk: die outside it
-        debug.sethook(function()
-          if a[1] == 1 and debug.getinfo(2, "f").func == xp and flag:add(1, 1) == 1 then error("worker lost") end
-        end, "c")
-      end }
-      local r = p:map(function(x) return x * 10 end, { 1, 2, 3 }, { chunksize = 3 }) -- it ran item 3 last
-      assert.same({ 10, 20, 30 }, { r[1], r[2], r[3] })
-      armed[1] = 1
+      -- the worker's protected call of the chunk: it dies outside it
+      local p, a = hooked(function(i) return i.func == xpcall end, "worker lost")
       -- items 1-3 again: the dead worker's last item (3) was not one it ran
-      r = p:map(function(x) return x * 100 end, { 1, 2, 3 }, { chunksize = 3 })
+      local r = p:map(function(x) return x * 100 end, { 1, 2, 3 }, { chunksize = 3 })
       assert.same({ 100, 200, 300 }, { r[1], r[2], r[3] })
-      assert.equal(2, once[1])
+      assert.equal(2, a[2])
       p:terminate()
     end)
 
     it("fails the item about to run when the chunk's call fails before its first item", function()
-      local armed = shared.array(1, "i64")
-      local p = pool.new { workers = 1, kind = kind, init_args = { armed }, init = function(a)
-        local run = require("concur.pool")._C.run
-        debug.sethook(function()
-          if a[1] == 1 and debug.getinfo(2, "f").func == run and a:add(1, 1) == 2 then error("no room") end
-        end, "c")
-      end }
-      local r = p:map(function(x) return x * 10 end, { 1, 2, 3 }, { chunksize = 3 }) -- it ran item 3 last
-      assert.same({ 10, 20, 30 }, { r[1], r[2], r[3] })
-      armed[1] = 1
-      local errs
-      r, errs = p:map(function(x) return x * 100 end, { 1, 2, 3 }, { chunksize = 3, errors = "collect" })
+      local p = hooked(function(i) return i.func == require("concur.pool")._C.run end, "no room")
+      local r, errs = p:map(function(x) return x * 100 end, { 1, 2, 3 }, { chunksize = 3, errors = "collect" })
       assert.matches("no room", errs[1])
       assert.same({ nil, 200, 300 }, { r[1], r[2], r[3] })
       assert.is_nil(errs[3])
