@@ -187,73 +187,70 @@ static int l_packv(lua_State *L) {
 
 static int corrupt(lua_State *L) { return luaL_error(L, "pool.unpack: corrupt chunk"); }
 
+/* Pushes the value at r of a packed string of format fmt ending at end:
+ * the position after it, or NULL when the bytes are not a value. */
+static const char *push_packed(lua_State *L, char fmt, const char *r, const char *end) {
+    char tag = fmt == 'v' ? (r < end ? *r++ : 0) : fmt == 'i' ? SC_INT : SC_DBL;
+    if (tag == SC_NIL || tag == SC_FALSE || tag == SC_TRUE) {
+        if (tag == SC_NIL) lua_pushnil(L);
+        else lua_pushboolean(L, tag == SC_TRUE);
+        return r;
+    }
+    if (tag == SC_INT || tag == SC_DBL) {
+        if (end - r < 8) return NULL;
+        if (tag == SC_INT) {
+            int64_t v;
+            memcpy(&v, r, 8);
+            cb_pushinteger(L, v);
+        } else {
+            double v;
+            memcpy(&v, r, 8);
+            lua_pushnumber(L, (lua_Number)v);
+        }
+        return r + 8;
+    }
+    if (tag == SC_STR) {
+        uint32_t l32;
+        if (end - r < 4) return NULL;
+        memcpy(&l32, r, 4);
+        if ((size_t)(end - r - 4) < l32) return NULL;
+        lua_pushlstring(L, r + 4, l32);
+        return r + 4 + l32;
+    }
+    return NULL;
+}
+
 /* unpack(s, [dst, first]) -> dst (a new table when absent), count:
- * dst[first + k - 1] = value k */
+ * dst[first + k - 1] = value k, nil ones too (dst may hold an earlier
+ * message's values: a nil must not leave one of them in place) */
 static int l_unpack(lua_State *L) {
     size_t len;
     const char *s = luaL_checklstring(L, 1, &len);
     if (len < 1 || (s[0] != 'i' && s[0] != 'd' && s[0] != 'v')) return corrupt(L);
+    if (s[0] != 'v' && (len - 1) % 8) return corrupt(L);
     const char *r = s + 1, *end = s + len;
-    lua_Integer n = 0;
-    if (s[0] != 'v') {
-        if ((len - 1) % 8) return corrupt(L);
-        n = (lua_Integer)((len - 1) / 8);
-    }
     lua_Integer first = 1;
     if (lua_isnoneornil(L, 2)) {
         lua_settop(L, 1);
-        lua_createtable(L, (int)n, 0);
+        lua_createtable(L, s[0] != 'v' ? (int)((len - 1) / 8) : 0, 0);
     } else {
         luaL_checktype(L, 2, LUA_TTABLE);
         first = luaL_checkinteger(L, 3);
         lua_settop(L, 2);
     }
     lua_Integer k = 0;
-    if (s[0] == 'i') {
-        for (; k < n; k++, r += 8) {
+    if (s[0] == 'i') { /* a map chunk's items or results: the hot case */
+        for (; r < end; k++, r += 8) {
             int64_t v;
             memcpy(&v, r, 8);
             cb_pushinteger(L, v);
             lua_rawseti(L, 2, (int)(first + k));
         }
-    } else if (s[0] == 'd') {
-        for (; k < n; k++, r += 8) {
-            double v;
-            memcpy(&v, r, 8);
-            lua_pushnumber(L, (lua_Number)v);
-            lua_rawseti(L, 2, (int)(first + k));
-        }
-    } else {
-        for (; r < end; k++) {
-            char tag = *r++;
-            if (tag == SC_NIL) {
-                continue; /* a hole: nothing to store */
-            } else if (tag == SC_FALSE || tag == SC_TRUE) {
-                lua_pushboolean(L, tag == SC_TRUE);
-            } else if (tag == SC_INT || tag == SC_DBL) {
-                if (end - r < 8) return corrupt(L);
-                if (tag == SC_INT) {
-                    int64_t v;
-                    memcpy(&v, r, 8);
-                    cb_pushinteger(L, v);
-                } else {
-                    double v;
-                    memcpy(&v, r, 8);
-                    lua_pushnumber(L, (lua_Number)v);
-                }
-                r += 8;
-            } else if (tag == SC_STR) {
-                uint32_t l32;
-                if (end - r < 4) return corrupt(L);
-                memcpy(&l32, r, 4);
-                if ((size_t)(end - r - 4) < l32) return corrupt(L);
-                lua_pushlstring(L, r + 4, l32);
-                r += 4 + l32;
-            } else {
-                return corrupt(L);
-            }
-            lua_rawseti(L, 2, (int)(first + k));
-        }
+    }
+    for (; r < end; k++) {
+        r = push_packed(L, s[0], r, end);
+        if (!r) return corrupt(L);
+        lua_rawseti(L, 2, (int)(first + k));
     }
     cb_pushinteger(L, k);
     return 2;

@@ -137,6 +137,19 @@ for _, kind in ipairs { "process", "thread" } do
       for i = 1, 200 do assert.equal(2 * i, fs[i]:result(10)) end
     end)
 
+    it("submit passes and returns nil, not what the submit before had there", function()
+      -- packed messages were unpacked into a reused table that kept the
+      -- last message's value where this one had nil
+      local function g(x, y) return y, x end
+      for i = 1, 3 do assert.same({ "b" .. i, "a" .. i }, { p:submit(g, "a" .. i, "b" .. i):result(10) }) end
+      local a, b = p:submit(g, nil, nil):result(10)
+      assert.is_nil(a)
+      assert.is_nil(b)
+      a, b = p:submit(g, 1, nil):result(10)
+      assert.is_nil(a)
+      assert.equal(1, b)
+    end)
+
     it("result(timeout) returns nil, \"timeout\" while the task runs", function()
       local f = p:submit(function() concur.sleep(0.5); return 1 end)
       local v, why = f:result(0.05)
