@@ -188,33 +188,32 @@ local function worker_main(ctx)
   -- One submit packed as {0, cid, j, nargs, args...} (u), its function
   -- registered (j < 0): run it; its results go back as one packed string
   -- {slot, -cid, nres, values...}, or, when it failed or a result needs the
-  -- codec, in the forms of a batch's reply
+  -- codec, in the forms of a batch's reply (finish). Runs of them are run
+  -- by pool.c's singles, the same steps in C.
+  local function finish(cid, ok, ...)
+    if ok then
+      reply(cid, { { select("#", ...), ... } }, nil, 1)
+    else
+      local err = ...
+      reply(cid, C.pack({ -1 }, 1, 1), { err == nil and "nil" or err }, 1)
+    end
+  end
   local function finish_single(cid, ok, ...)
     if ok then
       local msg = C.packv(slot, -cid, select("#", ...), ...)
-      if msg then put(msg) return true end
+      if msg then put(msg) return end
     end
-    return false, ok, pack(...)
+    finish(cid, ok, ...)
   end
   local function single(u, cid)
     local j, na = u[3], u[4]
     local fn = fcache[j]
     if not fn then fn = fns[j]; fcache[j] = fn end
     st[b + 2] = 1
-    local done, ok, r = finish_single(cid, xpcall(fn, traceback, unpack(u, 5, 4 + na)))
-    if done then return true end
-    -- an error, or results that need the codec: the batch reply's forms
-    if ok then
-      local nr = r.n
-      local t = { nr }
-      for x = 1, nr do t[x + 1] = r[x] end
-      reply(cid, { t }, nil, 1)
-    else
-      local err = r[1]
-      reply(cid, C.pack({ -1 }, 1, 1), { err == nil and "nil" or err }, 1)
-    end
-    return true
+    finish_single(cid, xpcall(fn, traceback, unpack(u, 5, 4 + na)))
   end
+  local rq = ctx.rq
+  local singles = not get and cancels and C.singles
   -- Messages are taken several at a time while they prove quick (up to
   -- 64, and at most 1/n of those queued: a burst of submits costs one queue
   -- operation per worker wake-up), one at a time once one runs long, so
@@ -244,144 +243,155 @@ local function worker_main(ctx)
         gi = 0
       end
     end
-    gi = gi + 1
-    local m = group[gi]
-    group[gi] = nil
-    t0 = clock()
-    local u -- one submit, packed: {0, cid, j, nargs, args...}
-    if type(m) == "string" then -- a message of scalars travels packed
-      u = C.unpack(m, U, 1)
-      if u[1] ~= 0 then m, u = { u[1], u[2], u[3], u[5], u[4] }, nil
-      elseif type(u[4]) == "string" then m, u = { 0, u[2], NOFNS, u[4], u[3] }, nil
-      else m = u end
-    end
-    local gen, cid = m[1], m[2]
-    st[b + 1] = cid
-    if gen == 0 and (u or m[5] == 1) and cancels and cancels[1] > 0 and skip[cid] then
-      put({ slot, cid, false, nil, me, 0 }) -- cancelled before it started
-    elseif u then
-      single(u, cid)
-      count = count + 1
-    elseif gen ~= 0 then
-      local spec = cache[gen]
-      if spec == nil and live[gen] then
-        spec = fns[gen]
-        cache[gen] = spec
+    if singles then -- quick submits in a row, in C; it stops at anything else
+      local done, long = singles(group, gi, gn, fcache, st, b, cancels, rq.put, rq, slot, traceback, finish,
+        ctx.maxtasks and ctx.maxtasks - count or gn)
+      if done > 0 then
+        gi, count = gi + done, count + done
+        if long then want = 1; give_rest() else want = 64 end
+        if ctx.maxtasks and count >= ctx.maxtasks then give_rest() break end
       end
-      if spec and live[gen] then
-        local fn, star, S, timed = spec.fn, spec.star, spec.seed, spec.timeout
-        local first, items, n = m[3], m[4], m[5]
-        if type(items) == "string" then items = C.unpack(items) end
-        local idx = type(first) == "table" and first or nil
-        local res, errs = C.table(n), nil
-        local k = 0
-        -- one protected call runs the whole chunk; a failure records that
-        -- item's error and resumes after it
-        local function run()
-          while k < n do
-            k = k + 1
-            local i = idx and idx[k] or first + k - 1
-            st[b + 2] = i
-            if timed then st[b + 3] = clock() end
-            if S then seed(S, i) end
-            if star then
-              local a = items[k]
-              res[k] = fn(unpack(a, 1, a.n or #a))
-            else
-              res[k] = fn(items[k])
-            end
-          end
+    end
+    if gi < gn then
+      gi = gi + 1
+      local m = group[gi]
+      group[gi] = nil
+      t0 = clock()
+      local u -- one submit, packed: {0, cid, j, nargs, args...}
+      if type(m) == "string" then -- a message of scalars travels packed
+        u = C.unpack(m, U, 1)
+        if u[1] ~= 0 then m, u = { u[1], u[2], u[3], u[5], u[4] }, nil
+        elseif type(u[4]) == "string" then m, u = { 0, u[2], NOFNS, u[4], u[3] }, nil
+        else m = u end
+      end
+      local gen, cid = m[1], m[2]
+      st[b + 1] = cid
+      if gen == 0 and (u or m[5] == 1) and cancels and cancels[1] > 0 and skip[cid] then
+        put({ slot, cid, false, nil, me, 0 }) -- cancelled before it started
+      elseif u then
+        single(u, cid)
+        count = count + 1
+      elseif gen ~= 0 then
+        local spec = cache[gen]
+        if spec == nil and live[gen] then
+          spec = fns[gen]
+          cache[gen] = spec
         end
-        if star or S or timed then
-          while k < n do
-            local ok, err = xpcall(run, traceback)
-            if not ok then
-              errs = errs or {}
-              errs[k] = err == nil and "nil" or err
+        if spec and live[gen] then
+          local fn, star, S, timed = spec.fn, spec.star, spec.seed, spec.timeout
+          local first, items, n = m[3], m[4], m[5]
+          if type(items) == "string" then items = C.unpack(items) end
+          local idx = type(first) == "table" and first or nil
+          local res, errs = C.table(n), nil
+          local k = 0
+          -- one protected call runs the whole chunk; a failure records that
+          -- item's error and resumes after it
+          local function run()
+            while k < n do
+              k = k + 1
+              local i = idx and idx[k] or first + k - 1
+              st[b + 2] = i
+              if timed then st[b + 3] = clock() end
+              if S then seed(S, i) end
+              if star then
+                local a = items[k]
+                res[k] = fn(unpack(a, 1, a.n or #a))
+              else
+                res[k] = fn(items[k])
+              end
             end
           end
-        else -- the plain case loops in C (pool.c: run)
-          while k < n do
-            st[b + 4] = k -- (run stores each item's; still k: it failed before one)
-            local ok, err = xpcall(C.run, traceback, fn, items, n, res, st, b, first, k)
-            if ok then k = n
-            else
-              local at = st[b + 4]
-              k = at > k and at or k + 1
-              errs = errs or {}
-              errs[k] = err == nil and "nil" or err
+          if star or S or timed then
+            while k < n do
+              local ok, err = xpcall(run, traceback)
+              if not ok then
+                errs = errs or {}
+                errs[k] = err == nil and "nil" or err
+              end
+            end
+          else -- the plain case loops in C (pool.c: run)
+            while k < n do
+              st[b + 4] = k -- (run stores each item's; still k: it failed before one)
+              local ok, err = xpcall(C.run, traceback, fn, items, n, res, st, b, first, k)
+              if ok then k = n
+              else
+                local at = st[b + 4]
+                k = at > k and at or k + 1
+                errs = errs or {}
+                errs[k] = err == nil and "nil" or err
+              end
             end
           end
+          reply(cid, not errs and C.pack(res, 1, n) or res, errs, n)
+          count = count + n
+        else
+          cache[gen] = false
+          put({ slot, cid, false, nil, me, 0 }) -- skipped: its call is over
         end
-        reply(cid, not errs and C.pack(res, 1, n) or res, errs, n)
-        count = count + n
       else
-        cache[gen] = false
-        put({ slot, cid, false, nil, me, 0 }) -- skipped: its call is over
-      end
-    else
-      -- a batch of submitted tasks: m = {0, cid, fns, tasks}; tasks is
-      -- packed {j, nargs, args..., j, nargs, ...} or a table of {j, args};
-      -- j > 0 is fns[j], j < 0 a function registered in the shared dict
-      local fl, tasks = m[3], m[4]
-      local packed = type(tasks) == "string"
-      local flat = packed and C.unpack(tasks)
-      local n = m[5]
-      local res, errs = {}, nil
-      local out, no = {}, 0 -- packed results: {nres, values..., nres, ...}
-      local pos = 1
-      for k = 1, n do
-        local j, r
-        st[b + 2] = k
-        if packed then
-          j = flat[pos]
-          local na = flat[pos + 1]
-          local fn = j > 0 and fl[j] or fcache[j]
-          if not fn then fn = fns[j]; fcache[j] = fn end
-          r = pack(xpcall(fn, traceback, unpack(flat, pos + 2, pos + 1 + na)))
-          pos = pos + 2 + na
-        else
-          local t = tasks[k]
-          j = t[1]
-          local fn = j > 0 and fl[j] or fcache[j]
-          if not fn then fn = fns[j]; fcache[j] = fn end
-          local a = t[2]
-          r = pack(xpcall(fn, traceback, unpack(a, 1, a.n)))
+        -- a batch of submitted tasks: m = {0, cid, fns, tasks}; tasks is
+        -- packed {j, nargs, args..., j, nargs, ...} or a table of {j, args};
+        -- j > 0 is fns[j], j < 0 a function registered in the shared dict
+        local fl, tasks = m[3], m[4]
+        local packed = type(tasks) == "string"
+        local flat = packed and C.unpack(tasks)
+        local n = m[5]
+        local res, errs = {}, nil
+        local out, no = {}, 0 -- packed results: {nres, values..., nres, ...}
+        local pos = 1
+        for k = 1, n do
+          local j, r
+          st[b + 2] = k
+          if packed then
+            j = flat[pos]
+            local na = flat[pos + 1]
+            local fn = j > 0 and fl[j] or fcache[j]
+            if not fn then fn = fns[j]; fcache[j] = fn end
+            r = pack(xpcall(fn, traceback, unpack(flat, pos + 2, pos + 1 + na)))
+            pos = pos + 2 + na
+          else
+            local t = tasks[k]
+            j = t[1]
+            local fn = j > 0 and fl[j] or fcache[j]
+            if not fn then fn = fns[j]; fcache[j] = fn end
+            local a = t[2]
+            r = pack(xpcall(fn, traceback, unpack(a, 1, a.n)))
+          end
+          if r[1] then
+            local nr = r.n - 1
+            r[1] = nr -- r = {count, values...}
+            res[k] = r
+            no = no + 1
+            out[no] = nr
+            for x = 2, nr + 1 do out[no + x - 1] = r[x] end
+            no = no + nr
+          else
+            errs = errs or {}
+            errs[k] = r[2] == nil and "nil" or r[2]
+            no = no + 1
+            out[no] = -1
+          end
         end
-        if r[1] then
-          local nr = r.n - 1
-          r[1] = nr -- r = {count, values...}
-          res[k] = r
-          no = no + 1
-          out[no] = nr
-          for x = 2, nr + 1 do out[no + x - 1] = r[x] end
-          no = no + nr
-        else
-          errs = errs or {}
-          errs[k] = r[2] == nil and "nil" or r[2]
-          no = no + 1
-          out[no] = -1
-        end
+        res = C.pack(out, 1, no) or res
+        reply(cid, res, errs, n)
+        count = count + n
       end
-      res = C.pack(out, 1, no) or res
-      reply(cid, res, errs, n)
-      count = count + n
-    end
-    local now = clock()
-    if now - t0 > 0.002 then -- long work: the rest of the group goes back
-      want = 1
-      give_rest()
-    elseif now - t0 < 2e-4 then
-      want = 64
-    end
-    -- (no item first: a worker that dies after it records its next cid
-    -- and before its first item leaves at 0, "none started", not the
-    -- last item of this message)
-    st[b + 2] = 0
-    st[b + 1] = 0
-    if ctx.maxtasks and count >= ctx.maxtasks then
-      give_rest()
-      break
+      local now = clock()
+      if now - t0 > 0.002 then -- long work: the rest of the group goes back
+        want = 1
+        give_rest()
+      elseif now - t0 < 2e-4 then
+        want = 64
+      end
+      -- (no item first: a worker that dies after it records its next cid
+      -- and before its first item leaves at 0, "none started", not the
+      -- last item of this message)
+      st[b + 2] = 0
+      st[b + 1] = 0
+      if ctx.maxtasks and count >= ctx.maxtasks then
+        give_rest()
+        break
+      end
     end
   end
 end
