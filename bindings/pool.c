@@ -17,8 +17,10 @@
 #include <errno.h>
 #include <unistd.h>
 
+#include "fastmsg.h"
 #include "pool_lua.h"
 #include "../runtime/array.h"
+#include "../runtime/queue.h"
 
 static int l_isatty(lua_State *L) {
     lua_pushboolean(L, isatty((int)cb_checkint(L, 1, 1, "pool.isatty")));
@@ -362,6 +364,161 @@ static int l_singles(lua_State *L) {
     return 2;
 }
 
+/* The field names submit1 and deliver use, their upvalues in this order:
+ * made once, then a push and a raw access (lua_setfield looks each literal
+ * up in the API's string cache and compares it: 1.4k instructions a
+ * submit). */
+enum { K_POOL = 1, K_STATE, K_SINGLE, K_CID, K_M, K_OK, K_VALUE, K_NR, K_SKIPPED, K_RUNNING, K_DONE, K_CANCELLED };
+static const char *const keys[] = {"pool", "state", "single", "cid", "m", "ok", "value", "nr", "skipped",
+                                   "running", "done", "cancelled"};
+#define NKEYS ((int)(sizeof keys / sizeof *keys))
+#define KEY(k) lua_upvalueindex(k)
+
+/* t[key] = the value on top (popped); t at an absolute index */
+static void set_key(lua_State *L, int t, int key) {
+    lua_pushvalue(L, KEY(key));
+    lua_insert(L, -2);
+    lua_rawset(L, t);
+}
+
+/* t[key] = what `push` pushes, with no stack shuffle */
+#define SET_KEY(t, key, push) (lua_pushvalue(L, KEY(key)), (push), lua_rawset(L, (t)))
+
+/* pushes t[key] (raw) */
+static void get_key(lua_State *L, int t, int key) {
+    lua_pushvalue(L, KEY(key));
+    lua_rawget(L, t);
+}
+
+/* submit1(p, out, Future, tq, cid, j, ...) -> the future, or nil when the
+ * arguments do not pack (nothing done: Lua sends it as a table)
+ * A submit of a registered function (j) into a pool's task queue, the
+ * caller's side of singles: packs {0, cid, j, nargs, args...}, makes the
+ * future -- {pool = p, state = "running", single = true, cid = cid, m =
+ * the message, ok = false, value = false, nr = 0}, a Future -- puts the
+ * message into tq and sets out[cid]. Lua keeps the checks and the counts
+ * (Pool:submit). The put comes before out[cid]: one that raises leaves
+ * nothing recorded. */
+static int l_submit1(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    cc_queue *q = (cc_queue *)cb_check(L, 4, CC_T_QUEUE, "pool.submit1");
+    lua_Integer cid = luaL_checkinteger(L, 5);
+    luaL_checkinteger(L, 6);
+    int n = lua_gettop(L) - 6;
+    luaL_checkstack(L, n + 16, "pool.submit1");
+    int base = lua_gettop(L) + 1;
+    lua_pushinteger(L, 0);
+    lua_pushvalue(L, 5);
+    lua_pushvalue(L, 6);
+    lua_pushinteger(L, n);
+    for (int i = 0; i < n; i++) lua_pushvalue(L, 7 + i);
+    pack_items(L, 0, base, n + 4);
+    if (lua_type(L, -1) != LUA_TSTRING) return 1; /* nil */
+    int msg = lua_gettop(L);
+    lua_createtable(L, 0, 8);
+    int f = lua_gettop(L);
+    SET_KEY(f, K_POOL, lua_pushvalue(L, 1));
+    SET_KEY(f, K_STATE, lua_pushvalue(L, KEY(K_RUNNING)));
+    SET_KEY(f, K_SINGLE, lua_pushboolean(L, 1));
+    SET_KEY(f, K_CID, lua_pushvalue(L, 5));
+    SET_KEY(f, K_M, lua_pushvalue(L, msg));
+    SET_KEY(f, K_OK, lua_pushboolean(L, 0));
+    SET_KEY(f, K_VALUE, lua_pushboolean(L, 0));
+    SET_KEY(f, K_NR, lua_pushinteger(L, 0));
+    lua_pushvalue(L, 3);
+    lua_setmetatable(L, f);
+    unsigned char small[FM_SMALL];
+    size_t len = fm_encode(L, msg, small);
+    if (!len || cc_queue_put(q, small, len, CC_FOREVER) != 0) {
+        /* longer than a small message, or the put failed (full memory, a
+         * closed queue): through the queue's own put, which has the
+         * codec's path and raises the right error */
+        lua_getfield(L, 4, "put");
+        lua_pushvalue(L, 4);
+        lua_pushvalue(L, msg);
+        lua_call(L, 2, 0);
+    }
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, 2, (int)cid);
+    return 1;
+}
+
+/* deliver(got, n, out) -> left, taken, settled
+ * The caller's side of singles: of the n replies in got, each packed
+ * {slot, -cid, nres, results...} whose record out[cid] is a single future
+ * not marked skipped is dealt with here -- out[cid] = nil and, unless the
+ * future is settled already (cancelled), state "done", ok true, m nil,
+ * value (the one result, nil, or a table of them) and nr, as
+ * Future:_settle does -- and one whose record is gone is dropped. The
+ * others move to got[1..left] for Lua's deliver. taken and settled are
+ * for the pool's inflight and futs counts. */
+static int l_deliver(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_Integer n = luaL_checkinteger(L, 2);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    lua_settop(L, 3);
+    lua_Integer left = 0, taken = 0, settled = 0;
+    for (lua_Integer k = 1; k <= n; k++) {
+        lua_rawgeti(L, 1, (int)k); /* 4: the reply */
+        size_t len = 0;
+        const char *s = lua_type(L, 4) == LUA_TSTRING ? lua_tolstring(L, 4, &len) : NULL;
+        const char *r = s && len > 0 ? s + 1 : NULL, *end = s + len;
+        int64_t h[3]; /* slot, -cid, nres */
+        for (int x = 0; x < 3 && r; x++) r = read_int(s[0], r, end, &h[x]);
+        int mine = r && h[1] < 0 && h[1] > INT32_MIN && h[2] >= 0 && h[2] <= (int64_t)len;
+        if (mine) {
+            lua_rawgeti(L, 3, (int)-h[1]); /* 5: its record */
+            if (lua_isnil(L, 5)) { /* gone (terminated, or settled by a worker's death) */
+                lua_settop(L, 3);
+                continue;
+            }
+            mine = lua_istable(L, 5);
+            if (mine) {
+                get_key(L, 5, K_SINGLE);
+                get_key(L, 5, K_SKIPPED);
+                mine = lua_toboolean(L, 6) && !lua_toboolean(L, 7);
+            }
+        }
+        if (!mine) {
+            lua_settop(L, 4);
+            lua_rawseti(L, 1, (int)++left);
+            continue;
+        }
+        lua_pushnil(L);
+        lua_rawseti(L, 3, (int)-h[1]);
+        taken++;
+        get_key(L, 5, K_STATE); /* 8 */
+        if (lua_rawequal(L, 8, KEY(K_DONE)) || lua_rawequal(L, 8, KEY(K_CANCELLED))) {
+            lua_settop(L, 3);
+            continue;
+        }
+        int nres = (int)h[2];
+        if (nres == 1) r = push_packed(L, s[0], r, end);
+        else if (nres == 0) lua_pushnil(L);
+        else {
+            lua_createtable(L, nres, 0);
+            for (int x = 1; x <= nres && r; x++) {
+                r = push_packed(L, s[0], r, end);
+                if (r) lua_rawseti(L, -2, x);
+            }
+        }
+        if (!r || r != end) return luaL_error(L, "pool.deliver: corrupt reply");
+        set_key(L, 5, K_VALUE);
+        SET_KEY(5, K_NR, lua_pushinteger(L, nres));
+        SET_KEY(5, K_STATE, lua_pushvalue(L, KEY(K_DONE)));
+        SET_KEY(5, K_OK, lua_pushboolean(L, 1));
+        SET_KEY(5, K_M, lua_pushnil(L));
+        settled++;
+        lua_settop(L, 3);
+    }
+    cb_pushinteger(L, left);
+    cb_pushinteger(L, taken);
+    cb_pushinteger(L, settled);
+    return 3;
+}
+
 /* move(src, n, dst, first): dst[first + k - 1] = src[k], holes included */
 static int l_move(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -438,6 +595,13 @@ static int load_pool(lua_State *L) {
         return lua_error(L);
     lua_pushvalue(L, lua_upvalueindex(1));
     cb_newlib(L, helpers);
+    static const luaL_Reg keyed[] = {{"submit1", l_submit1}, {"deliver", l_deliver}};
+    for (size_t i = 0; i < sizeof keyed / sizeof *keyed; i++) {
+        luaL_checkstack(L, NKEYS + 2, "pool");
+        for (int k = 0; k < NKEYS; k++) lua_pushstring(L, keys[k]);
+        lua_pushcclosure(L, keyed[i].func, NKEYS);
+        lua_setfield(L, -2, keyed[i].name);
+    }
     lua_call(L, 2, 1);
     return 1;
 }

@@ -150,6 +150,30 @@ for _, kind in ipairs { "process", "thread" } do
       assert.equal(1, b)
     end)
 
+    it("submit of one function many times: results, nils, tables and errors all come back", function()
+      -- after its second submit a function is registered and its submits
+      -- and replies take the packed path (pool.c: submit1, singles, deliver)
+      local function f(kind_, x)
+        if kind_ == "none" then return end
+        if kind_ == "many" then return x, nil, x * 2, "s" .. x end
+        if kind_ == "table" then return { x = x } end
+        if kind_ == "error" then error("bad " .. x) end
+        return x
+      end
+      local kinds = { "one", "none", "many", "table", "error" }
+      local fs = {}
+      for i = 1, 500 do fs[i] = p:submit(f, kinds[i % 5 + 1], i) end
+      for i = 1, 500 do
+        local k = kinds[i % 5 + 1]
+        if k == "one" then assert.equal(i, fs[i]:result(10))
+        elseif k == "none" then assert.equal(0, select("#", fs[i]:result(10)))
+        elseif k == "many" then assert.same({ i, nil, 2 * i, "s" .. i, n = 4 }, table.pack(fs[i]:result(10)))
+        elseif k == "table" then assert.same({ x = i }, fs[i]:result(10))
+        else assert.matches("bad " .. i, fs[i]:error(10)) end
+        assert.is_true(fs[i]:done())
+      end
+    end)
+
     it("result(timeout) returns nil, \"timeout\" while the task runs", function()
       local f = p:submit(function() concur.sleep(0.5); return 1 end)
       local v, why = f:result(0.05)

@@ -1011,11 +1011,18 @@ function Pool:_pump(timeout)
   feed(self)
   if self.broken then error(self.broken, 0) end
   local got = self.be.recv(self, 256, timeout)
-  for k = 1, #got do deliver(self, got[k]) end
+  local n = #got
+  local left = n
+  if n > 0 and self.immediate then -- submits' packed replies: pool.c's deliver
+    local taken, settled
+    left, taken, settled = C.deliver(got, n, self.out)
+    self.inflight, self.futs = self.inflight - taken, self.futs - settled
+  end
+  for k = 1, left do deliver(self, got[k]) end
   if self.broken then error(self.broken, 0) end
-  if #got == 0 or clock() - self.lastcheck > 0.05 then check_workers(self) end
+  if n == 0 or clock() - self.lastcheck > 0.05 then check_workers(self) end
   feed(self)
-  return #got
+  return n
 end
 
 -- ------------------------------------------------------------------ map jobs
@@ -1341,12 +1348,21 @@ function Pool:submit(fn, ...)
   if type(fn) ~= "function" then argerr("pool:submit", 1, "function expected, got " .. type(fn)) end
   self.futs = self.futs + 1
   if self.immediate then
+    local j, tq = fn_id(self, fn), self.direct
+    if j and tq then -- a registered function into the task queue: pool.c's submit1
+      local cid = self.nextcid + 1
+      local f = C.submit1(self, self.out, Future, tq, cid, j, ...)
+      if f then
+        self.nextcid, self.inflight = cid, self.inflight + 1
+        return f
+      end
+    end
     -- every field it will have, so the table is made at its size, 8
     -- (no rehash when the task is sent and when it is settled); it keeps
     -- its message, not the function and arguments (send_single)
     local f = setmetatable({ pool = self, state = "running", single = true, cid = 0, m = false,
       ok = false, value = false, nr = 0 }, Future)
-    send_single(self, f, self.direct, fn_id(self, fn) or false, fn, ...)
+    send_single(self, f, tq, j or false, fn, ...)
     return f
   end
   local f = setmetatable({ pool = self, fn = fn, n = select("#", ...), state = "pending", ... }, Future)
