@@ -311,7 +311,7 @@ static int l_singles(lua_State *L) {
         lua_rawgeti(L, 1, (int)k); /* 14: the message */
         size_t len = 0;
         const char *s = lua_type(L, 14) == LUA_TSTRING ? lua_tolstring(L, 14, &len) : NULL;
-        const char *r = s && len > 0 ? s + 1 : NULL, *end = s + len;
+        const char *r = s && len > 0 ? s + 1 : NULL, *end = s ? s + len : NULL;
         int64_t h[4]; /* gen, cid, j, nargs */
         for (int x = 0; x < 4 && r; x++) r = read_int(s[0], r, end, &h[x]);
         if (!r || h[0] != 0 || h[1] <= 0 || h[2] >= 0 || h[3] < 0 || h[3] > (int64_t)len) break;
@@ -464,7 +464,7 @@ static int l_deliver(lua_State *L) {
         lua_rawgeti(L, 1, (int)k); /* 4: the reply */
         size_t len = 0;
         const char *s = lua_type(L, 4) == LUA_TSTRING ? lua_tolstring(L, 4, &len) : NULL;
-        const char *r = s && len > 0 ? s + 1 : NULL, *end = s + len;
+        const char *r = s && len > 0 ? s + 1 : NULL, *end = s ? s + len : NULL;
         int64_t h[3]; /* slot, -cid, nres */
         for (int x = 0; x < 3 && r; x++) r = read_int(s[0], r, end, &h[x]);
         int mine = r && h[1] < 0 && h[1] > INT32_MIN && h[2] >= 0 && h[2] <= (int64_t)len;
