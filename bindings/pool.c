@@ -276,6 +276,19 @@ static const char *read_int(char fmt, const char *r, const char *end, int64_t *o
     return r + 8;
 }
 
+/* The first n integers of the packed message at idx into h: the position
+ * after them, *endp set to the message's end; NULL when idx is not a
+ * packed string or they are not integers. */
+static const char *packed_head(lua_State *L, int idx, int n, int64_t *h, const char **endp) {
+    size_t len = 0;
+    const char *s = lua_type(L, idx) == LUA_TSTRING ? lua_tolstring(L, idx, &len) : NULL;
+    if (!s || len == 0) return NULL;
+    const char *r = s + 1;
+    *endp = s + len;
+    for (int x = 0; x < n && r; x++) r = read_int(s[0], r, *endp, &h[x]);
+    return r;
+}
+
 /* singles(group, gi, gn, fcache, st, b, cancels, put, rq, slot, traceback,
  *         finish, limit) -> done, long
  * The worker's loop over quick submits (lib/concur/pool.lua, worker_main),
@@ -309,12 +322,10 @@ static int l_singles(lua_State *L) {
     lua_settop(L, 13);
     for (lua_Integer k = gi + 1; k <= gn && done < limit && !slow; k++) {
         lua_rawgeti(L, 1, (int)k); /* 14: the message */
-        size_t len = 0;
-        const char *s = lua_type(L, 14) == LUA_TSTRING ? lua_tolstring(L, 14, &len) : NULL;
-        const char *r = s && len > 0 ? s + 1 : NULL, *end = s ? s + len : NULL;
         int64_t h[4]; /* gen, cid, j, nargs */
-        for (int x = 0; x < 4 && r; x++) r = read_int(s[0], r, end, &h[x]);
-        if (!r || h[0] != 0 || h[1] <= 0 || h[2] >= 0 || h[3] < 0 || h[3] > (int64_t)len) break;
+        const char *end = NULL, *r = packed_head(L, 14, 4, h, &end);
+        if (!r || h[0] != 0 || h[1] <= 0 || h[2] >= 0 || h[3] < 0 || h[3] > end - r) break;
+        char fmt = *lua_tostring(L, 14);
         lua_rawgeti(L, 4, (int)h[2]); /* 15: fn */
         if (!lua_isfunction(L, 15)) break;
         double cid = (double)h[1], one = 1, zero = 0;
@@ -330,7 +341,7 @@ static int l_singles(lua_State *L) {
         lua_pushinteger(L, 0);
         lua_pushvalue(L, 15);
         int na = 0;
-        for (; r && r < end; na++) r = push_packed(L, s[0], r, end);
+        for (; r && r < end; na++) r = push_packed(L, fmt, r, end);
         if (!r || na != h[3]) return luaL_error(L, "pool.singles: corrupt message");
         int ok = lua_pcall(L, na, LUA_MULTRET, 11) == LUA_OK;
         int nres = lua_gettop(L) - 18;
@@ -374,14 +385,7 @@ static const char *const keys[] = {"pool", "state", "single", "cid", "m", "ok", 
 #define NKEYS ((int)(sizeof keys / sizeof *keys))
 #define KEY(k) lua_upvalueindex(k)
 
-/* t[key] = the value on top (popped); t at an absolute index */
-static void set_key(lua_State *L, int t, int key) {
-    lua_pushvalue(L, KEY(key));
-    lua_insert(L, -2);
-    lua_rawset(L, t);
-}
-
-/* t[key] = what `push` pushes, with no stack shuffle */
+/* t[key] = what `push` pushes (t at an absolute index) */
 #define SET_KEY(t, key, push) (lua_pushvalue(L, KEY(key)), (push), lua_rawset(L, (t)))
 
 /* pushes t[key] (raw) */
@@ -390,13 +394,43 @@ static void get_key(lua_State *L, int t, int key) {
     lua_rawget(L, t);
 }
 
+/* Pushes a new submit's future: {pool = p, state = "running", single =
+ * true, cid = cid, m = msg, ok = false, value = false, nr = 0} with Future
+ * as its metatable -- every field it will have, so its table is made at
+ * its size, 8, and never rehashed. p, Future, cid and msg at absolute
+ * indices. */
+static void push_future(lua_State *L, int p, int future, int cid, int msg) {
+    lua_createtable(L, 0, 8);
+    int f = lua_gettop(L);
+    SET_KEY(f, K_POOL, lua_pushvalue(L, p));
+    SET_KEY(f, K_STATE, lua_pushvalue(L, KEY(K_RUNNING)));
+    SET_KEY(f, K_SINGLE, lua_pushboolean(L, 1));
+    SET_KEY(f, K_CID, lua_pushvalue(L, cid));
+    SET_KEY(f, K_M, lua_pushvalue(L, msg));
+    SET_KEY(f, K_OK, lua_pushboolean(L, 0));
+    SET_KEY(f, K_VALUE, lua_pushboolean(L, 0));
+    SET_KEY(f, K_NR, lua_pushinteger(L, 0));
+    lua_pushvalue(L, future);
+    lua_setmetatable(L, f);
+}
+
+/* future(p, Future) -> a submit's future as submit1 makes it, cid 0 and m
+ * false until Lua's send_single sets them */
+static int l_future(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, 2);
+    lua_pushinteger(L, 0);
+    lua_pushboolean(L, 0);
+    push_future(L, 1, 2, 3, 4);
+    return 1;
+}
+
 /* submit1(p, out, Future, tq, cid, j, ...) -> the future, or nil when the
  * arguments do not pack (nothing done: Lua sends it as a table)
  * A submit of a registered function (j) into a pool's task queue, the
  * caller's side of singles: packs {0, cid, j, nargs, args...}, makes the
- * future -- {pool = p, state = "running", single = true, cid = cid, m =
- * the message, ok = false, value = false, nr = 0}, a Future -- puts the
- * message into tq and sets out[cid]. Lua keeps the checks and the counts
+ * future (push_future), puts the message into tq and sets out[cid]. Lua keeps the checks and the counts
  * (Pool:submit). The put comes before out[cid]: one that raises leaves
  * nothing recorded. */
 static int l_submit1(lua_State *L) {
@@ -417,18 +451,7 @@ static int l_submit1(lua_State *L) {
     pack_items(L, 0, base, n + 4);
     if (lua_type(L, -1) != LUA_TSTRING) return 1; /* nil */
     int msg = lua_gettop(L);
-    lua_createtable(L, 0, 8);
-    int f = lua_gettop(L);
-    SET_KEY(f, K_POOL, lua_pushvalue(L, 1));
-    SET_KEY(f, K_STATE, lua_pushvalue(L, KEY(K_RUNNING)));
-    SET_KEY(f, K_SINGLE, lua_pushboolean(L, 1));
-    SET_KEY(f, K_CID, lua_pushvalue(L, 5));
-    SET_KEY(f, K_M, lua_pushvalue(L, msg));
-    SET_KEY(f, K_OK, lua_pushboolean(L, 0));
-    SET_KEY(f, K_VALUE, lua_pushboolean(L, 0));
-    SET_KEY(f, K_NR, lua_pushinteger(L, 0));
-    lua_pushvalue(L, 3);
-    lua_setmetatable(L, f);
+    push_future(L, 1, 3, 5, msg);
     unsigned char small[FM_SMALL];
     size_t len = fm_encode(L, msg, small);
     if (!len || cc_queue_put(q, small, len, CC_FOREVER) != 0) {
@@ -462,12 +485,9 @@ static int l_deliver(lua_State *L) {
     lua_Integer left = 0, taken = 0, settled = 0;
     for (lua_Integer k = 1; k <= n; k++) {
         lua_rawgeti(L, 1, (int)k); /* 4: the reply */
-        size_t len = 0;
-        const char *s = lua_type(L, 4) == LUA_TSTRING ? lua_tolstring(L, 4, &len) : NULL;
-        const char *r = s && len > 0 ? s + 1 : NULL, *end = s ? s + len : NULL;
         int64_t h[3]; /* slot, -cid, nres */
-        for (int x = 0; x < 3 && r; x++) r = read_int(s[0], r, end, &h[x]);
-        int mine = r && h[1] < 0 && h[1] > INT32_MIN && h[2] >= 0 && h[2] <= (int64_t)len;
+        const char *end = NULL, *r = packed_head(L, 4, 3, h, &end);
+        int mine = r && h[1] < 0 && h[1] > INT32_MIN && h[2] >= 0 && h[2] <= end - r;
         if (mine) {
             lua_rawgeti(L, 3, (int)-h[1]); /* 5: its record */
             if (lua_isnil(L, 5)) { /* gone (terminated, or settled by a worker's death) */
@@ -495,17 +515,19 @@ static int l_deliver(lua_State *L) {
             continue;
         }
         int nres = (int)h[2];
-        if (nres == 1) r = push_packed(L, s[0], r, end);
+        char fmt = *lua_tostring(L, 4);
+        lua_pushvalue(L, KEY(K_VALUE));
+        if (nres == 1) r = push_packed(L, fmt, r, end);
         else if (nres == 0) lua_pushnil(L);
         else {
             lua_createtable(L, nres, 0);
             for (int x = 1; x <= nres && r; x++) {
-                r = push_packed(L, s[0], r, end);
+                r = push_packed(L, fmt, r, end);
                 if (r) lua_rawseti(L, -2, x);
             }
         }
         if (!r || r != end) return luaL_error(L, "pool.deliver: corrupt reply");
-        set_key(L, 5, K_VALUE);
+        lua_rawset(L, 5);
         SET_KEY(5, K_NR, lua_pushinteger(L, nres));
         SET_KEY(5, K_STATE, lua_pushvalue(L, KEY(K_DONE)));
         SET_KEY(5, K_OK, lua_pushboolean(L, 1));
@@ -595,7 +617,7 @@ static int load_pool(lua_State *L) {
         return lua_error(L);
     lua_pushvalue(L, lua_upvalueindex(1));
     cb_newlib(L, helpers);
-    static const luaL_Reg keyed[] = {{"submit1", l_submit1}, {"deliver", l_deliver}};
+    static const luaL_Reg keyed[] = {{"future", l_future}, {"submit1", l_submit1}, {"deliver", l_deliver}};
     for (size_t i = 0; i < sizeof keyed / sizeof *keyed; i++) {
         luaL_checkstack(L, NKEYS + 2, "pool");
         for (int k = 0; k < NKEYS; k++) lua_pushstring(L, keys[k]);

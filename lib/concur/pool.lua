@@ -1357,11 +1357,9 @@ function Pool:submit(fn, ...)
         return f
       end
     end
-    -- every field it will have, so the table is made at its size, 8
-    -- (no rehash when the task is sent and when it is settled); it keeps
-    -- its message, not the function and arguments (send_single)
-    local f = setmetatable({ pool = self, state = "running", single = true, cid = 0, m = false,
-      ok = false, value = false, nr = 0 }, Future)
+    -- (pool.c's future: the fields submit1 gives one; it keeps its
+    -- message, not the function and arguments: send_single)
+    local f = C.future(self, Future)
     send_single(self, f, tq, j or false, fn, ...)
     return f
   end
