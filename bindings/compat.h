@@ -31,6 +31,11 @@
 /* A count hook is how thread:cancel reaches pure Lua code. */
 #define CB_CANCEL_HOOK 1
 #define cb_tolstring(L, i) luaL_tolstring(L, i, NULL)
+/* A userdata with n user values (5.4), or with an environment table of n
+ * slots (5.1): cb_getiuv pushes value k, cb_setiuv pops one into it. */
+#define cb_newuserdatauv(L, sz, n) lua_newuserdatauv(L, sz, n)
+#define cb_getiuv(L, i, k) ((void)lua_getiuservalue(L, i, k))
+#define cb_setiuv(L, i, k) ((void)lua_setiuservalue(L, i, k))
 #else /* LuaJIT 2.1 / Lua 5.1 API */
 #define CB_LUAJIT 1
 #define cb_rawlen(L, i) lua_objlen(L, i)
@@ -90,6 +95,24 @@ static inline const char *cb_tolstring(lua_State *L, int i) {
     lua_pushvalue(L, i);
     lua_call(L, 1, 1);
     return lua_tostring(L, -1);
+}
+static inline void *cb_newuserdatauv(lua_State *L, size_t sz, int n) {
+    void *u = lua_newuserdata(L, sz);
+    lua_createtable(L, n, 0);
+    lua_setfenv(L, -2);
+    return u;
+}
+static inline void cb_getiuv(lua_State *L, int i, int k) {
+    lua_getfenv(L, i);
+    lua_rawgeti(L, -1, k);
+    lua_remove(L, -2);
+}
+static inline void cb_setiuv(lua_State *L, int i, int k) {
+    i = cb_absindex(L, i);
+    lua_getfenv(L, i);
+    lua_insert(L, -2);
+    lua_rawseti(L, -2, k);
+    lua_pop(L, 1);
 }
 #ifndef LUA_OK
 #define LUA_OK 0

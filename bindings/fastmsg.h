@@ -74,6 +74,42 @@ static inline size_t fm_encode(lua_State *L, int idx, unsigned char out[FM_SMALL
     return (size_t)(p - out);
 }
 
+/* The message of one string, n bytes at s, written into out (cap bytes):
+ * its length, or 0 when it does not fit (then use cb_encode). The same
+ * bytes as fm_encode and cb_encode write for that string. */
+static inline size_t fm_encode_bytes(const char *s, size_t n, unsigned char *out, size_t cap) {
+    const size_t h = sizeof(cc_msghdr);
+    if (cap < h + 3 + 10 || n > cap - (h + 3 + 10)) return 0; /* ten varint bytes hold any length */
+    memset(out, 0, h);
+    uint32_t format = CB_FORMAT;
+    memcpy(out + offsetof(cc_msghdr, format), &format, sizeof format);
+    unsigned char *p = out + h;
+    *p++ = 1;
+    *p++ = FM_STR;
+    p += fm_varint(p, n);
+    memcpy(p, s, n);
+    return (size_t)(p + n - out);
+}
+
+/* The bytes of a message that is one string of the shape above, without
+ * making a Lua string: 1 with *s and *n set, or 0 when it is anything else. */
+static inline int fm_peek_str(const void *msg, size_t len, const char **s, size_t *n) {
+    const size_t h = sizeof(cc_msghdr);
+    const unsigned char *p = (const unsigned char *)msg + h + 2, *end = (const unsigned char *)msg + len;
+    if (len < h + 3 || cc_msg_nrefs(msg) != 0 || p[-2] != 1 || p[-1] != FM_STR) return 0;
+    uint64_t v = 0;
+    for (int shift = 0;; shift += 7) {
+        if (p == end || shift >= 64) return 0;
+        unsigned c = *p++;
+        v |= (uint64_t)(c & 0x7f) << shift;
+        if (!(c & 0x80)) break;
+    }
+    if ((uint64_t)(end - p) != v) return 0;
+    *s = (const char *)p;
+    *n = (size_t)v;
+    return 1;
+}
+
 /* Push the value of a message of the shape above: 1, or -1 (nothing
  * pushed) when the message is anything else. */
 static inline int fm_decode(lua_State *L, const void *msg, size_t len) {

@@ -89,14 +89,15 @@ static void push_item(lua_State *L, int table, lua_Integer first, lua_Integer k)
     else lua_pushvalue(L, (int)(first + k));
 }
 
-/* The string of n values (see above), or nil when one is not a scalar.
- * Up to 256 bytes are built on the C stack: no scratch userdata. */
-static int pack_items(lua_State *L, int table, lua_Integer first, lua_Integer n) {
-    char small[256];
+/* The bytes of n values packed (see above), *len set, or NULL when one is
+ * not a scalar. Up to `cap` bytes are built in `small`; more in a scratch
+ * userdata left on the stack (the caller resets the stack). */
+static const char *pack_to(lua_State *L, int table, lua_Integer first, lua_Integer n, char *small, size_t cap,
+                           size_t *len) {
     /* all numbers (the usual map chunk): one pass */
     if (n > 0) {
         size_t need = 1 + 8 * (size_t)n;
-        char *out = need <= sizeof small ? small : lua_newuserdata(L, need); /* scratch, collected */
+        char *out = need <= cap ? small : lua_newuserdata(L, need); /* scratch, collected */
         int ints = 0, dbls = 0;
         lua_Integer k = 0;
         for (; k < n; k++) {
@@ -119,8 +120,8 @@ static int pack_items(lua_State *L, int table, lua_Integer first, lua_Integer n)
         }
         if (k == n) {
             out[0] = ints ? 'i' : 'd';
-            lua_pushlstring(L, out, need);
-            return 1;
+            *len = need;
+            return out;
         }
         if (out != small) lua_pop(L, 1);
     }
@@ -131,8 +132,8 @@ static int pack_items(lua_State *L, int table, lua_Integer first, lua_Integer n)
         push_item(L, table, first, k);
         int tag = scalar_tag(L);
         if (!tag) {
-            lua_pushnil(L);
-            return 1;
+            lua_pop(L, 1);
+            return NULL;
         }
         ints += tag == SC_INT;
         dbls += tag == SC_DBL;
@@ -142,7 +143,7 @@ static int pack_items(lua_State *L, int table, lua_Integer first, lua_Integer n)
     }
     char fmt = others || (ints && dbls) ? 'v' : ints ? 'i' : 'd';
     if (fmt != 'v') size = 1 + 8 * (size_t)n;
-    char *out = size <= sizeof small ? small : lua_newuserdata(L, size); /* scratch, collected */
+    char *out = size <= cap ? small : lua_newuserdata(L, size); /* scratch, collected */
     char *w = out;
     *w++ = fmt;
     /* pass 2: the values */
@@ -168,7 +169,24 @@ static int pack_items(lua_State *L, int table, lua_Integer first, lua_Integer n)
         }
         lua_pop(L, 1);
     }
-    lua_pushlstring(L, out, size);
+    *len = size;
+    return out;
+}
+
+/* The string of n values (see above) on top of the stack, or nil when
+ * one is not a scalar */
+static int pack_items(lua_State *L, int table, lua_Integer first, lua_Integer n) {
+    char small[256];
+    size_t len;
+    int top = lua_gettop(L);
+    const char *s = pack_to(L, table, first, n, small, sizeof small, &len);
+    if (!s) {
+        lua_settop(L, top);
+        lua_pushnil(L);
+        return 1;
+    }
+    lua_pushlstring(L, s, len);
+    if (lua_gettop(L) > top + 1) lua_replace(L, top + 1); /* over the scratch */
     return 1;
 }
 
@@ -276,17 +294,24 @@ static const char *read_int(char fmt, const char *r, const char *end, int64_t *o
     return r + 8;
 }
 
-/* The first n integers of the packed message at idx into h: the position
- * after them, *endp set to the message's end; NULL when idx is not a
- * packed string or they are not integers. */
+/* The first n integers of the packed string s (len bytes) into h: the
+ * position after them, or NULL when s is not packed or they are not
+ * integers. */
+static const char *head_of(const char *s, size_t len, int n, int64_t *h) {
+    if (len == 0 || (s[0] != 'i' && s[0] != 'd' && s[0] != 'v')) return NULL;
+    const char *r = s + 1, *end = s + len;
+    for (int x = 0; x < n && r; x++) r = read_int(s[0], r, end, &h[x]);
+    return r;
+}
+
+/* head_of the packed message at idx, *endp set to its end; NULL when idx
+ * is not a string */
 static const char *packed_head(lua_State *L, int idx, int n, int64_t *h, const char **endp) {
     size_t len = 0;
     const char *s = lua_type(L, idx) == LUA_TSTRING ? lua_tolstring(L, idx, &len) : NULL;
-    if (!s || len == 0) return NULL;
-    const char *r = s + 1;
+    if (!s) return NULL;
     *endp = s + len;
-    for (int x = 0; x < n && r; x++) r = read_int(s[0], r, *endp, &h[x]);
-    return r;
+    return head_of(s, len, n, h);
 }
 
 /* singles(group, gi, gn, fcache, st, b, cancels, put, rq, slot, traceback,
@@ -375,14 +400,28 @@ static int l_singles(lua_State *L) {
     return 2;
 }
 
-/* The field names submit1 and deliver use, their upvalues in this order:
- * made once, then a push and a raw access (lua_setfield looks each literal
+/* ---- futures ----
+ * A submit's future is a userdata, not a table: one allocation where a
+ * table of its eight fields took two and eight hash insertions, and the
+ * packed message it keeps for a resend is held in its own bytes instead of
+ * an interned Lua string. pool.lua still reads and writes it as a table
+ * (f.state, f.cid, f.err ...): Future's __index and __newindex are
+ * fut_index and fut_newindex below, which map the fields pool.c also
+ * touches to the struct and keep any other key in a table of its own
+ * (user value UV_EXTRA). Futures of a backend that batches its submits
+ * stay Lua tables with the same metatable: there the two only look up
+ * Future's methods and store new keys raw.
+ *
+ * The closures below share these upvalues: the names of the states and of
+ * the pool's fields they read, made once (lua_setfield looks every literal
  * up in the API's string cache and compares it: 1.4k instructions a
- * submit). */
-enum { K_POOL = 1, K_STATE, K_SINGLE, K_CID, K_M, K_OK, K_VALUE, K_NR, K_SKIPPED, K_RUNNING, K_DONE, K_CANCELLED };
-static const char *const keys[] = {"pool", "state", "single", "cid", "m", "ok", "value", "nr", "skipped",
-                                   "running", "done", "cancelled"};
+ * submit), then Pool and Future (set by bind). */
+enum { K_PENDING = 1, K_RUNNING, K_DONE, K_CANCELLED, K_OWNER, K_BROKEN, K_CLOSED, K_DIRECT, K_FCACHE, K_OUT,
+       K_NEXTCID, K_ID, K_N, K_UPS, K_POOLMT, K_FUTMT };
+static const char *const keys[] = {"pending", "running", "done",   "cancelled", "owner", "broken", "closed",
+                                   "direct",  "fcache",  "out",    "nextcid",   "id",    "n",      "ups"};
 #define NKEYS ((int)(sizeof keys / sizeof *keys))
+#define NUPS (NKEYS + 2) /* + Pool and Future */
 #define KEY(k) lua_upvalueindex(k)
 
 /* t[key] = what `push` pushes (t at an absolute index) */
@@ -394,151 +433,436 @@ static void get_key(lua_State *L, int t, int key) {
     lua_rawget(L, t);
 }
 
-/* Pushes a new submit's future: {pool = p, state = "running", single =
- * true, cid = cid, m = msg, ok = false, value = false, nr = 0} with Future
- * as its metatable -- every field it will have, so its table is made at
- * its size, 8, and never rehashed. p, Future, cid and msg at absolute
- * indices. */
-static void push_future(lua_State *L, int p, int future, int cid, int msg) {
-    lua_createtable(L, 0, 8);
-    int f = lua_gettop(L);
-    SET_KEY(f, K_POOL, lua_pushvalue(L, p));
-    SET_KEY(f, K_STATE, lua_pushvalue(L, KEY(K_RUNNING)));
-    SET_KEY(f, K_SINGLE, lua_pushboolean(L, 1));
-    SET_KEY(f, K_CID, lua_pushvalue(L, cid));
-    SET_KEY(f, K_M, lua_pushvalue(L, msg));
-    SET_KEY(f, K_OK, lua_pushboolean(L, 0));
-    SET_KEY(f, K_VALUE, lua_pushboolean(L, 0));
-    SET_KEY(f, K_NR, lua_pushinteger(L, 0));
-    lua_pushvalue(L, future);
-    lua_setmetatable(L, f);
+#define FUT_MAGIC 0x46757431u
+#define NO_INT INT64_MIN /* an integer field that is nil */
+typedef struct pfut {
+    uint32_t magic;
+    int32_t state;            /* K_PENDING .. K_CANCELLED */
+    int64_t cid, nr;          /* NO_INT: nil */
+    uint8_t ok, single, skipped;
+    uint8_t m_uv;             /* m was set from Lua: it is in UV_M */
+    uint32_t mlen;            /* the packed message kept in m[], 0 when none */
+    char m[];
+} pfut;
+enum { UV_POOL = 1, UV_VALUE, UV_M, UV_EXTRA, NUV = UV_EXTRA };
+
+/* the future at idx, or NULL when it is anything else (a table future too) */
+static pfut *to_fut(lua_State *L, int idx) {
+    if (lua_type(L, idx) != LUA_TUSERDATA || cb_rawlen(L, idx) < sizeof(pfut)) return NULL;
+    pfut *f = (pfut *)lua_touserdata(L, idx);
+    return f->magic == FUT_MAGIC ? f : NULL;
 }
 
-/* future(p, Future) -> a submit's future as submit1 makes it, cid 0 and m
- * false until Lua's send_single sets them */
+enum { FLD_NONE, FLD_STATE, FLD_OK, FLD_NR, FLD_CID, FLD_SINGLE, FLD_SKIPPED, FLD_POOL, FLD_VALUE, FLD_M };
+static int field_of(lua_State *L, int k) {
+    if (lua_type(L, k) != LUA_TSTRING) return FLD_NONE;
+    size_t n;
+    const char *s = lua_tolstring(L, k, &n);
+    switch (n) {
+    case 1: return s[0] == 'm' ? FLD_M : FLD_NONE;
+    case 2: return s[0] == 'o' && s[1] == 'k' ? FLD_OK : s[0] == 'n' && s[1] == 'r' ? FLD_NR : FLD_NONE;
+    case 3: return memcmp(s, "cid", 3) ? FLD_NONE : FLD_CID;
+    case 4: return memcmp(s, "pool", 4) ? FLD_NONE : FLD_POOL;
+    case 5: return !memcmp(s, "state", 5) ? FLD_STATE : !memcmp(s, "value", 5) ? FLD_VALUE : FLD_NONE;
+    case 6: return memcmp(s, "single", 6) ? FLD_NONE : FLD_SINGLE;
+    case 7: return memcmp(s, "skipped", 7) ? FLD_NONE : FLD_SKIPPED;
+    default: return FLD_NONE;
+    }
+}
+
+static void push_int_field(lua_State *L, int64_t v) {
+    if (v == NO_INT) lua_pushnil(L);
+    else cb_pushinteger(L, v);
+}
+
+/* fut_index(f, key): Future's __index */
+static int l_fut_index(lua_State *L) {
+    pfut *f = to_fut(L, 1);
+    if (f) {
+        switch (field_of(L, 2)) {
+        case FLD_STATE: lua_pushvalue(L, KEY(f->state)); return 1;
+        case FLD_OK: lua_pushboolean(L, f->ok); return 1;
+        case FLD_NR: push_int_field(L, f->nr); return 1;
+        case FLD_CID: push_int_field(L, f->cid); return 1;
+        case FLD_SINGLE: lua_pushboolean(L, f->single); return 1;
+        case FLD_SKIPPED: if (f->skipped) lua_pushboolean(L, 1); else lua_pushnil(L); return 1;
+        case FLD_POOL: cb_getiuv(L, 1, UV_POOL); return 1;
+        case FLD_VALUE: cb_getiuv(L, 1, UV_VALUE); return 1;
+        case FLD_M:
+            if (f->mlen) lua_pushlstring(L, f->m, f->mlen);
+            else cb_getiuv(L, 1, UV_M);
+            return 1;
+        default: break;
+        }
+    }
+    /* a method (Future's own fields), then a key of its own */
+    if (lua_getmetatable(L, 1)) {
+        lua_pushvalue(L, 2);
+        lua_rawget(L, -2);
+        if (!lua_isnil(L, -1) || !f) return 1;
+        lua_pop(L, 2);
+    } else if (!f) {
+        lua_pushnil(L);
+        return 1;
+    }
+    cb_getiuv(L, 1, UV_EXTRA);
+    if (!lua_istable(L, -1)) {
+        lua_pushnil(L);
+        return 1;
+    }
+    lua_pushvalue(L, 2);
+    lua_rawget(L, -2);
+    return 1;
+}
+
+/* the integer of a field being set (nil: NO_INT) */
+static int64_t int_field(lua_State *L, int v, const char *name) {
+    if (lua_isnil(L, v)) return NO_INT;
+    int ok = 0;
+    lua_Integer i = cb_tointegerx(L, v, &ok);
+    if (!ok) luaL_error(L, "pool future: %s must be an integer", name);
+    return (int64_t)i;
+}
+
+/* fut_newindex(f, key, value): Future's __newindex */
+static int l_fut_newindex(lua_State *L) {
+    pfut *f = to_fut(L, 1);
+    if (!f) {
+        luaL_checktype(L, 1, LUA_TTABLE);
+        lua_settop(L, 3);
+        lua_rawset(L, 1);
+        return 0;
+    }
+    lua_settop(L, 3);
+    switch (field_of(L, 2)) {
+    case FLD_STATE:
+        for (int k = K_PENDING; k <= K_CANCELLED; k++)
+            if (lua_rawequal(L, 3, KEY(k))) {
+                f->state = k;
+                return 0;
+            }
+        return luaL_error(L, "pool future: bad state");
+    case FLD_OK: f->ok = (uint8_t)lua_toboolean(L, 3); return 0;
+    case FLD_NR: f->nr = int_field(L, 3, "nr"); return 0;
+    case FLD_CID: f->cid = int_field(L, 3, "cid"); return 0;
+    case FLD_SINGLE: f->single = (uint8_t)lua_toboolean(L, 3); return 0;
+    case FLD_SKIPPED: f->skipped = (uint8_t)lua_toboolean(L, 3); return 0;
+    case FLD_POOL: cb_setiuv(L, 1, UV_POOL); return 0;
+    case FLD_VALUE: cb_setiuv(L, 1, UV_VALUE); return 0;
+    case FLD_M:
+        f->mlen = 0;
+        f->m_uv = !lua_isnil(L, 3);
+        cb_setiuv(L, 1, UV_M);
+        return 0;
+    default: break;
+    }
+    cb_getiuv(L, 1, UV_EXTRA); /* 4 */
+    if (!lua_istable(L, 4)) {
+        if (lua_isnil(L, 3)) return 0;
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_pushvalue(L, 4);
+        cb_setiuv(L, 1, UV_EXTRA);
+    }
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, 3);
+    lua_rawset(L, 4);
+    return 0;
+}
+
+/* Pushes a new submit's future: state "running", single, cid (NO_INT:
+ * nil), ok false, nr 0, pool p (an absolute index), keeping the mlen
+ * bytes at m (its packed message). Future is the metatable. */
+static pfut *push_future(lua_State *L, int p, int64_t cid, const char *m, size_t mlen) {
+    pfut *f = (pfut *)cb_newuserdatauv(L, sizeof(pfut) + mlen, NUV);
+    f->magic = FUT_MAGIC;
+    f->state = K_RUNNING;
+    f->cid = cid;
+    f->nr = 0;
+    f->ok = 0;
+    f->single = 1;
+    f->skipped = 0;
+    f->m_uv = 0;
+    f->mlen = (uint32_t)mlen;
+    if (mlen) memcpy(f->m, m, mlen);
+    lua_pushvalue(L, p);
+    cb_setiuv(L, -2, UV_POOL);
+    lua_pushvalue(L, KEY(K_FUTMT));
+    lua_setmetatable(L, -2);
+    return f;
+}
+
+/* future(p) -> a submit's future as submit makes it, with no cid and no
+ * message until Lua's send_single sets them */
 static int l_future(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
-    luaL_checktype(L, 2, LUA_TTABLE);
-    lua_settop(L, 2);
-    lua_pushinteger(L, 0);
-    lua_pushboolean(L, 0);
-    push_future(L, 1, 2, 3, 4);
+    push_future(L, 1, NO_INT, NULL, 0);
     return 1;
 }
 
-/* submit1(p, out, Future, tq, cid, j, ...) -> the future, or nil when the
- * arguments do not pack (nothing done: Lua sends it as a table)
- * A submit of a registered function (j) into a pool's task queue, the
- * caller's side of singles: packs {0, cid, j, nargs, args...}, makes the
- * future (push_future), puts the message into tq and sets out[cid]. Lua keeps the checks and the counts
- * (Pool:submit). The put comes before out[cid]: one that raises leaves
- * nothing recorded. */
+/* value(f) -> nr, value: a future settled with results (nr of them; value
+ * the one, or a table of them), or nothing -- Future:result's quick look */
+static int l_value(lua_State *L) {
+    pfut *f = to_fut(L, 1);
+    if (!f || f->state != K_DONE || !f->ok || f->nr == NO_INT) return 0;
+    cb_pushinteger(L, f->nr);
+    cb_getiuv(L, 1, UV_VALUE);
+    return 2;
+}
+
+/* Puts the packed message m (mlen bytes) into the queue at qi: straight
+ * when its message fits the buffer, else (and when that put fails: a
+ * closed queue, full memory) through the queue's own put, which takes the
+ * codec's path and raises the right error. */
+static void put_packed(lua_State *L, cc_queue *q, int qi, const char *m, size_t mlen) {
+    unsigned char buf[512];
+    size_t len = fm_encode_bytes(m, mlen, buf, sizeof buf);
+    if (len && cc_queue_put(q, buf, len, CC_FOREVER) == 0) return;
+    lua_getfield(L, qi, "put");
+    lua_pushvalue(L, qi);
+    lua_pushlstring(L, m, mlen);
+    lua_call(L, 2, 0);
+}
+
+/* Packs {0, cid, j, nargs, args...} (the args at first..first+nargs-1),
+ * makes the future and puts the message into the queue at qi (q): the
+ * future on top, or NULL (nothing pushed) when an argument does not pack */
+static pfut *send_packed(lua_State *L, int p, cc_queue *q, int qi, int64_t cid, int64_t j, int first, int nargs) {
+    luaL_checkstack(L, nargs + 16, "pool:submit");
+    int top = lua_gettop(L);
+    cb_pushinteger(L, 0);
+    cb_pushinteger(L, cid);
+    cb_pushinteger(L, j);
+    cb_pushinteger(L, nargs);
+    for (int i = 0; i < nargs; i++) lua_pushvalue(L, first + i);
+    char small[256];
+    size_t len;
+    const char *m = pack_to(L, 0, top + 1, nargs + 4, small, sizeof small, &len);
+    if (!m) {
+        lua_settop(L, top);
+        return NULL;
+    }
+    pfut *f = push_future(L, p, cid, m, len);
+    lua_replace(L, top + 1);
+    lua_settop(L, top + 1);
+    put_packed(L, q, qi, f->m, f->mlen);
+    return f;
+}
+
+/* p.out[cid] = the future on top, p.nextcid = cid */
+static void record(lua_State *L, int p, int64_t cid) {
+    int f = lua_gettop(L);
+    get_key(L, p, K_OUT);
+    lua_pushvalue(L, f);
+    lua_rawseti(L, -2, (int)cid);
+    lua_pop(L, 1);
+    SET_KEY(p, K_NEXTCID, cb_pushinteger(L, cid));
+}
+
+/* submit(p, fn, ...) -> the future, or nothing when this is not the plain
+ * case, which Pool:submit then takes in Lua: p a pool of this process,
+ * open and not broken, that puts submits straight into its task queue
+ * (p.direct); fn registered (p.fcache[fn].id) with its upvalues unchanged;
+ * arguments that pack. Packs, makes the future, puts and records it
+ * (p.out[cid], p.nextcid) as Lua's path does. The put comes before the
+ * record: one that raises leaves nothing recorded. */
+static int l_submit(lua_State *L) {
+    int top = lua_gettop(L);
+    if (top < 2 || !lua_istable(L, 1) || !lua_isfunction(L, 2) || !lua_getmetatable(L, 1)) return 0;
+    int ok = lua_rawequal(L, -1, KEY(K_POOLMT));
+    lua_settop(L, top);
+    if (!ok) return 0;
+    luaL_checkstack(L, 24, "pool:submit");
+    get_key(L, 1, K_OWNER);
+    get_key(L, 1, K_BROKEN);
+    get_key(L, 1, K_CLOSED);
+    get_key(L, 1, K_DIRECT); /* top + 4 */
+    int qi = top + 4;
+    cc_obj *o = cb_test(L, qi);
+    if (lua_tointeger(L, top + 1) != (lua_Integer)cc_pid() || lua_toboolean(L, top + 2) || lua_toboolean(L, top + 3) ||
+        !o || o->type != CC_T_QUEUE)
+        return 0;
+    get_key(L, 1, K_FCACHE);
+    if (!lua_istable(L, -1)) return 0;
+    lua_pushvalue(L, 2);
+    lua_rawget(L, -2); /* e = fcache[fn] */
+    int e = lua_gettop(L);
+    if (!lua_istable(L, e)) return 0;
+    get_key(L, e, K_ID);
+    int isint = 0;
+    int64_t j = (int64_t)cb_tointegerx(L, -1, &isint);
+    get_key(L, e, K_N);
+    int nups = (int)lua_tointeger(L, -1);
+    if (!isint || j >= 0) return 0;
+    if (nups > 0) { /* each upvalue still the one it was registered with */
+        get_key(L, e, K_UPS);
+        int ups = lua_gettop(L);
+        if (!lua_istable(L, ups)) return 0;
+        for (int i = 1; i <= nups; i++) {
+            if (!lua_getupvalue(L, 2, i)) return 0;
+            lua_rawgeti(L, ups, i);
+            if (!lua_rawequal(L, -1, -2)) return 0;
+            lua_pop(L, 2);
+        }
+    }
+    get_key(L, 1, K_NEXTCID);
+    int64_t cid = (int64_t)lua_tointeger(L, -1) + 1;
+    lua_settop(L, qi);
+    if (!send_packed(L, 1, (cc_queue *)o, qi, cid, j, 3, top - 2)) return 0;
+    record(L, 1, cid);
+    return 1;
+}
+
+/* submit1(p, cid, j, ...) -> the future, or nil when the arguments do not
+ * pack (nothing done: Lua sends it as a table)
+ * Lua's submit of a function it has just registered (j): as submit, minus
+ * its checks, which Lua has made. */
 static int l_submit1(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
-    luaL_checktype(L, 2, LUA_TTABLE);
-    luaL_checktype(L, 3, LUA_TTABLE);
-    cc_queue *q = (cc_queue *)cb_check(L, 4, CC_T_QUEUE, "pool.submit1");
-    lua_Integer cid = luaL_checkinteger(L, 5);
-    luaL_checkinteger(L, 6);
-    int n = lua_gettop(L) - 6;
-    luaL_checkstack(L, n + 16, "pool.submit1");
-    int base = lua_gettop(L) + 1;
-    lua_pushinteger(L, 0);
-    lua_pushvalue(L, 5);
-    lua_pushvalue(L, 6);
-    lua_pushinteger(L, n);
-    for (int i = 0; i < n; i++) lua_pushvalue(L, 7 + i);
-    pack_items(L, 0, base, n + 4);
-    if (lua_type(L, -1) != LUA_TSTRING) return 1; /* nil */
-    int msg = lua_gettop(L);
-    push_future(L, 1, 3, 5, msg);
-    unsigned char small[FM_SMALL];
-    size_t len = fm_encode(L, msg, small);
-    if (!len || cc_queue_put(q, small, len, CC_FOREVER) != 0) {
-        /* longer than a small message, or the put failed (full memory, a
-         * closed queue): through the queue's own put, which has the
-         * codec's path and raises the right error */
-        lua_getfield(L, 4, "put");
-        lua_pushvalue(L, 4);
-        lua_pushvalue(L, msg);
-        lua_call(L, 2, 0);
-    }
-    lua_pushvalue(L, -1);
-    lua_rawseti(L, 2, (int)cid);
+    int64_t cid = (int64_t)luaL_checkinteger(L, 2);
+    int64_t j = (int64_t)luaL_checkinteger(L, 3);
+    int top = lua_gettop(L);
+    get_key(L, 1, K_DIRECT);
+    cc_queue *q = (cc_queue *)cb_check(L, top + 1, CC_T_QUEUE, "pool.submit1");
+    if (!send_packed(L, 1, q, top + 1, cid, j, 4, top - 3)) return 0;
+    record(L, 1, cid);
     return 1;
 }
 
-/* deliver(got, n, out) -> left, taken, settled
- * The caller's side of singles: of the n replies in got, each packed
- * {slot, -cid, nres, results...} whose record out[cid] is a single future
- * not marked skipped is dealt with here -- out[cid] = nil and, unless the
- * future is settled already (cancelled), state "done", ok true, m nil,
- * value (the one result, nil, or a table of them) and nr, as
- * Future:_settle does -- and one whose record is gone is dropped. The
- * others move to got[1..left] for Lua's deliver. taken and settled are
- * for the pool's inflight and futs counts. */
+/* One reply, the packed string s (len bytes), for the caller's side of
+ * singles: when it is {slot, -cid, nres, results...} and its record
+ * out[cid] is a single future not marked skipped, out[cid] = nil and,
+ * unless the future is settled already (cancelled), it is settled as
+ * Future:_settle does -- state "done", ok true, m nil, value (the one
+ * result, nil, or a table of them) and nr -- and 1 comes back; also 1,
+ * dropped, when its record is gone (terminated, or settled by a worker's
+ * death). 0 for any other reply: Lua's deliver takes it. out is an
+ * absolute index. */
+static int deliver_one(lua_State *L, int out, const char *s, size_t len) {
+    int64_t h[3]; /* slot, -cid, nres */
+    const char *end = s + len, *r = head_of(s, len, 3, h);
+    if (!r || h[1] >= 0 || h[1] <= INT32_MIN || h[2] < 0 || h[2] > end - r) return 0;
+    int top = lua_gettop(L);
+    int cid = (int)-h[1];
+    lua_rawgeti(L, out, cid);
+    int fi = lua_gettop(L);
+    pfut *f = to_fut(L, fi);
+    if (!lua_isnil(L, fi) && (!f || !f->single || f->skipped)) {
+        lua_settop(L, top);
+        return 0;
+    }
+    if (f) {
+        lua_pushnil(L);
+        lua_rawseti(L, out, cid);
+    }
+    if (f && f->state != K_DONE && f->state != K_CANCELLED) {
+        int nres = (int)h[2];
+        if (nres == 1) r = push_packed(L, s[0], r, end);
+        else if (nres == 0) lua_pushnil(L);
+        else {
+            lua_createtable(L, nres, 0);
+            for (int x = 1; x <= nres && r; x++) {
+                r = push_packed(L, s[0], r, end);
+                if (r) lua_rawseti(L, -2, x);
+            }
+        }
+        if (!r || r != end) return luaL_error(L, "pool.deliver: corrupt reply");
+        cb_setiuv(L, fi, UV_VALUE);
+        f->nr = nres;
+        f->state = K_DONE;
+        f->ok = 1;
+        f->mlen = 0;
+        if (f->m_uv) {
+            lua_pushnil(L);
+            cb_setiuv(L, fi, UV_M);
+            f->m_uv = 0;
+        }
+    }
+    lua_settop(L, top);
+    return 1;
+}
+
+/* deliver(got, n, out) -> left
+ * Of the n replies in got, those deliver_one takes are dealt with; the
+ * others move to got[1..left] for Lua's deliver. (A backend's own
+ * channel; the queue backends take their replies with take.) */
 static int l_deliver(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_Integer n = luaL_checkinteger(L, 2);
     luaL_checktype(L, 3, LUA_TTABLE);
     lua_settop(L, 3);
-    lua_Integer left = 0, taken = 0, settled = 0;
+    lua_Integer left = 0;
     for (lua_Integer k = 1; k <= n; k++) {
         lua_rawgeti(L, 1, (int)k); /* 4: the reply */
-        int64_t h[3]; /* slot, -cid, nres */
-        const char *end = NULL, *r = packed_head(L, 4, 3, h, &end);
-        int mine = r && h[1] < 0 && h[1] > INT32_MIN && h[2] >= 0 && h[2] <= end - r;
-        if (mine) {
-            lua_rawgeti(L, 3, (int)-h[1]); /* 5: its record */
-            if (lua_isnil(L, 5)) { /* gone (terminated, or settled by a worker's death) */
-                lua_settop(L, 3);
-                continue;
-            }
-            mine = lua_istable(L, 5);
-            if (mine) {
-                get_key(L, 5, K_SINGLE);
-                get_key(L, 5, K_SKIPPED);
-                mine = lua_toboolean(L, 6) && !lua_toboolean(L, 7);
-            }
-        }
-        if (!mine) {
-            lua_settop(L, 4);
-            lua_rawseti(L, 1, (int)++left);
-            continue;
-        }
-        lua_pushnil(L);
-        lua_rawseti(L, 3, (int)-h[1]);
-        taken++;
-        get_key(L, 5, K_STATE); /* 8 */
-        if (lua_rawequal(L, 8, KEY(K_DONE)) || lua_rawequal(L, 8, KEY(K_CANCELLED))) {
-            lua_settop(L, 3);
-            continue;
-        }
-        int nres = (int)h[2];
-        char fmt = *lua_tostring(L, 4);
-        lua_pushvalue(L, KEY(K_VALUE));
-        if (nres == 1) r = push_packed(L, fmt, r, end);
-        else if (nres == 0) lua_pushnil(L);
-        else {
-            lua_createtable(L, nres, 0);
-            for (int x = 1; x <= nres && r; x++) {
-                r = push_packed(L, fmt, r, end);
-                if (r) lua_rawseti(L, -2, x);
-            }
-        }
-        if (!r || r != end) return luaL_error(L, "pool.deliver: corrupt reply");
-        lua_rawset(L, 5);
-        SET_KEY(5, K_NR, lua_pushinteger(L, nres));
-        SET_KEY(5, K_STATE, lua_pushvalue(L, KEY(K_DONE)));
-        SET_KEY(5, K_OK, lua_pushboolean(L, 1));
-        SET_KEY(5, K_M, lua_pushnil(L));
-        settled++;
+        size_t len;
+        const char *s = lua_type(L, 4) == LUA_TSTRING ? lua_tolstring(L, 4, &len) : NULL;
+        if (!s || !deliver_one(L, 3, s, len)) lua_rawseti(L, 1, (int)++left);
         lua_settop(L, 3);
     }
     cb_pushinteger(L, left);
-    cb_pushinteger(L, taken);
-    cb_pushinteger(L, settled);
+    return 1;
+}
+
+/* take(rq, max, wait, out) -> got, left, n
+ * The caller's side of the queue backends: up to max replies from the
+ * result queue rq, waiting up to `wait` seconds for one when there is none.
+ * Each one deliver_one takes is dealt with from the queue's bytes, with
+ * no Lua string made for it; the others (left of the n taken) are decoded
+ * into got[1..left] for Lua's deliver. Errors as queue:get_many's. */
+static int l_take(lua_State *L) {
+    cc_queue *q = (cc_queue *)cb_check(L, 1, CC_T_QUEUE, "pool.take");
+    lua_Integer max = luaL_checkinteger(L, 2);
+    double wait = (double)luaL_checknumber(L, 3);
+    luaL_checktype(L, 4, LUA_TTABLE);
+    if (max < 1) max = 1;
+    lua_settop(L, 4);
+    cb_batch *all = cb_batch_new(L); /* 5 */
+    lua_newtable(L);                  /* 6: got */
+    size_t n = 0;
+    int r = cc_queue_get_many(q, (size_t)max, &all->all, &all->lens, &n, cc_deadline(0));
+    if (r == -ETIMEDOUT && wait > 0)
+        r = cc_queue_get_many(q, (size_t)max, &all->all, &all->lens, &n, cc_deadline(wait));
+    if (r == -ETIMEDOUT || r == -EPIPE) n = 0;
+    else if (r) return cb_fail(L, r, "queue:get_many");
+    all->n = all->cap = n;
+    size_t off = 0;
+    lua_Integer left = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *msg = all->all.data + off, *s;
+        size_t len = all->lens[i], sl;
+        int mine = fm_peek_str(msg, len, &s, &sl) && deliver_one(L, 4, s, sl);
+        if (!mine) {
+            if (fm_decode(L, msg, len) < 0) cb_batch_decode(L, all, i, off, "queue:get_many");
+            lua_rawseti(L, 6, (int)++left);
+        }
+        if (all->next == i) { /* a scalar holds no references: nothing left to release */
+            all->next++;
+            all->off += len;
+        }
+        off += len;
+    }
+    cb_batch_free(L, all);
+    lua_settop(L, 6);
+    cb_pushinteger(L, left);
+    cb_pushinteger(L, (lua_Integer)n);
     return 3;
+}
+
+/* bind(C, Pool, Future): gives the closures above their last two upvalues */
+static const char *const keyed_names[] = {"fut_index", "fut_newindex", "future", "value", "submit", "submit1", "deliver"};
+static int l_bind(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    for (size_t i = 0; i < sizeof keyed_names / sizeof *keyed_names; i++) {
+        lua_getfield(L, 1, keyed_names[i]);
+        lua_pushvalue(L, 2);
+        lua_setupvalue(L, -2, K_POOLMT);
+        lua_pushvalue(L, 3);
+        lua_setupvalue(L, -2, K_FUTMT);
+        lua_pop(L, 1);
+    }
+    return 0;
 }
 
 /* move(src, n, dst, first): dst[first + k - 1] = src[k], holes included */
@@ -602,7 +926,8 @@ static int l_table(lua_State *L) {
 static const luaL_Reg helpers[] = {
     {"table", l_table},
     {"isatty", l_isatty}, {"fnv", l_fnv},   {"nap", l_nap}, {"pack", l_pack}, {"packv", l_packv},
-    {"unpack", l_unpack}, {"move", l_move}, {"run", l_run}, {"singles", l_singles}, {NULL, NULL},
+    {"unpack", l_unpack}, {"move", l_move}, {"run", l_run}, {"singles", l_singles}, {"take", l_take},
+    {NULL, NULL},
 };
 
 /* The pool is loaded on first use, not when concur opens: every thread
@@ -617,13 +942,18 @@ static int load_pool(lua_State *L) {
         return lua_error(L);
     lua_pushvalue(L, lua_upvalueindex(1));
     cb_newlib(L, helpers);
-    static const luaL_Reg keyed[] = {{"future", l_future}, {"submit1", l_submit1}, {"deliver", l_deliver}};
+    static const lua_CFunction keyed[] = {l_fut_index, l_fut_newindex, l_future, l_value,
+                                          l_submit,    l_submit1,      l_deliver};
     for (size_t i = 0; i < sizeof keyed / sizeof *keyed; i++) {
-        luaL_checkstack(L, NKEYS + 2, "pool");
+        luaL_checkstack(L, NUPS + 2, "pool");
         for (int k = 0; k < NKEYS; k++) lua_pushstring(L, keys[k]);
-        lua_pushcclosure(L, keyed[i].func, NKEYS);
-        lua_setfield(L, -2, keyed[i].name);
+        lua_pushnil(L); /* Pool and Future: bind */
+        lua_pushnil(L);
+        lua_pushcclosure(L, keyed[i], NUPS);
+        lua_setfield(L, -2, keyed_names[i]);
     }
+    lua_pushcfunction(L, l_bind);
+    lua_setfield(L, -2, "bind");
     lua_call(L, 2, 1);
     return 1;
 }

@@ -570,7 +570,10 @@ end
 local Pool = {}
 Pool.__index = Pool
 local Future = {}
-Future.__index = Future
+-- a submit's future is a userdata of pool.c; these read and write its
+-- fields as if it were a table (and only find methods for a table future)
+Future.__index, Future.__newindex = C.fut_index, C.fut_newindex
+C.bind(C, Pool, Future)
 
 local function check_pool(p, fname)
   if getmetatable(p) ~= Pool then error(("%s: bad self (pool expected, got %s)"):format(fname, type(p)), 3) end
@@ -632,8 +635,8 @@ function M.new(opts)
     init = opts.init, init_args = opts.init_args, maxtasks = mt,
     tq = queue(), rq = queue(), st = shared.array(4 * n + 1, "f64"),
     live = shared.dict(), fns = shared.dict(),
-    workers = {}, idlei = 4 * n + 1, fcache = setmetatable({}, { __mode = "k" }), nfids = 0, out = {}, inflight = 0, nextcid = 0, nextgen = 0,
-    jobs = setmetatable({}, { __mode = "k" }), sub = {}, nsub = 0, futs = 0, lastcheck = clock(),
+    workers = {}, idlei = 4 * n + 1, fcache = setmetatable({}, { __mode = "k" }), nfids = 0, out = {}, nextcid = 0, nextgen = 0,
+    jobs = setmetatable({}, { __mode = "k" }), sub = {}, nsub = 0, lastcheck = clock(),
     immediate = be.immediate,
   }, Pool)
   if be.immediate then -- cancelled submits the workers skip: skip[cid], counted in cancels[1]
@@ -654,7 +657,6 @@ local function send_chunk(p, job, rec)
   p.nextcid = p.nextcid + 1
   local cid = p.nextcid
   p.out[cid] = rec
-  p.inflight = p.inflight + 1
   rec.job = job
   -- scalars only: one string, which the codec copies instead of walking
   local m
@@ -689,7 +691,6 @@ local function requeue(p, rec, at)
     if rec.skipped then p.skip[rec.cid] = nil end
     if rec.state == "running" then -- its message again, under the same cid
       p.out[rec.cid] = rec
-      p.inflight = p.inflight + 1
       p.be.send(p, rec.m)
     end
     return
@@ -742,7 +743,6 @@ local function worker_ended(p, s, why, cid, at)
   local rec = cid ~= 0 and p.out[cid]
   if rec then
     p.out[cid] = nil
-    p.inflight = p.inflight - 1
     local msg = why and reason or ("worker died (" .. reason .. ")")
     if rec.batch or rec.single then
       local f = futures_of(rec)[at]
@@ -774,7 +774,6 @@ local function find_lost(p)
   local lost = {}
   for cid, rec in pairs(p.out) do lost[#lost + 1] = rec; p.out[cid] = nil end
   for _, rec in ipairs(lost) do
-    p.inflight = p.inflight - 1
     requeue(p, rec, nil)
   end
 end
@@ -822,7 +821,6 @@ local function deliver(p, m)
       local rec = p.out[cid]
       if not rec then return end
       p.out[cid] = nil
-      p.inflight = p.inflight - 1
       if rec.skipped then p.skip[cid] = nil end
       settle_from(rec, u, 3, nil)
       return
@@ -837,14 +835,12 @@ local function deliver(p, m)
   local rec = p.out[cid]
   if not rec then return end
   p.out[cid] = nil
-  p.inflight = p.inflight - 1
   local res, errs, me, n = m[3], m[4], m[5], m[6]
   if rec.batch or rec.single then -- submitted tasks: {nres, values...} or an error each
     if rec.skipped then p.skip[cid] = nil end
     if res == false then -- one submit its worker skipped: cancelled
       if rec.state == "running" then
         rec.state = "cancelled"
-        p.futs = p.futs - 1
       end
       return
     end
@@ -987,7 +983,6 @@ send_single = function(p, f, tq, j, fn, ...) -- tq: the task queue, to put strai
   local cid = p.nextcid
   f.cid = cid
   p.out[cid] = f
-  p.inflight = p.inflight + 1
   local n = select("#", ...)
   local m
   if j then m = C.packv(0, cid, j, n, ...) end
@@ -1010,13 +1005,14 @@ function Pool:_pump(timeout)
   flush(self)
   feed(self)
   if self.broken then error(self.broken, 0) end
-  local got = self.be.recv(self, 256, timeout)
-  local n = #got
-  local left = n
-  if n > 0 and self.immediate then -- submits' packed replies: pool.c's deliver
-    local taken, settled
-    left, taken, settled = C.deliver(got, n, self.out)
-    self.inflight, self.futs = self.inflight - taken, self.futs - settled
+  local got, left, n
+  if self.be.recv == queue_recv then -- pool.c settles submits' packed replies from the queue's bytes
+    got, left, n = C.take(self.rq, 256, timeout < 0.05 and timeout or 0.05, self.out)
+  else
+    got = self.be.recv(self, 256, timeout)
+    n = #got
+    left = n
+    if n > 0 and self.immediate then left = C.deliver(got, n, self.out) end -- (the same, from strings)
   end
   for k = 1, left do deliver(self, got[k]) end
   if self.broken then error(self.broken, 0) end
@@ -1222,7 +1218,7 @@ function Job:finish()
   p.live[self.gen] = nil
   p.fns[self.gen] = nil
   for cid, rec in pairs(p.out) do
-    if rec.job == self then p.out[cid] = nil; p.inflight = p.inflight - 1 end
+    if rec.job == self then p.out[cid] = nil end
   end
   p.jobs[self] = nil
   self:journal_flush(true)
@@ -1343,23 +1339,23 @@ function Pool:flush()
   flush(self)
 end
 
+local submit_c, submit1 = C.submit, C.submit1
 function Pool:submit(fn, ...)
+  -- the plain case (a registered function, arguments that pack, a task
+  -- queue to put into) is pool.c's submit, checks and all
+  local f = submit_c(self, fn, ...)
+  if f then return f end
   check_pool(self, "pool:submit")
   if type(fn) ~= "function" then argerr("pool:submit", 1, "function expected, got " .. type(fn)) end
-  self.futs = self.futs + 1
   if self.immediate then
     local j, tq = fn_id(self, fn), self.direct
-    if j and tq then -- a registered function into the task queue: pool.c's submit1
-      local cid = self.nextcid + 1
-      local f = C.submit1(self, self.out, Future, tq, cid, j, ...)
-      if f then
-        self.nextcid, self.inflight = cid, self.inflight + 1
-        return f
-      end
+    if j and tq then -- a function registered just now: pool.c's submit1
+      f = submit1(self, self.nextcid + 1, j, ...)
+      if f then return f end
     end
-    -- (pool.c's future: the fields submit1 gives one; it keeps its
-    -- message, not the function and arguments: send_single)
-    local f = C.future(self, Future)
+    -- (pool.c's future, as submit makes it; it keeps its message, not
+    -- the function and arguments: send_single)
+    f = C.future(self)
     send_single(self, f, tq, j or false, fn, ...)
     return f
   end
@@ -1391,7 +1387,6 @@ function Future:_settle(ok, v, who, nr)
   if ok then self.value, self.nr = v, nr
   else self.err = v; self.who = who end
   local p = self.pool
-  p.futs = p.futs - 1
 end
 
 local function check_future(f, fname)
@@ -1420,7 +1415,14 @@ local function check_timeout(fname, t, n)
   return t
 end
 
+local fvalue = C.value
 function Future:result(timeout)
+  if timeout == nil then -- settled with results: pool.c hands them over
+    local nr, v = fvalue(self)
+    if nr == 1 then return v end
+    if nr == 0 then return end
+    if nr then return unpack(v, 1, nr) end
+  end
   check_future(self, "future:result")
   if self.state ~= "done" or timeout ~= nil then -- (done: nothing to wait for)
     timeout = check_timeout("future:result", timeout)
@@ -1460,7 +1462,6 @@ function Future:cancel()
   local p = self.pool
   if self.state == "pending" then
     self.state = "cancelled"
-    p.futs = p.futs - 1
     return true
   end
   if self.state == "running" and self.single and p.owner == process.pid() and not p.closed then
@@ -1476,7 +1477,6 @@ function Future:cancel()
     end
     self.state = "cancelled"
     self.m = nil
-    p.futs = p.futs - 1
     return true
   end
   return self.state == "cancelled"
