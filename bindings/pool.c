@@ -314,7 +314,7 @@ static const char *packed_head(lua_State *L, int idx, int n, int64_t *h, const c
     return head_of(s, len, n, h);
 }
 
-/* singles(group, gi, gn, fcache, st, b, cancels, put, rq, slot, traceback,
+/* singles(group, gi, gn, fcache, st, b, cancels, rq, slot, traceback,
  *         finish, limit) -> done, long
  * The worker's loop over quick submits (lib/concur/pool.lua, worker_main),
  * in C: from group[gi + 1], at most limit of them, while each is a packed
@@ -322,13 +322,15 @@ static const char *packed_head(lua_State *L, int idx, int n, int64_t *h, const c
  * is marked as Lua marks it -- st[b + 1] = cid, then a look at cancels (a
  * cancel pending stops the loop before it: Lua looks at the skip marks),
  * st[b + 2] = 1 -- taken out of the group, run as fn(args) under
- * traceback, and answered: {slot, -cid, nres, results...} packed goes out
- * with put(rq, s); an error, or results that do not pack, go to
+ * traceback, and answered: {slot, -cid, nres, results...} packed goes
+ * into the result queue rq from C (put_packed: no Lua string made for
+ * it); an error, or results that do not pack, go to
  * finish(cid, ok, ...), which answers in the codec's forms. Then the marks
  * are cleared. It stops after one that ran LONG seconds (long true: Lua
  * hands the rest of the group back). Per submit, callgrind counted 14.7k
  * instructions in a thread worker on the Lua path, 5.9k on this one. */
 #define LONG 0.002
+static void put_packed(lua_State *L, cc_queue *q, int qi, const char *m, size_t mlen);
 static int l_singles(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_Integer gi = luaL_checkinteger(L, 2), gn = luaL_checkinteger(L, 3);
@@ -336,23 +338,24 @@ static int l_singles(lua_State *L) {
     cc_array *st = (cc_array *)cb_check(L, 5, CC_T_ARRAY, "pool.singles");
     lua_Integer b = luaL_checkinteger(L, 6);
     cc_array *cancels = (cc_array *)cb_check(L, 7, CC_T_ARRAY, "pool.singles");
-    lua_Integer slot = luaL_checkinteger(L, 10);
-    lua_Integer limit = luaL_checkinteger(L, 13);
+    cc_queue *rq = (cc_queue *)cb_check(L, 8, CC_T_QUEUE, "pool.singles");
+    lua_Integer slot = luaL_checkinteger(L, 9);
+    lua_Integer limit = luaL_checkinteger(L, 12);
     if (st->elem != CC_F64 || b < 0 || b + 4 > st->n || cancels->elem != CC_I64 || cancels->n < 1)
         return luaL_error(L, "pool.singles: bad state arrays");
     double *mark = (double *)(void *)st->data + b;
     const int64_t *pending = (const int64_t *)(const void *)cancels->data;
     lua_Integer done = 0;
     int slow = 0;
-    lua_settop(L, 13);
+    lua_settop(L, 12);
     for (lua_Integer k = gi + 1; k <= gn && done < limit && !slow; k++) {
-        lua_rawgeti(L, 1, (int)k); /* 14: the message */
+        lua_rawgeti(L, 1, (int)k); /* 13: the message */
         int64_t h[4]; /* gen, cid, j, nargs */
-        const char *end = NULL, *r = packed_head(L, 14, 4, h, &end);
+        const char *end = NULL, *r = packed_head(L, 13, 4, h, &end);
         if (!r || h[0] != 0 || h[1] <= 0 || h[2] >= 0 || h[3] < 0 || h[3] > end - r) break;
-        char fmt = *lua_tostring(L, 14);
-        lua_rawgeti(L, 4, (int)h[2]); /* 15: fn */
-        if (!lua_isfunction(L, 15)) break;
+        char fmt = *lua_tostring(L, 13);
+        lua_rawgeti(L, 4, (int)h[2]); /* 14: fn */
+        if (!lua_isfunction(L, 14)) break;
         double cid = (double)h[1], one = 1, zero = 0;
         __atomic_store(&mark[0], &cid, __ATOMIC_SEQ_CST); /* the mark, then the look */
         if (__atomic_load_n(pending, __ATOMIC_SEQ_CST) > 0) break;
@@ -361,37 +364,37 @@ static int l_singles(lua_State *L) {
         lua_rawseti(L, 1, (int)k);
         double t0 = cc_now();
         luaL_checkstack(L, (int)h[3] + 8, "pool.singles");
-        lua_pushinteger(L, (lua_Integer)slot); /* 16-18: the reply's head */
+        lua_pushinteger(L, (lua_Integer)slot); /* 15-17: the reply's head */
         lua_pushinteger(L, (lua_Integer)-h[1]);
         lua_pushinteger(L, 0);
-        lua_pushvalue(L, 15);
+        lua_pushvalue(L, 14);
         int na = 0;
         for (; r && r < end; na++) r = push_packed(L, fmt, r, end);
         if (!r || na != h[3]) return luaL_error(L, "pool.singles: corrupt message");
-        int ok = lua_pcall(L, na, LUA_MULTRET, 11) == LUA_OK;
-        int nres = lua_gettop(L) - 18;
+        int ok = lua_pcall(L, na, LUA_MULTRET, 10) == LUA_OK;
+        int nres = lua_gettop(L) - 17;
+        const char *reply = NULL;
+        size_t rlen = 0;
+        char rbuf[256];
         if (ok) {
             lua_pushinteger(L, nres);
-            lua_replace(L, 18);
-            pack_items(L, 0, 16, nres + 3);
+            lua_replace(L, 17);
+            reply = pack_to(L, 0, 15, nres + 3, rbuf, sizeof rbuf, &rlen);
         }
-        if (ok && lua_type(L, -1) == LUA_TSTRING) {
-            lua_pushvalue(L, 8);
-            lua_pushvalue(L, 9);
-            lua_pushvalue(L, -3);
-            lua_call(L, 2, 0);
+        if (reply) { /* straight into the result queue: no Lua string */
+            put_packed(L, rq, 8, reply, rlen);
         } else {
-            if (ok) lua_pop(L, 1); /* the nil of pack */
+            lua_settop(L, 17 + nres);
             luaL_checkstack(L, nres + 4, "pool.singles");
-            lua_pushvalue(L, 12);
+            lua_pushvalue(L, 11);
             lua_pushinteger(L, (lua_Integer)h[1]);
             lua_pushboolean(L, ok);
-            for (int x = 0; x < nres; x++) lua_pushvalue(L, 19 + x);
+            for (int x = 0; x < nres; x++) lua_pushvalue(L, 18 + x);
             lua_call(L, 2 + nres, 0);
         }
         __atomic_store(&mark[1], &zero, __ATOMIC_RELAXED);
         __atomic_store(&mark[0], &zero, __ATOMIC_RELAXED);
-        lua_settop(L, 13);
+        lua_settop(L, 12);
         done++;
         slow = cc_now() - t0 > LONG;
     }

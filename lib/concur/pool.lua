@@ -244,7 +244,7 @@ local function worker_main(ctx)
       end
     end
     if singles then -- quick submits in a row, in C; it stops at anything else
-      local done, long = singles(group, gi, gn, fcache, st, b, cancels, rq.put, rq, slot, traceback, finish,
+      local done, long = singles(group, gi, gn, fcache, st, b, cancels, rq, slot, traceback, finish,
         ctx.maxtasks and ctx.maxtasks - count or gn)
       if done > 0 then
         gi, count = gi + done, count + done
