@@ -652,23 +652,26 @@ static pfut *send_packed(lua_State *L, int p, cc_queue *q, int qi, int64_t cid, 
     return f;
 }
 
-/* p.out[cid] = the future on top, p.nextcid = cid */
+/* p.out[cid] = the future on top */
 static void record(lua_State *L, int p, int64_t cid) {
     int f = lua_gettop(L);
     get_key(L, p, K_OUT);
     lua_pushvalue(L, f);
     lua_rawseti(L, -2, (int)cid);
     lua_pop(L, 1);
-    SET_KEY(p, K_NEXTCID, cb_pushinteger(L, cid));
 }
+
+/* p.nextcid = cid: taken before anything is allocated, since a collection
+ * may run a finalizer that submits too and must get an id of its own */
+static void take_cid(lua_State *L, int p, int64_t cid) { SET_KEY(p, K_NEXTCID, cb_pushinteger(L, cid)); }
 
 /* submit(p, fn, ...) -> the future, or nothing when this is not the plain
  * case, which Pool:submit then takes in Lua: p a pool of this process,
  * open and not broken, that puts submits straight into its task queue
  * (p.direct); fn registered (p.fcache[fn].id) with its upvalues unchanged;
- * arguments that pack. Packs, makes the future, puts and records it
- * (p.out[cid], p.nextcid) as Lua's path does. The put comes before the
- * record: one that raises leaves nothing recorded. */
+ * arguments that pack. Takes the next id (take_cid), packs, makes the
+ * future, puts and records it (p.out[cid]) as Lua's path does. The put
+ * comes before the record: one that raises leaves nothing recorded. */
 static int l_submit(lua_State *L) {
     int top = lua_gettop(L);
     if (top < 2 || !lua_istable(L, 1) || !lua_isfunction(L, 2) || !lua_getmetatable(L, 1)) return 0;
@@ -711,6 +714,7 @@ static int l_submit(lua_State *L) {
     get_key(L, 1, K_NEXTCID);
     int64_t cid = (int64_t)lua_tointeger(L, -1) + 1;
     lua_settop(L, qi);
+    take_cid(L, 1, cid);
     if (!send_packed(L, 1, (cc_queue *)o, qi, cid, j, 3, top - 2)) return 0;
     record(L, 1, cid);
     return 1;
@@ -727,6 +731,7 @@ static int l_submit1(lua_State *L) {
     int top = lua_gettop(L);
     get_key(L, 1, K_DIRECT);
     cc_queue *q = (cc_queue *)cb_check(L, top + 1, CC_T_QUEUE, "pool.submit1");
+    take_cid(L, 1, cid);
     if (!send_packed(L, 1, q, top + 1, cid, j, 4, top - 3)) return 0;
     record(L, 1, cid);
     return 1;
@@ -759,6 +764,8 @@ static int deliver_one(lua_State *L, int out, const char *s, size_t len) {
         lua_rawseti(L, out, cid);
     }
     if (f && f->state != K_DONE && f->state != K_CANCELLED) {
+        /* (the values may run a finalizer, which may cancel f: its state
+         * is looked at again before it is set) */
         int nres = (int)h[2];
         if (nres == 1) r = push_packed(L, s[0], r, end);
         else if (nres == 0) lua_pushnil(L);
@@ -770,6 +777,10 @@ static int deliver_one(lua_State *L, int out, const char *s, size_t len) {
             }
         }
         if (!r || r != end) return luaL_error(L, "pool.deliver: corrupt reply");
+        if (f->state == K_DONE || f->state == K_CANCELLED) {
+            lua_settop(L, top);
+            return 1;
+        }
         cb_setiuv(L, fi, UV_VALUE);
         f->nr = nres;
         f->state = K_DONE;

@@ -174,6 +174,64 @@ for _, kind in ipairs { "process", "thread" } do
       end
     end)
 
+    it("submit of a registered function carries values exactly: NaN, infinities, -0.0, extreme integers", function()
+      local function id(...) return ... end
+      local items = { 0 / 0, math.huge, -math.huge, -0.0, 2 ^ 63, -2 ^ 63, 2 ^ 53 + 1, 0.1, "a\0b", "", true, false }
+      if math.maxinteger then
+        for _, v in ipairs { math.maxinteger, math.mininteger, -1, 0 } do items[#items + 1] = v end
+      end
+      id(p:submit(id, 1):result(10), p:submit(id, 2):result(10)) -- registered: the packed path from here on
+      local fs = {}
+      for i = 1, #items do fs[i] = p:submit(id, items[i], i, items[i]) end
+      for i = 1, #items do
+        local a = items[i]
+        local n = table.pack(fs[i]:result(10))
+        assert.equal(3, n.n)
+        assert.equal(i, n[2])
+        for _, b in ipairs { n[1], n[3] } do
+          if a ~= a then assert.is_true(b ~= b)
+          else
+            assert.equal(a, b)
+            if math.type then assert.equal(math.type(a), math.type(b)) end
+            if a == 0 then assert.equal(1 / a, 1 / b) end -- the sign of zero
+          end
+        end
+      end
+    end)
+
+    it("a finalizer that submits while a submit is made gets a future of its own", function()
+      -- a collection inside a submit ran __gc, whose submit took the same
+      -- task id: the outer future got the inner task's result
+      local function id(x) return x end
+      local inner = {}
+      local function garbage(i)
+        local function fin() inner[#inner + 1] = { p:submit(id, -i), -i } end
+        if rawget(_G, "newproxy") then
+          local u = newproxy(true)
+          getmetatable(u).__gc = fin
+          return u
+        end
+        return setmetatable({}, { __gc = fin })
+      end
+      local fs = {}
+      -- a collector that never pauses: finalizers run inside every part of
+      -- a submit, pool.c's included
+      local jit = rawget(_G, "jit")
+      if jit then collectgarbage("setpause", 0) else collectgarbage("incremental", 0, 100) end
+      local ok, err = pcall(function()
+        for i = 1, 3000 do
+          garbage(i)
+          fs[i] = p:submit(id, i)
+        end
+      end)
+      if jit then collectgarbage("setpause", 200) else collectgarbage("incremental", 200, 100) end
+      assert(ok, err)
+      collectgarbage()
+      for i = 1, #fs do assert.equal(i, fs[i]:result(10)) end
+      assert.is_true(#inner > 0)
+      for _, x in ipairs(inner) do assert.equal(x[2], x[1]:result(10)) end
+    end)
+
     it("result(timeout) returns nil, \"timeout\" while the task runs", function()
       local f = p:submit(function() concur.sleep(0.5); return 1 end)
       local v, why = f:result(0.05)
