@@ -745,8 +745,9 @@ static int l_submit1(lua_State *L) {
  * result, nil, or a table of them) and nr -- and 1 comes back; also 1,
  * dropped, when its record is gone (terminated, or settled by a worker's
  * death). 0 for any other reply: Lua's deliver takes it. out is an
- * absolute index. */
-static int deliver_one(lua_State *L, int out, const char *s, size_t len) {
+ * absolute index; so is list, when not 0: a future settled here is
+ * appended to it, at ++*nlist. */
+static int deliver_one(lua_State *L, int out, int list, lua_Integer *nlist, const char *s, size_t len) {
     int64_t h[3]; /* slot, -cid, nres */
     const char *end = s + len, *r = head_of(s, len, 3, h);
     if (!r || h[1] >= 0 || h[1] <= INT32_MIN || h[2] < 0 || h[2] > end - r) return 0;
@@ -791,47 +792,56 @@ static int deliver_one(lua_State *L, int out, const char *s, size_t len) {
             cb_setiuv(L, fi, UV_M);
             f->m_uv = 0;
         }
+        if (list) {
+            lua_pushvalue(L, fi);
+            lua_rawseti(L, list, (int)++*nlist);
+        }
     }
     lua_settop(L, top);
     return 1;
 }
 
-/* deliver(got, n, out) -> left
- * Of the n replies in got, those deliver_one takes are dealt with; the
- * others move to got[1..left] for Lua's deliver. (A backend's own
- * channel; the queue backends take their replies with take.) */
+/* deliver(got, n, out, list) -> left
+ * Of the n replies in got, those deliver_one takes are dealt with (the
+ * futures it settles appended to list); the others move to got[1..left]
+ * for Lua's deliver. (A backend's own channel; the queue backends take
+ * their replies with take.) */
 static int l_deliver(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_Integer n = luaL_checkinteger(L, 2);
     luaL_checktype(L, 3, LUA_TTABLE);
-    lua_settop(L, 3);
-    lua_Integer left = 0;
+    luaL_checktype(L, 4, LUA_TTABLE);
+    lua_settop(L, 4);
+    lua_Integer left = 0, nlist = (lua_Integer)cb_rawlen(L, 4);
     for (lua_Integer k = 1; k <= n; k++) {
-        lua_rawgeti(L, 1, (int)k); /* 4: the reply */
+        lua_rawgeti(L, 1, (int)k); /* 5: the reply */
         size_t len;
-        const char *s = lua_type(L, 4) == LUA_TSTRING ? lua_tolstring(L, 4, &len) : NULL;
-        if (!s || !deliver_one(L, 3, s, len)) lua_rawseti(L, 1, (int)++left);
-        lua_settop(L, 3);
+        const char *s = lua_type(L, 5) == LUA_TSTRING ? lua_tolstring(L, 5, &len) : NULL;
+        if (!s || !deliver_one(L, 3, 4, &nlist, s, len)) lua_rawseti(L, 1, (int)++left);
+        lua_settop(L, 4);
     }
     cb_pushinteger(L, left);
     return 1;
 }
 
-/* take(rq, max, wait, out) -> got, left, n
+/* take(rq, max, wait, out, list) -> got, left, n
  * The caller's side of the queue backends: up to max replies from the
  * result queue rq, waiting up to `wait` seconds for one when there is none.
  * Each one deliver_one takes is dealt with from the queue's bytes, with
- * no Lua string made for it; the others (left of the n taken) are decoded
- * into got[1..left] for Lua's deliver. Errors as queue:get_many's. */
+ * no Lua string made for it (the futures it settles appended to list);
+ * the others (left of the n taken) are decoded into got[1..left] for
+ * Lua's deliver. Errors as queue:get_many's. */
 static int l_take(lua_State *L) {
     cc_queue *q = (cc_queue *)cb_check(L, 1, CC_T_QUEUE, "pool.take");
     lua_Integer max = luaL_checkinteger(L, 2);
     double wait = (double)luaL_checknumber(L, 3);
     luaL_checktype(L, 4, LUA_TTABLE);
+    luaL_checktype(L, 5, LUA_TTABLE);
     if (max < 1) max = 1;
-    lua_settop(L, 4);
-    cb_batch *all = cb_batch_new(L); /* 5 */
-    lua_newtable(L);                  /* 6: got */
+    lua_settop(L, 5);
+    lua_Integer nlist = (lua_Integer)cb_rawlen(L, 5);
+    cb_batch *all = cb_batch_new(L); /* 6 */
+    lua_newtable(L);                  /* 7: got */
     size_t n = 0;
     int r = cc_queue_get_many(q, (size_t)max, &all->all, &all->lens, &n, cc_deadline(0));
     if (r == -ETIMEDOUT && wait > 0)
@@ -844,10 +854,10 @@ static int l_take(lua_State *L) {
     for (size_t i = 0; i < n; i++) {
         const char *msg = all->all.data + off, *s;
         size_t len = all->lens[i], sl;
-        int mine = fm_peek_str(msg, len, &s, &sl) && deliver_one(L, 4, s, sl);
+        int mine = fm_peek_str(msg, len, &s, &sl) && deliver_one(L, 4, 5, &nlist, s, sl);
         if (!mine) {
             if (fm_decode(L, msg, len) < 0) cb_batch_decode(L, all, i, off, "queue:get_many");
-            lua_rawseti(L, 6, (int)++left);
+            lua_rawseti(L, 7, (int)++left);
         }
         if (all->next == i) { /* a scalar holds no references: nothing left to release */
             all->next++;
@@ -856,7 +866,7 @@ static int l_take(lua_State *L) {
         off += len;
     }
     cb_batch_free(L, all);
-    lua_settop(L, 6);
+    lua_settop(L, 7);
     cb_pushinteger(L, left);
     cb_pushinteger(L, (lua_Integer)n);
     return 3;

@@ -353,6 +353,51 @@ for _, kind in ipairs { "process", "thread" } do
       assert.same({ "fast", "slow" }, order)
     end)
 
+    it("as_completed and wait take a future given twice once, and see futures settled elsewhere", function()
+      -- a future listed twice kept as_completed waiting for a second one
+      local a = p:submit(function() return 1 end)
+      local b = p:submit(function() concur.sleep(0.2); return 2 end)
+      local got = {}
+      for f in pool.as_completed({ a, b, a }, 20) do got[#got + 1] = f:result() end
+      table.sort(got)
+      assert.same({ 1, 2 }, got)
+      local done, pending = pool.wait({ a, a, b }, { timeout = 20 })
+      assert.equal(3, #done)
+      assert.equal(0, #pending)
+      -- settled by another pump (result) inside the loop, and by cancel
+      local fs = {}
+      for i = 1, 2 do fs[i] = p:submit(function() concur.sleep(0.3) end) end
+      for i = 3, 40 do fs[i] = p:submit(function(x) return x end, i) end
+      fs[41] = p:submit(function() return 41 end)
+      local n, seen = 0, {}
+      for f in pool.as_completed(fs, 20) do
+        assert.is_nil(seen[f])
+        seen[f] = true
+        n = n + 1
+        if n == 1 then
+          fs[40]:result(10)
+          fs[41]:cancel()
+        end
+      end
+      assert.equal(41, n)
+    end)
+
+    it("as_completed and wait over many futures yield each exactly once", function()
+      local fs = {}
+      for i = 1, 20000 do fs[i] = p:submit(function(x) return x end, i) end
+      local seen, n = {}, 0
+      for f in pool.as_completed(fs, 60) do
+        local v = f:result()
+        assert(not seen[v])
+        seen[v] = true
+        n = n + 1
+      end
+      assert.equal(20000, n)
+      local done, pending = pool.wait(fs, { timeout = 60 })
+      assert.equal(20000, #done)
+      assert.equal(0, #pending)
+    end)
+
     it("as_completed raises after its timeout", function()
       local fs = { p:submit(function() concur.sleep(5) end) }
       assert.has_error(function() for _ in pool.as_completed(fs, 0.1) do end end)

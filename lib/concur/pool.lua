@@ -1000,25 +1000,30 @@ local function feed(p)
   for job in pairs(p.jobs) do job:feed() end
 end
 
--- take results for up to `timeout` seconds (0: only what is there)
+-- take results for up to `timeout` seconds (0: only what is there): the
+-- number of messages taken, and the futures settled meanwhile (pool.c's
+-- and _settle's, through self.settling: as_completed and wait read them)
 function Pool:_pump(timeout)
   flush(self)
   feed(self)
   if self.broken then error(self.broken, 0) end
+  local list, outer = {}, self.settling
+  self.settling = list
   local got, left, n
   if self.be.recv == queue_recv then -- pool.c settles submits' packed replies from the queue's bytes
-    got, left, n = C.take(self.rq, 256, timeout < 0.05 and timeout or 0.05, self.out)
+    got, left, n = C.take(self.rq, 256, timeout < 0.05 and timeout or 0.05, self.out, list)
   else
     got = self.be.recv(self, 256, timeout)
     n = #got
     left = n
-    if n > 0 and self.immediate then left = C.deliver(got, n, self.out) end -- (the same, from strings)
+    if n > 0 and self.immediate then left = C.deliver(got, n, self.out, list) end -- (the same, from strings)
   end
   for k = 1, left do deliver(self, got[k]) end
   if self.broken then error(self.broken, 0) end
   if n == 0 or clock() - self.lastcheck > 0.05 then check_workers(self) end
+  self.settling = outer
   feed(self)
-  return n
+  return n, list
 end
 
 -- ------------------------------------------------------------------ map jobs
@@ -1386,7 +1391,8 @@ function Future:_settle(ok, v, who, nr)
   end
   if ok then self.value, self.nr = v, nr
   else self.err = v; self.who = who end
-  local p = self.pool
+  local list = self.pool.settling
+  if list then list[#list + 1] = self end
 end
 
 local function check_future(f, fname)
@@ -1491,20 +1497,48 @@ local function futures_arg(fname, fs)
   end
 end
 
--- pump every pool involved once, up to `slice` seconds
-local function pump_all(fs, slice)
+-- What as_completed and wait watch: the futures not settled yet (pend[f],
+-- np of them; a future given twice counts once), and the settled ones not
+-- yet handed out (ready[rh..rt]). Each pump reports the futures it settled;
+-- when it reports none of these, one look at every pending future finds
+-- those settled some other way (another pump, cancel, terminate). So a
+-- future costs O(1), not a look at all the others each time.
+local function tracker(fs)
+  local t = { pend = {}, np = 0, ready = {}, rh = 1, rt = 0, pools = {} }
   local seen = {}
-  local pools = {}
   for i = 1, #fs do
-    local p = fs[i].pool
-    if not seen[p] and not settled(fs[i]) then seen[p] = true; pools[#pools + 1] = p end
+    local f = fs[i]
+    if not t.pend[f] then t.pend[f] = true; t.np = t.np + 1 end
+    local p = f.pool
+    if not seen[p] then seen[p] = true; t.pools[#t.pools + 1] = p end
   end
-  if #pools == 0 then return end
+  return t
+end
+
+local function track(t, f)
+  if t.pend[f] then
+    t.pend[f] = nil
+    t.np = t.np - 1
+    t.rt = t.rt + 1
+    t.ready[t.rt] = f
+  end
+end
+
+local function track_scan(t)
+  for f in pairs(t.pend) do if settled(f) then track(t, f) end end
+end
+
+-- pump every pool involved, up to `slice` seconds in all
+local function track_pump(t, slice)
+  local before = t.rt
+  local pools = {}
+  for _, p in ipairs(t.pools) do if not p.closed or p.closing then pools[#pools + 1] = p end end
   if #pools > 1 then slice = slice / #pools end
   for _, p in ipairs(pools) do
-    flush(p)
-    if not p.closed or p.closing then p:_pump(slice) end
+    local _, list = p:_pump(slice)
+    for k = 1, #list do track(t, list[k]) end
   end
+  if t.rt == before then track_scan(t) end
 end
 
 function M.as_completed(fs, timeout)
@@ -1512,23 +1546,21 @@ function M.as_completed(fs, timeout)
   futures_arg(fname, fs)
   timeout = check_timeout(fname, timeout, 2)
   local deadline = timeout and clock() + timeout
-  local given = {}
-  local left = #fs
+  local t = tracker(fs)
+  track_scan(t)
   return function()
-    while left > 0 do
-      for i = 1, #fs do
-        local f = fs[i]
-        if not given[f] and settled(f) then
-          given[f] = true
-          left = left - 1
-          return f
-        end
+    while true do
+      if t.rh <= t.rt then
+        local f = t.ready[t.rh]
+        t.ready[t.rh] = nil
+        t.rh = t.rh + 1
+        return f
       end
+      if t.np == 0 then return nil end
       local rem = deadline and deadline - clock() or 0.25
-      if rem <= 0 then error(("%s: timeout (%d of %d futures not done)"):format(fname, left, #fs), 2) end
-      pump_all(fs, rem < 0.25 and rem or 0.25)
+      if rem <= 0 then error(("%s: timeout (%d of %d futures not done)"):format(fname, t.np, #fs), 2) end
+      track_pump(t, rem < 0.25 and rem or 0.25)
     end
-    return nil
   end
 end
 
@@ -1543,22 +1575,26 @@ function M.wait(fs, opts)
     argerr(fname, 2, "return_when must be \"all\", \"first\" or \"first_error\", got " .. tostring(when))
   end
   local deadline = timeout and clock() + timeout
+  local t = tracker(fs)
+  track_scan(t)
+  local failed = false
   while true do
-    local done, pending, failed = {}, {}, false
-    for i = 1, #fs do
-      local f = fs[i]
-      if settled(f) then
-        done[#done + 1] = f
-        if f.state == "done" and not f.ok then failed = true end
-      else pending[#pending + 1] = f end
+    for k = t.rh, t.rt do
+      local f = t.ready[k]
+      if f.state == "done" and not f.ok then failed = true end
     end
-    if #pending == 0 or (when == "first" and #done > 0) or (when == "first_error" and failed) then
-      return done, pending
-    end
+    t.rh = t.rt + 1
+    if t.np == 0 or (when == "first" and t.rt > 0) or (when == "first_error" and failed) then break end
     local rem = deadline and deadline - clock() or 0.25
-    if rem <= 0 then return done, pending end
-    pump_all(fs, rem < 0.25 and rem or 0.25)
+    if rem <= 0 then break end
+    track_pump(t, rem < 0.25 and rem or 0.25)
   end
+  local done, pending = {}, {}
+  for i = 1, #fs do
+    local f = fs[i]
+    if t.pend[f] then pending[#pending + 1] = f else done[#done + 1] = f end
+  end
+  return done, pending
 end
 
 -- ------------------------------------------------------------------ lifetime
