@@ -33,6 +33,9 @@
 #define cb_tolstring(L, i) luaL_tolstring(L, i, NULL)
 /* A userdata with n user values (5.4), or with an environment table of n
  * slots (5.1): cb_getiuv pushes value k, cb_setiuv pops one into it. */
+/* t[n] for any integer key n (5.1's lua_rawseti/rawgeti take an int) */
+#define cb_rawseti(L, i, n) lua_rawseti(L, i, (lua_Integer)(n))
+#define cb_rawgeti(L, i, n) ((void)lua_rawgeti(L, i, (lua_Integer)(n)))
 #define cb_newuserdatauv(L, sz, n) lua_newuserdatauv(L, sz, n)
 #define cb_getiuv(L, i, k) ((void)lua_getiuservalue(L, i, k))
 #define cb_setiuv(L, i, k) ((void)lua_setiuservalue(L, i, k))
@@ -95,6 +98,25 @@ static inline const char *cb_tolstring(lua_State *L, int i) {
     lua_pushvalue(L, i);
     lua_call(L, 1, 1);
     return lua_tostring(L, -1);
+}
+static inline void cb_rawseti(lua_State *L, int i, long long n) {
+    if (n == (int)n) {
+        lua_rawseti(L, i, (int)n);
+        return;
+    }
+    i = cb_absindex(L, i);
+    lua_pushnumber(L, (lua_Number)n);
+    lua_insert(L, -2);
+    lua_rawset(L, i);
+}
+static inline void cb_rawgeti(lua_State *L, int i, long long n) {
+    if (n == (int)n) {
+        lua_rawgeti(L, i, (int)n);
+        return;
+    }
+    i = cb_absindex(L, i);
+    lua_pushnumber(L, (lua_Number)n);
+    lua_rawget(L, i);
 }
 static inline void *cb_newuserdatauv(lua_State *L, size_t sz, int n) {
     void *u = lua_newuserdata(L, sz);

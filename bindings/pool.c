@@ -657,7 +657,7 @@ static void record(lua_State *L, int p, int64_t cid) {
     int f = lua_gettop(L);
     get_key(L, p, K_OUT);
     lua_pushvalue(L, f);
-    lua_rawseti(L, -2, (int)cid);
+    cb_rawseti(L, -2, cid);
     lua_pop(L, 1);
 }
 
@@ -750,10 +750,10 @@ static int l_submit1(lua_State *L) {
 static int deliver_one(lua_State *L, int out, int list, lua_Integer *nlist, const char *s, size_t len) {
     int64_t h[3]; /* slot, -cid, nres */
     const char *end = s + len, *r = head_of(s, len, 3, h);
-    if (!r || h[1] >= 0 || h[1] <= INT32_MIN || h[2] < 0 || h[2] > end - r) return 0;
+    if (!r || h[1] >= 0 || h[1] == INT64_MIN || h[2] < 0 || h[2] > end - r) return 0;
     int top = lua_gettop(L);
-    int cid = (int)-h[1];
-    lua_rawgeti(L, out, cid);
+    int64_t cid = -h[1];
+    cb_rawgeti(L, out, cid);
     int fi = lua_gettop(L);
     pfut *f = to_fut(L, fi);
     if (!lua_isnil(L, fi) && (!f || !f->single || f->skipped)) {
@@ -762,7 +762,7 @@ static int deliver_one(lua_State *L, int out, int list, lua_Integer *nlist, cons
     }
     if (f) {
         lua_pushnil(L);
-        lua_rawseti(L, out, cid);
+        cb_rawseti(L, out, cid);
     }
     if (f && f->state != K_DONE && f->state != K_CANCELLED) {
         /* (the values may run a finalizer, which may cancel f: its state

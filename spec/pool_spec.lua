@@ -232,6 +232,16 @@ for _, kind in ipairs { "process", "thread" } do
       for _, x in ipairs(inner) do assert.equal(x[2], x[1]:result(10)) end
     end)
 
+    it("submits keep their futures past 2^31 task ids", function()
+      -- pool.c kept futures under the id cast to a C int
+      local function id(x) return x end
+      p.nextcid = 2 ^ 31 - 3
+      local fs = {}
+      for i = 1, 10 do fs[i] = p:submit(id, i) end
+      for i = 1, 10 do assert.equal(i, fs[i]:result(10)) end
+      assert.is_true(p.nextcid > 2 ^ 31)
+    end)
+
     it("result(timeout) returns nil, \"timeout\" while the task runs", function()
       local f = p:submit(function() concur.sleep(0.5); return 1 end)
       local v, why = f:result(0.05)

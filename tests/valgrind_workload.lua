@@ -278,4 +278,42 @@ step("primes", function()
   assert(t:join(T) + p:join(T) == 1229)
 end)
 
+step("pool", function()
+  local pool = concur.pool
+  for _, kind in ipairs { "thread", "process" } do
+    local p = pool.new { workers = 2, kind = kind }
+    local function id(...) return ... end
+    -- the packed paths (pool.c: submit, singles, take) once the function is
+    -- registered, and the Lua ones: a table argument, an error, nil results
+    local fs = {}
+    for i = 1, 30 do fs[i] = p:submit(id, i, "s" .. i, i + 0.5) end
+    fs[#fs + 1] = p:submit(id, { t = 1 })
+    fs[#fs + 1] = p:submit(function() error("bad") end)
+    fs[#fs + 1] = p:submit(id)
+    for i = 1, 30 do
+      local a, b, c = fs[i]:result(T)
+      assert(a == i and b == "s" .. i and c == i + 0.5)
+    end
+    assert(fs[31]:result(T).t == 1)
+    assert(fs[32]:error(T):match("bad"))
+    assert(select("#", fs[33]:result(T)) == 0)
+    local n = 0
+    for _ in pool.as_completed(fs, T) do n = n + 1 end
+    assert(n == #fs)
+    local done = pool.wait(fs, { timeout = T })
+    assert(#done == #fs)
+    local slow = { p:submit(concur.sleep, 0.5), p:submit(concur.sleep, 0.5) }
+    local queued = p:submit(id, 1)
+    queued:cancel()
+    fs[1].tag = "kept" -- a field of the user's own on a future
+    assert(fs[1].tag == "kept")
+    local r = p:map(function(x) return x * 2 end, { 1, 2, 3, 4, 5 }, { chunksize = 2 })
+    assert(r[5] == 10)
+    slow[1]:result(T)
+    p:close()
+    p:join()
+    refused(p.submit, p, id, 1)
+  end
+end)
+
 print("workload ok")
