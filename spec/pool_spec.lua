@@ -2,6 +2,7 @@
 -- worker processes and threads; errors, worker death, maxtasks, init, seeds
 local concur = require "concur"
 local pool, process, shared, queue = concur.pool, concur.process, concur.shared, concur.queue
+local support = require "spec.support"
 
 local function squares(n)
   local t = {}
@@ -205,13 +206,7 @@ for _, kind in ipairs { "process", "thread" } do
       local function id(x) return x end
       local inner = {}
       local function garbage(i)
-        local function fin() inner[#inner + 1] = { p:submit(id, -i), -i } end
-        if rawget(_G, "newproxy") then
-          local u = newproxy(true)
-          getmetatable(u).__gc = fin
-          return u
-        end
-        return setmetatable({}, { __gc = fin })
+        return support.finalizer(function() inner[#inner + 1] = { p:submit(id, -i), -i } end)
       end
       local fs = {}
       -- a collector that never pauses: finalizers run inside every part of
