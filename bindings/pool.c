@@ -10,6 +10,7 @@
  */
 #include "cb.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -330,7 +331,7 @@ static const char *packed_head(lua_State *L, int idx, int n, int64_t *h, const c
  * hands the rest of the group back). Per submit, callgrind counted 14.7k
  * instructions in a thread worker on the Lua path, 5.9k on this one. */
 #define LONG 0.002
-static void put_packed(lua_State *L, cc_queue *q, int qi, const char *m, size_t mlen);
+static int put_packed(lua_State *L, cc_queue *q, int qi, const char *m, size_t mlen);
 static int l_singles(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_Integer gi = luaL_checkinteger(L, 2), gn = luaL_checkinteger(L, 3);
@@ -382,7 +383,7 @@ static int l_singles(lua_State *L) {
             reply = pack_to(L, 0, 15, nres + 3, rbuf, sizeof rbuf, &rlen);
         }
         if (reply) { /* straight into the result queue: no Lua string */
-            put_packed(L, rq, 8, reply, rlen);
+            if (put_packed(L, rq, 8, reply, rlen) != LUA_OK) return lua_error(L);
         } else {
             lua_settop(L, 17 + nres);
             luaL_checkstack(L, nres + 4, "pool.singles");
@@ -616,21 +617,37 @@ static int l_value(lua_State *L) {
 /* Puts the packed message m (mlen bytes) into the queue at qi: straight
  * when its message fits the buffer, else (and when that put fails: a
  * closed queue, full memory) through the queue's own put, which takes the
- * codec's path and raises the right error. */
-static void put_packed(lua_State *L, cc_queue *q, int qi, const char *m, size_t mlen) {
+ * codec's path and has the right error: LUA_OK, or another status with
+ * that error on the stack. */
+static int put_packed(lua_State *L, cc_queue *q, int qi, const char *m, size_t mlen) {
     unsigned char buf[512];
     size_t len = fm_encode_bytes(m, mlen, buf, sizeof buf);
-    if (len && cc_queue_put(q, buf, len, CC_FOREVER) == 0) return;
+    if (len && cc_queue_put(q, buf, len, CC_FOREVER) == 0) return LUA_OK;
     lua_getfield(L, qi, "put");
     lua_pushvalue(L, qi);
     lua_pushlstring(L, m, mlen);
-    lua_call(L, 2, 0);
+    return lua_pcall(L, 2, 0, 0);
+}
+
+/* p.out[cid] = the value on top (nil: none) */
+static void record(lua_State *L, int p, int64_t cid) {
+    int f = lua_gettop(L);
+    get_key(L, p, K_OUT);
+    lua_pushvalue(L, f);
+    cb_rawseti(L, -2, cid);
+    lua_pop(L, 1);
 }
 
 /* Packs {0, cid, j, nargs, args...} (the args at first..first+nargs-1),
- * makes the future and puts the message into the queue at qi (q): the
- * future on top, or NULL (nothing pushed) when an argument does not pack */
+ * makes the future, records it (p.out[cid]: before the put, as a finalizer
+ * run by the put may pump its reply) and puts the message into the queue at
+ * qi (q): the future on top, or NULL (nothing pushed, nothing done) when an
+ * argument does not pack or there are too many to copy onto the stack (the
+ * Lua path packs them where they are). A put that fails takes the record
+ * back and raises. */
+#define MAXPACKED 200
 static pfut *send_packed(lua_State *L, int p, cc_queue *q, int qi, int64_t cid, int64_t j, int first, int nargs) {
+    if (nargs > MAXPACKED) return NULL;
     luaL_checkstack(L, nargs + 16, "pool:submit");
     int top = lua_gettop(L);
     cb_pushinteger(L, 0);
@@ -648,22 +665,32 @@ static pfut *send_packed(lua_State *L, int p, cc_queue *q, int qi, int64_t cid, 
     pfut *f = push_future(L, p, cid, m, len);
     lua_replace(L, top + 1);
     lua_settop(L, top + 1);
-    put_packed(L, q, qi, f->m, f->mlen);
+    record(L, p, cid);
+    if (put_packed(L, q, qi, f->m, f->mlen) != LUA_OK) {
+        lua_pushnil(L);
+        record(L, p, cid);
+        lua_pop(L, 1);
+        lua_error(L);
+        return NULL;
+    }
     return f;
-}
-
-/* p.out[cid] = the future on top */
-static void record(lua_State *L, int p, int64_t cid) {
-    int f = lua_gettop(L);
-    get_key(L, p, K_OUT);
-    lua_pushvalue(L, f);
-    cb_rawseti(L, -2, cid);
-    lua_pop(L, 1);
 }
 
 /* p.nextcid = cid: taken before anything is allocated, since a collection
  * may run a finalizer that submits too and must get an id of its own */
 static void take_cid(lua_State *L, int p, int64_t cid) { SET_KEY(p, K_NEXTCID, cb_pushinteger(L, cid)); }
+
+/* a and b the same upvalue: raw equal and, for numbers, the same subtype
+ * and the same sign of zero (0.0 and -0.0, 1 and 1.0 are raw equal), as
+ * pool.lua's `same` */
+static int same_value(lua_State *L, int a, int b) {
+    if (!lua_rawequal(L, a, b)) return 0;
+    if (lua_type(L, a) != LUA_TNUMBER) return 1;
+    if (cb_isinteger(L, a) != cb_isinteger(L, b)) return 0;
+    if (cb_isinteger(L, a)) return 1;
+    lua_Number x = lua_tonumber(L, a), y = lua_tonumber(L, b);
+    return x != 0 || signbit(x) == signbit(y);
+}
 
 /* submit(p, fn, ...) -> the future, or nothing when this is not the plain
  * case, which Pool:submit then takes in Lua: p a pool of this process,
@@ -707,7 +734,7 @@ static int l_submit(lua_State *L) {
         for (int i = 1; i <= nups; i++) {
             if (!lua_getupvalue(L, 2, i)) return 0;
             lua_rawgeti(L, ups, i);
-            if (!lua_rawequal(L, -1, -2)) return 0;
+            if (!same_value(L, -1, -2)) return 0;
             lua_pop(L, 2);
         }
     }
@@ -716,7 +743,6 @@ static int l_submit(lua_State *L) {
     lua_settop(L, qi);
     take_cid(L, 1, cid);
     if (!send_packed(L, 1, (cc_queue *)o, qi, cid, j, 3, top - 2)) return 0;
-    record(L, 1, cid);
     return 1;
 }
 
@@ -733,7 +759,6 @@ static int l_submit1(lua_State *L) {
     cc_queue *q = (cc_queue *)cb_check(L, top + 1, CC_T_QUEUE, "pool.submit1");
     take_cid(L, 1, cid);
     if (!send_packed(L, 1, q, top + 1, cid, j, 4, top - 3)) return 0;
-    record(L, 1, cid);
     return 1;
 }
 

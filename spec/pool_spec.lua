@@ -237,6 +237,69 @@ for _, kind in ipairs { "process", "thread" } do
       assert.is_true(p.nextcid > 2 ^ 31)
     end)
 
+    it("a submit whose argument cannot be sent raises naming submit and leaves nothing behind", function()
+      -- its record stayed in the pool, and close() waited for it for ever
+      local function id(...) return ... end
+      for _ = 1, 3 do
+        local ok, err = pcall(p.submit, p, id, 1, coroutine.create(print))
+        assert.is_false(ok)
+        assert.matches("pool:submit: .*coroutine", tostring(err))
+      end
+      assert.is_nil(next(p.out))
+      assert.equal(5, p:submit(id, 5):result(10))
+    end)
+
+    it("a registered function sees its upvalue change from 0.0 to -0.0 and from 1 to 1.0", function()
+      -- rawequal(0.0, -0.0) and rawequal(1, 1.0) are true: the change went unseen
+      local z = 0.0
+      local function f() return 1 / z end
+      for _ = 1, 3 do assert.equal(math.huge, p:submit(f):result(10)) end
+      z = -0.0
+      assert.equal(-math.huge, p:submit(f):result(10))
+      if math.type then
+        local k = 1
+        local function g() return math.type(k) end
+        for _ = 1, 3 do assert.equal("integer", p:submit(g):result(10)) end
+        k = 1.0
+        assert.equal("float", p:submit(g):result(10))
+      end
+    end)
+
+    it("submits thousands of arguments at once, again and again", function()
+      local a = {}
+      for i = 1, 5000 do a[i] = i end
+      local function n(...) return select("#", ...), (select(5000, ...)) end
+      for _ = 1, 3 do
+        local c, last = p:submit(n, (table.unpack or unpack)(a)):result(10)
+        assert.equal(5000, c)
+        assert.equal(5000, last)
+      end
+    end)
+
+    it("a cancel, once its future is settled, leaves no mark for the workers to look at", function()
+      -- the count of cancels only grew: after one cancel every later
+      -- submit took the workers' slow path
+      local slow = { p:submit(concur.sleep, 0.3), p:submit(concur.sleep, 0.3) }
+      local f = p:submit(function() return 1 end)
+      assert.is_true(f:cancel())
+      slow[1]:result(10)
+      slow[2]:result(10)
+      for i = 1, 20 do assert.equal(i, p:submit(function(x) return x end, i):result(10)) end
+      assert.equal(0, p.cancels[1])
+    end)
+
+    it("a task that raises nil fails with \"nil\", on the packed path too", function()
+      -- Lua 5.4 reported a bare traceback, LuaJIT "nil"
+      local function f(x) if x > 0 then error(nil) end return x end
+      for _ = 1, 4 do
+        local fut = p:submit(f, 1)
+        assert.matches("^nil", fut:error(10))
+        assert.equal(0, p:submit(f, 0):result(10))
+      end
+      local r, errs = p:map(function() error(nil) end, { 1, 2 }, { errors = "collect" })
+      assert.matches("^nil", errs[1])
+    end)
+
     it("result(timeout) returns nil, \"timeout\" while the task runs", function()
       local f = p:submit(function() concur.sleep(0.5); return 1 end)
       local v, why = f:result(0.05)

@@ -107,7 +107,13 @@ local function worker_main(ctx)
   local concur = require "concur"
   local clock = concur.clock
   local unpack = table.unpack or unpack
-  local traceback = debug.traceback
+  -- the message handler of every task: error(nil) reads "nil" under
+  -- every VM (Lua 5.4's traceback of nil is a traceback with no message)
+  local dtraceback = debug.traceback
+  local function traceback(e)
+    if e == nil then e = "nil" end
+    return dtraceback(e, 2)
+  end
   local get, put = ctx.get, ctx.put
   -- take(k): up to k messages (nil once there are no more); give_back(ms)
   -- returns messages not started
@@ -683,12 +689,21 @@ end
 
 local send_single -- (below: a submit's own message)
 
+-- a cancel's mark is done with (its task's reply came, or it goes again):
+-- workers look for marks only while cancels[1] counts some
+local function unskip(p, cid)
+  if p.skip[cid] then
+    p.skip[cid] = nil
+    p.cancels:add(1, -1)
+  end
+end
+
 -- a chunk that lost its worker: item `at` failed, the rest go again
 local function requeue(p, rec, at)
   if rec.single then -- one submit: again, unless it was the item that failed
     -- (settled by worker_ended when `at` said it ran; any other `at` is
     -- what the worker ran before: it died before it started this one)
-    if rec.skipped then p.skip[rec.cid] = nil end
+    if rec.skipped then unskip(p, rec.cid) end
     if rec.state == "running" then -- its message again, under the same cid
       p.out[rec.cid] = rec
       p.be.send(p, rec.m)
@@ -821,7 +836,7 @@ local function deliver(p, m)
       local rec = p.out[cid]
       if not rec then return end
       p.out[cid] = nil
-      if rec.skipped then p.skip[cid] = nil end
+      if rec.skipped then unskip(p, cid) end
       settle_from(rec, u, 3, nil)
       return
     end
@@ -837,7 +852,7 @@ local function deliver(p, m)
   p.out[cid] = nil
   local res, errs, me, n = m[3], m[4], m[5], m[6]
   if rec.batch or rec.single then -- submitted tasks: {nres, values...} or an error each
-    if rec.skipped then p.skip[cid] = nil end
+    if rec.skipped then unskip(p, cid) end
     if res == false then -- one submit its worker skipped: cancelled
       if rec.state == "running" then
         rec.state = "cancelled"
@@ -899,6 +914,16 @@ local function cacheable(fn)
   return { seen = 0, ups = ups, n = info.nups }
 end
 
+-- the same upvalue: rawequal, and for a number the same subtype and the
+-- same sign of zero (rawequal(0.0, -0.0) and rawequal(1, 1.0) are true)
+local mtype = math.type
+local function same(a, b)
+  if not rawequal(a, b) then return false end
+  if type(a) ~= "number" then return true end
+  if mtype and mtype(a) ~= mtype(b) then return false end
+  return a ~= 0 or 1 / a == 1 / b
+end
+
 local function fn_id(p, fn)
   local e = p.fcache[fn]
   if e == nil then
@@ -909,7 +934,7 @@ local function fn_id(p, fn)
   local getupvalue = debug.getupvalue
   for i = 1, e.n do
     local _, v = getupvalue(fn, i)
-    if not rawequal(v, e.ups[i]) then p.fcache[fn] = false; return nil end
+    if not same(v, e.ups[i]) then p.fcache[fn] = false; return nil end
   end
   if e.id then return e.id end
   e.seen = e.seen + 1
@@ -982,7 +1007,7 @@ send_single = function(p, f, tq, j, fn, ...) -- tq: the task queue, to put strai
   p.nextcid = p.nextcid + 1
   local cid = p.nextcid
   f.cid = cid
-  p.out[cid] = f
+  p.out[cid] = f -- (before the put: a finalizer run by it may pump the reply)
   local n = select("#", ...)
   local m
   if j then m = C.packv(0, cid, j, n, ...) end
@@ -992,7 +1017,14 @@ send_single = function(p, f, tq, j, fn, ...) -- tq: the task queue, to put strai
     m = { 0, cid, fl, { { j, { n = n, ... } } }, 1 }
   end
   f.m = m
-  if tq then tq:put(m) else p.be.send(p, m) end
+  local ok, err
+  if tq then ok, err = pcall(tq.put, tq, m) else ok, err = pcall(p.be.send, p, m) end
+  if not ok then -- nothing was sent: nothing stays recorded
+    p.out[cid] = nil
+    f.state = "cancelled"
+    f.m = nil
+    error("pool:submit: " .. tostring(err):gsub("^[^\n]-:%d+: ", ""), 3)
+  end
 end
 
 -- let every active job top up its chunks in flight
