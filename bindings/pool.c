@@ -209,10 +209,17 @@ static int l_packv(lua_State *L) {
 
 static int corrupt(lua_State *L) { return luaL_error(L, "pool.unpack: corrupt chunk"); }
 
+/* The tag of the value at *r of a packed string of format fmt: read there
+ * (*r moves past it) for 'v', the format's own otherwise; 0 at the end. */
+static char tag_at(char fmt, const char **r, const char *end) {
+    if (fmt != 'v') return fmt == 'i' ? SC_INT : SC_DBL;
+    return *r < end ? *(*r)++ : 0;
+}
+
 /* Pushes the value at r of a packed string of format fmt ending at end:
  * the position after it, or NULL when the bytes are not a value. */
 static const char *push_packed(lua_State *L, char fmt, const char *r, const char *end) {
-    char tag = fmt == 'v' ? (r < end ? *r++ : 0) : fmt == 'i' ? SC_INT : SC_DBL;
+    char tag = tag_at(fmt, &r, end);
     if (tag == SC_NIL || tag == SC_FALSE || tag == SC_TRUE) {
         if (tag == SC_NIL) lua_pushnil(L);
         else lua_pushboolean(L, tag == SC_TRUE);
@@ -282,7 +289,7 @@ static int l_unpack(lua_State *L) {
  * or NULL when the value there is not an integer (LuaJIT packs every
  * number as a double: an integral one counts). */
 static const char *read_int(char fmt, const char *r, const char *end, int64_t *out) {
-    char tag = fmt == 'v' ? (r < end ? *r++ : 0) : fmt == 'i' ? SC_INT : SC_DBL;
+    char tag = tag_at(fmt, &r, end);
     if ((tag != SC_INT && tag != SC_DBL) || end - r < 8) return NULL;
     if (tag == SC_INT) {
         memcpy(out, r, 8);
@@ -329,7 +336,7 @@ static const char *packed_head(lua_State *L, int idx, int n, int64_t *h, const c
  * finish(cid, ok, ...), which answers in the codec's forms. Then the marks
  * are cleared. It stops after one that ran LONG seconds (long true: Lua
  * hands the rest of the group back). Per submit, callgrind counted 14.7k
- * instructions in a thread worker on the Lua path, 5.9k on this one. */
+ * instructions in a thread worker on the Lua path, 3.2k on this one. */
 #define LONG 0.002
 static int put_packed(lua_State *L, cc_queue *q, int qi, const char *m, size_t mlen);
 static int l_singles(lua_State *L) {
@@ -696,9 +703,10 @@ static int same_value(lua_State *L, int a, int b) {
  * case, which Pool:submit then takes in Lua: p a pool of this process,
  * open and not broken, that puts submits straight into its task queue
  * (p.direct); fn registered (p.fcache[fn].id) with its upvalues unchanged;
- * arguments that pack. Takes the next id (take_cid), packs, makes the
- * future, puts and records it (p.out[cid]) as Lua's path does. The put
- * comes before the record: one that raises leaves nothing recorded. */
+ * arguments that pack. Takes the next id (take_cid), then send_packed:
+ * pack, future, record (p.out[cid]), put, as Lua's path does; a put that
+ * raises takes its record back. Lua's path calls it again for a function
+ * it has just registered. */
 static int l_submit(lua_State *L) {
     int top = lua_gettop(L);
     if (top < 2 || !lua_istable(L, 1) || !lua_isfunction(L, 2) || !lua_getmetatable(L, 1)) return 0;
@@ -743,22 +751,6 @@ static int l_submit(lua_State *L) {
     lua_settop(L, qi);
     take_cid(L, 1, cid);
     if (!send_packed(L, 1, (cc_queue *)o, qi, cid, j, 3, top - 2)) return 0;
-    return 1;
-}
-
-/* submit1(p, cid, j, ...) -> the future, or nil when the arguments do not
- * pack (nothing done: Lua sends it as a table)
- * Lua's submit of a function it has just registered (j): as submit, minus
- * its checks, which Lua has made. */
-static int l_submit1(lua_State *L) {
-    luaL_checktype(L, 1, LUA_TTABLE);
-    int64_t cid = (int64_t)luaL_checkinteger(L, 2);
-    int64_t j = (int64_t)luaL_checkinteger(L, 3);
-    int top = lua_gettop(L);
-    get_key(L, 1, K_DIRECT);
-    cc_queue *q = (cc_queue *)cb_check(L, top + 1, CC_T_QUEUE, "pool.submit1");
-    take_cid(L, 1, cid);
-    if (!send_packed(L, 1, q, top + 1, cid, j, 4, top - 3)) return 0;
     return 1;
 }
 
@@ -897,14 +889,18 @@ static int l_take(lua_State *L) {
     return 3;
 }
 
+/* the closures with the upvalues above */
+static const luaL_Reg keyed[] = {{"fut_index", l_fut_index}, {"fut_newindex", l_fut_newindex}, {"future", l_future},
+                                 {"value", l_value},         {"submit", l_submit},             {"deliver", l_deliver}};
+#define NKEYED (sizeof keyed / sizeof *keyed)
+
 /* bind(C, Pool, Future): gives the closures above their last two upvalues */
-static const char *const keyed_names[] = {"fut_index", "fut_newindex", "future", "value", "submit", "submit1", "deliver"};
 static int l_bind(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
     luaL_checktype(L, 2, LUA_TTABLE);
     luaL_checktype(L, 3, LUA_TTABLE);
-    for (size_t i = 0; i < sizeof keyed_names / sizeof *keyed_names; i++) {
-        lua_getfield(L, 1, keyed_names[i]);
+    for (size_t i = 0; i < NKEYED; i++) {
+        lua_getfield(L, 1, keyed[i].name);
         lua_pushvalue(L, 2);
         lua_setupvalue(L, -2, K_POOLMT);
         lua_pushvalue(L, 3);
@@ -991,15 +987,13 @@ static int load_pool(lua_State *L) {
         return lua_error(L);
     lua_pushvalue(L, lua_upvalueindex(1));
     cb_newlib(L, helpers);
-    static const lua_CFunction keyed[] = {l_fut_index, l_fut_newindex, l_future, l_value,
-                                          l_submit,    l_submit1,      l_deliver};
-    for (size_t i = 0; i < sizeof keyed / sizeof *keyed; i++) {
+    for (size_t i = 0; i < NKEYED; i++) {
         luaL_checkstack(L, NUPS + 2, "pool");
         for (int k = 0; k < NKEYS; k++) lua_pushstring(L, keys[k]);
         lua_pushnil(L); /* Pool and Future: bind */
         lua_pushnil(L);
-        lua_pushcclosure(L, keyed[i], NUPS);
-        lua_setfield(L, -2, keyed_names[i]);
+        lua_pushcclosure(L, keyed[i].func, NUPS);
+        lua_setfield(L, -2, keyed[i].name);
     }
     lua_pushcfunction(L, l_bind);
     lua_setfield(L, -2, "bind");

@@ -108,7 +108,8 @@ local function worker_main(ctx)
   local clock = concur.clock
   local unpack = table.unpack or unpack
   -- the message handler of every task: error(nil) reads "nil" under
-  -- every VM (Lua 5.4's traceback of nil is a traceback with no message)
+  -- every VM (Lua 5.4's traceback of nil is a traceback with no message),
+  -- so a task's error is never nil
   local dtraceback = debug.traceback
   local function traceback(e)
     if e == nil then e = "nil" end
@@ -201,7 +202,7 @@ local function worker_main(ctx)
       reply(cid, { { select("#", ...), ... } }, nil, 1)
     else
       local err = ...
-      reply(cid, C.pack({ -1 }, 1, 1), { err == nil and "nil" or err }, 1)
+      reply(cid, C.pack({ -1 }, 1, 1), { err }, 1)
     end
   end
   local function finish_single(cid, ok, ...)
@@ -312,7 +313,7 @@ local function worker_main(ctx)
               local ok, err = xpcall(run, traceback)
               if not ok then
                 errs = errs or {}
-                errs[k] = err == nil and "nil" or err
+                errs[k] = err
               end
             end
           else -- the plain case loops in C (pool.c: run)
@@ -324,7 +325,7 @@ local function worker_main(ctx)
                 local at = st[b + 4]
                 k = at > k and at or k + 1
                 errs = errs or {}
-                errs[k] = err == nil and "nil" or err
+                errs[k] = err
               end
             end
           end
@@ -373,7 +374,7 @@ local function worker_main(ctx)
             no = no + nr
           else
             errs = errs or {}
-            errs[k] = r[2] == nil and "nil" or r[2]
+            errs[k] = r[2]
             no = no + 1
             out[no] = -1
           end
@@ -1021,8 +1022,6 @@ send_single = function(p, f, tq, j, fn, ...) -- tq: the task queue, to put strai
   if tq then ok, err = pcall(tq.put, tq, m) else ok, err = pcall(p.be.send, p, m) end
   if not ok then -- nothing was sent: nothing stays recorded
     p.out[cid] = nil
-    f.state = "cancelled"
-    f.m = nil
     error("pool:submit: " .. tostring(err):gsub("^[^\n]-:%d+: ", ""), 3)
   end
 end
@@ -1376,7 +1375,7 @@ function Pool:flush()
   flush(self)
 end
 
-local submit_c, submit1 = C.submit, C.submit1
+local submit_c = C.submit
 function Pool:submit(fn, ...)
   -- the plain case (a registered function, arguments that pack, a task
   -- queue to put into) is pool.c's submit, checks and all
@@ -1386,8 +1385,8 @@ function Pool:submit(fn, ...)
   if type(fn) ~= "function" then argerr("pool:submit", 1, "function expected, got " .. type(fn)) end
   if self.immediate then
     local j, tq = fn_id(self, fn), self.direct
-    if j and tq then -- a function registered just now: pool.c's submit1
-      f = submit1(self, self.nextcid + 1, j, ...)
+    if j and tq then -- a function registered just now: pool.c's submit takes it
+      f = submit_c(self, fn, ...)
       if f then return f end
     end
     -- (pool.c's future, as submit makes it; it keeps its message, not
