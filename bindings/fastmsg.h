@@ -91,20 +91,26 @@ static inline size_t fm_encode_bytes(const char *s, size_t n, unsigned char *out
     return (size_t)(p + n - out);
 }
 
+/* Reads the varint at *p (before end) into *v, moving *p past it: 0 when
+ * the bytes end first or it is longer than 64 bits. */
+static inline int fm_get_varint(const unsigned char **p, const unsigned char *end, uint64_t *v) {
+    *v = 0;
+    for (int shift = 0;; shift += 7) {
+        if (*p == end || shift >= 64) return 0;
+        unsigned c = *(*p)++;
+        *v |= (uint64_t)(c & 0x7f) << shift;
+        if (!(c & 0x80)) return 1;
+    }
+}
+
 /* The bytes of a message that is one string of the shape above, without
  * making a Lua string: 1 with *s and *n set, or 0 when it is anything else. */
 static inline int fm_peek_str(const void *msg, size_t len, const char **s, size_t *n) {
     const size_t h = sizeof(cc_msghdr);
     const unsigned char *p = (const unsigned char *)msg + h + 2, *end = (const unsigned char *)msg + len;
     if (len < h + 3 || cc_msg_nrefs(msg) != 0 || p[-2] != 1 || p[-1] != FM_STR) return 0;
-    uint64_t v = 0;
-    for (int shift = 0;; shift += 7) {
-        if (p == end || shift >= 64) return 0;
-        unsigned c = *p++;
-        v |= (uint64_t)(c & 0x7f) << shift;
-        if (!(c & 0x80)) break;
-    }
-    if ((uint64_t)(end - p) != v) return 0;
+    uint64_t v;
+    if (!fm_get_varint(&p, end, &v) || (uint64_t)(end - p) != v) return 0;
     *s = (const char *)p;
     *n = (size_t)v;
     return 1;
@@ -131,13 +137,8 @@ static inline int fm_decode(lua_State *L, const void *msg, size_t len) {
         return 1;
     }
     if (tag != FM_INT && tag != FM_STR) return -1;
-    uint64_t v = 0;
-    for (int shift = 0;; shift += 7) {
-        if (p == end || shift >= 64) return -1;
-        unsigned c = *p++;
-        v |= (uint64_t)(c & 0x7f) << shift;
-        if (!(c & 0x80)) break;
-    }
+    uint64_t v;
+    if (!fm_get_varint(&p, end, &v)) return -1;
     if (tag == FM_INT) {
         if (p != end) return -1;
         cb_pushinteger(L, (int64_t)(v >> 1) ^ -(int64_t)(v & 1));
