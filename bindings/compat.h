@@ -31,11 +31,11 @@
 /* A count hook is how thread:cancel reaches pure Lua code. */
 #define CB_CANCEL_HOOK 1
 #define cb_tolstring(L, i) luaL_tolstring(L, i, NULL)
-/* A userdata with n user values (5.4), or with an environment table of n
- * slots (5.1): cb_getiuv pushes value k, cb_setiuv pops one into it. */
 /* t[n] for any integer key n (5.1's lua_rawseti/rawgeti take an int) */
 #define cb_rawseti(L, i, n) lua_rawseti(L, i, (lua_Integer)(n))
 #define cb_rawgeti(L, i, n) ((void)lua_rawgeti(L, i, (lua_Integer)(n)))
+/* A userdata with n user values (5.4), or with an environment table of n
+ * slots (5.1): cb_getiuv pushes value k, cb_setiuv pops one into it. */
 #define cb_newuserdatauv(L, sz, n) lua_newuserdatauv(L, sz, n)
 #define cb_getiuv(L, i, k) ((void)lua_getiuservalue(L, i, k))
 #define cb_setiuv(L, i, k) ((void)lua_setiuservalue(L, i, k))

@@ -34,8 +34,9 @@
  * cannot see a put while it spins, and once asleep it is woken by that
  * producer onto that same core, so each put cost a futex wake and a
  * context switch (a pool of 2 thread workers and its caller on 2 cores:
- * 5-28k futex calls per 10^5 submits, 2-3k with the yields). `watch` is bumped on
- * every put and on close for cc_wait_any (wait.c), which sleeps on it.
+ * 5-28k futex calls per 10^5 submits, 2-3k with the yields). `watch` is
+ * bumped on every put and on close for cc_wait_any (wait.c), which sleeps
+ * on it.
  */
 #include "queue.h"
 #include "wait.h"
@@ -49,8 +50,8 @@
 
 #define CHUNK (64u * 1024u)
 #define SPIN_LOCK 100   /* trylocks before sleeping on the mutex */
-#define SPIN_WAIT 250
-#define SPIN_YIELD 8   /* pauses a getter or putter watches the queue before sleeping */
+#define SPIN_WAIT 250  /* pauses a getter or putter watches the queue before sleeping */
+#define SPIN_YIELD 8   /* then yields of the CPU, still watching */
 #define ALIGN8(n) (((n) + 7u) & ~(size_t)7u)
 
 typedef struct chunk {
