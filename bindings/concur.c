@@ -873,6 +873,7 @@ int cb_open_pool(lua_State *L, int lib); /* bindings/pool.c */
 
 int luaopen_concur(lua_State *L) {
     cb_arena(L);
+    cc_heap_tune();
     lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");
     int loaded = lua_gettop(L);
     lua_getfield(L, loaded, "concur");

@@ -71,6 +71,15 @@ int cc_poll_ms(double until);
  * to the parent, and the child must never release it. */
 pid_t cc_pid(void);
 
+/* ---- heap (heap.c) --------------------------------------------------- */
+/* Before a fork (fork_keeping): every FOLD_EVERY-th fork from a heap of
+ * 8 MiB or more folds it onto 2 MiB pages, so a fork copies an entry per
+ * 2 MiB, not per 4 KiB. */
+void cc_heap_prefork(void);
+/* Once per process (luaopen_concur): malloc's mmap threshold to its
+ * maximum, 32 MiB, so big arrays live in the heap, where they are folded. */
+void cc_heap_tune(void);
+
 /* ---- arena (arena.c) ------------------------------------------------- */
 /* Reserve the shared region (idempotent, thread-safe). size 0 = default. */
 int cc_arena_init(size_t size);

@@ -150,6 +150,7 @@ static pid_t fork_keeping(const int *keep, int nkeep) {
     fflush(NULL);
     pid_t parent = getpid();
     void *unwinder = cc_unwinder_locate();
+    cc_heap_prefork();
     pthread_mutex_lock(&track_lock);
     pid_t pid = fork();
     if (pid == 0) {

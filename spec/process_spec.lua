@@ -380,6 +380,77 @@ describe("process.spawn", function()
   end)
 end)
 
+-- runtime/heap.c: every 8th fork from a heap of 8 MiB or more folds it onto
+-- 2 MiB pages (MADV_COLLAPSE), so a fork's page-table copy does not grow
+-- with what the parent holds
+describe("a spawn from a big heap", function()
+  -- 3*10^5 rows, about 36 MiB: each child and the parent sum them; the
+  -- huge pages of the heap, its resident size, before and after
+  local SCRIPT = [[
+    local process = concur.process
+    local function rollup()
+      local f = io.open("/proc/self/smaps_rollup")
+      local s = f:read("a")
+      f:close()
+      return tonumber(s:match("\nRss:%s+(%d+)")), tonumber(s:match("AnonHugePages:%s+(%d+)"))
+    end
+    local rows = {}
+    for i = 1, 300000 do rows[i] = {i, -2 * i} end
+    local function sum() local s = 0 for i = 1, #rows do s = s + rows[i][1] + rows[i][2] end return s end
+    local want = -(300000 * 300001 / 2)
+    local rss0, huge0 = rollup()
+    local huge7
+    for k = 1, 10 do
+      assert(process.spawn(sum):join(30) == want, "child " .. k)
+      if k == 7 then huge7 = select(2, rollup()) end
+    end
+    assert(sum() == want, "parent")
+    local rss1, huge1 = rollup()
+    print(string.format("huge %d %d %d rss %d %d", huge0, huge7, huge1, rss0, rss1))
+  ]]
+
+  local function thp_mode()
+    local f = io.open("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not f then return "none" end
+    local s = f:read("*a")
+    f:close()
+    return s:match("%[(%w+)%]") or "none"
+  end
+  local function kernel_has_collapse() -- MADV_COLLAPSE: Linux 6.1
+    local f = io.popen("uname -r")
+    local major, minor = f:read("*a"):match("^(%d+)%.(%d+)")
+    f:close()
+    major, minor = tonumber(major), tonumber(minor)
+    return major and (major > 6 or (major == 6 and minor >= 1))
+  end
+
+  it("gives every child and the parent the same data, folded or not", function()
+    local out, status = support.run(SCRIPT, "", 120)
+    assert.equal(0, status, out)
+    assert.truthy(out:match("huge %d+ %d+ %d+ rss %d+ %d+"), out)
+  end)
+
+  it("is folded onto huge pages by the 8th spawn, not before, without growing", function()
+    -- LuaJIT's allocator maps its own memory (no heap to fold); ASan's too
+    if support.luajit or support.flavour ~= "concur" and support.flavour ~= "lua5.4" then
+      return pending("the heap of " .. support.flavour .. " is not malloc's")
+    end
+    if thp_mode() == "never" or thp_mode() == "none" or not kernel_has_collapse() then
+      return pending("no transparent huge pages or no MADV_COLLAPSE here")
+    end
+    local out, status = support.run(SCRIPT, "", 120)
+    assert.equal(0, status, out)
+    local huge0, huge7, huge1, rss0, rss1 = out:match("huge (%d+) (%d+) (%d+) rss (%d+) (%d+)")
+    huge0, huge7, huge1, rss0, rss1 = tonumber(huge0), tonumber(huge7), tonumber(huge1), tonumber(rss0), tonumber(rss1)
+    assert.is_true(huge1 >= 24 * 1024, out) -- most of 36 MiB (KiB here)
+    if thp_mode() == "madvise" then -- "always" makes huge pages on its own
+      assert.equal(0, huge0, out)
+      assert.equal(0, huge7, out) -- a fork or seven do not pay for a fold
+    end
+    assert.is_true(rss1 <= rss0 + 8 * 1024, out) -- no untouched memory made resident
+  end)
+end)
+
 describe("process.run", function()
   it("runs a program and returns status, stdout and stderr", function()
     local r = process.run{"sh", "-c", "cat; echo oops >&2; exit 3", stdin = "hello"}

@@ -1,0 +1,94 @@
+/*
+ * heap.c -- a big heap folded onto huge pages for cheap forks.
+ *
+ * process.spawn forks, and a fork copies one page-table entry per 4 KiB
+ * page of the heap (copy_page_range); the child's exit takes them down
+ * again. A state holding 10^6 small tables (about 120 MiB) made a spawn
+ * ten times dearer than an empty one, though nothing of it is encoded. A
+ * 2 MiB transparent huge page is one entry.
+ *
+ * So cc_heap_prefork folds the heap's 2 MiB spans into huge pages (madvise
+ * MADV_COLLAPSE, Linux 6.1: synchronous, whatever the system's THP mode
+ * but "never"). Folding is a copy, dear the first time (30 ms for 120 MiB
+ * here, ten times that when the kernel must compact memory first for the
+ * huge pages) and a look after that (5 us for 120 MiB); it pays for itself
+ * after about seven forks. So it is done on every FOLD_EVERY-th fork, as
+ * one rents skis until the rent would have bought them: a program that
+ * forks once or twice pays nothing more, a loop of spawns pays a fold and
+ * then forks cheaply. Spans split since (the parent wrote to a page a
+ * child still shared) are folded again on the next such fork.
+ * - Only the heap below its top less TOP_SLACK: folding fills a span's
+ *   untouched pages too, and malloc's top pad is untouched.
+ * - Not while the heap is under FOLD_FROM: a small program's memory is not
+ *   rounded up to 2 MiB.
+ * - Not MADV_HUGEPAGE: a mapping so flagged does not merge with the next
+ *   step of the break (each step then breaks a span), and a child would
+ *   fault in and zero a whole 2 MiB page for its few writes.
+ * cc_heap_tune raises malloc's mmap threshold to its maximum (32 MiB), as
+ * glibc does by itself after the first such block is freed: a big array
+ * then lives in the heap, not in a mapping of its own that is not folded.
+ * CONCUR_FOLD=0 in the environment turns folding off.
+ * Only the main arena grows by sbrk: memory of states made in other
+ * threads, and blocks over 32 MiB, are not folded. Where the kernel has no
+ * MADV_COLLAPSE, or huge pages are off, madvise fails and nothing changes.
+ */
+#include "cc.h"
+
+#include <errno.h>
+#include <malloc.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+
+#define HUGE (2u << 20)
+#define FOLD_FROM (8u << 20)
+#define TOP_SLACK (1u << 20)
+#define FOLD_EVERY 8
+
+static uintptr_t start;    /* where the heap begins (0: unknown) */
+static _Atomic int off;    /* the kernel said no: stop asking */
+static _Atomic unsigned forks; /* from a heap of FOLD_FROM or more */
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+/* The heap's first byte: start_brk, the 47th field of /proc/self/stat
+ * (after the command's name, which may hold anything but ends at the last
+ * ')'). */
+static void find_start(void) {
+    const char *env = getenv("CONCUR_FOLD");
+    if (env && !strcmp(env, "0")) return;
+    char buf[1024];
+    FILE *f = fopen("/proc/self/stat", "r");
+    if (!f) return;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *s = strrchr(buf, ')');
+    for (int field = 2; s && field < 47; field++) s = strchr(s + 1, ' ');
+    if (s) start = (uintptr_t)strtoull(s + 1, NULL, 10);
+}
+
+void cc_heap_tune(void) {
+    static _Atomic int done;
+    if (!atomic_exchange(&done, 1)) mallopt(M_MMAP_THRESHOLD, 32u << 20);
+}
+
+void cc_heap_prefork(void) {
+    pthread_once(&once, find_start);
+    if (!start || atomic_load_explicit(&off, memory_order_relaxed)) return;
+    uintptr_t brk = (uintptr_t)sbrk(0); /* a variable of libc's: no system call */
+    uintptr_t from = (start + HUGE - 1) & ~(uintptr_t)(HUGE - 1);
+    uintptr_t to = (brk - TOP_SLACK) & ~(uintptr_t)(HUGE - 1);
+    if (brk < from + FOLD_FROM + TOP_SLACK || to <= from) return;
+    if ((atomic_fetch_add(&forks, 1) + 1) % FOLD_EVERY) return;
+    if (madvise((void *)from, to - from, MADV_COLLAPSE) != 0 && (errno == EINVAL || errno == EPERM))
+        atomic_store(&off, 1); /* no such advice here, or huge pages "never" */
+}
