@@ -16,7 +16,9 @@
  * one rents skis until the rent would have bought them: a program that
  * forks once or twice pays nothing more, a loop of spawns pays a fold and
  * then forks cheaply. Spans split since (the parent wrote to a page a
- * child still shared) are folded again on the next such fork.
+ * child still shared) are folded again on the next such fork. A fold that
+ * fails for want of huge pages (none to be had, even by compacting)
+ * doubles the wait before the next try, up to FOLD_MAX forks.
  * - Only the heap below its top less TOP_SLACK: folding fills a span's
  *   untouched pages too, and malloc's top pad is untouched.
  * - Not while the heap is under FOLD_FROM: a small program's memory is not
@@ -53,10 +55,12 @@
 #define FOLD_FROM (8u << 20)
 #define TOP_SLACK (1u << 20)
 #define FOLD_EVERY 8
+#define FOLD_MAX 1024 /* the longest wait between tries while folds fail */
 
 static uintptr_t start;    /* where the heap begins (0: unknown) */
 static _Atomic int off;    /* the kernel said no: stop asking */
 static _Atomic unsigned forks; /* from a heap of FOLD_FROM or more */
+static _Atomic unsigned interval = FOLD_EVERY; /* fold on every this-many-th */
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
 /* The heap's first byte: start_brk, the 47th field of /proc/self/stat
@@ -88,7 +92,13 @@ void cc_heap_prefork(void) {
     uintptr_t from = (start + HUGE - 1) & ~(uintptr_t)(HUGE - 1);
     uintptr_t to = (brk - TOP_SLACK) & ~(uintptr_t)(HUGE - 1);
     if (brk < from + FOLD_FROM + TOP_SLACK || to <= from) return;
-    if ((atomic_fetch_add(&forks, 1) + 1) % FOLD_EVERY) return;
-    if (madvise((void *)from, to - from, MADV_COLLAPSE) != 0 && (errno == EINVAL || errno == EPERM))
+    unsigned n = atomic_fetch_add(&forks, 1) + 1, every = atomic_load(&interval);
+    if (n % every) return;
+    if (madvise((void *)from, to - from, MADV_COLLAPSE) == 0) {
+        atomic_store(&interval, FOLD_EVERY);
+    } else if (errno == EINVAL || errno == EPERM) {
         atomic_store(&off, 1); /* no such advice here, or huge pages "never" */
+    } else if (every < FOLD_MAX) { /* no huge pages to be had (ENOMEM, EAGAIN): */
+        atomic_store(&interval, every * 2); /* ask less often, not every time in vain */
+    }
 }

@@ -449,6 +449,18 @@ describe("a spawn from a big heap", function()
     end
     assert.is_true(rss1 <= rss0 + 8 * 1024, out) -- no untouched memory made resident
   end)
+
+  it("is not folded with CONCUR_FOLD=0", function()
+    if support.luajit or support.flavour ~= "concur" and support.flavour ~= "lua5.4" then
+      return pending("the heap of " .. support.flavour .. " is not malloc's")
+    end
+    if thp_mode() ~= "madvise" then
+      return pending("huge pages are not on advice only here")
+    end
+    local out, status = support.run(SCRIPT, "CONCUR_FOLD=0", 120)
+    assert.equal(0, status, out)
+    assert.truthy(out:match("huge 0 0 0 "), out)
+  end)
 end)
 
 describe("process.run", function()
