@@ -248,6 +248,17 @@ do -- the MPI pool: 2 worker ranks against 1
       higher_is_better = true, concur = {median = s, min = s, max = s, runs = 1}, target = ">= 1.8", status = s >= 1.8 and "PASS" or "MISS"}
   end
 end
+-- issue 10: a spawn whose function captures 10^6 values, against an empty spawn (time ratio)
+for _, pair in ipairs{{"spawn_upv_ints", "spawn+join, 10^6 ints captured / empty"}, {"spawn_upv_rows", "spawn+join, 10^6 rows captured / empty"}} do
+  local empty, big = find("spawn_process"), find(pair[1])
+  if empty and big and empty.concur and big.concur then
+    local s = big.concur.median / empty.concur.median
+    local ps = (empty.python and big.python) and big.python.median / empty.python.median or nil
+    local function one_run(v) return v and {median = v, min = v, max = v, runs = 1} or nil end
+    results[#results + 1] = {name = pair[1] .. "_vs_empty", label = pair[2], unit = "x", higher_is_better = false,
+      concur = one_run(s), python = one_run(ps), target = "<= 2", status = s <= 2 and "PASS" or "MISS"}
+  end
+end
 for _, pair in ipairs{{"primes_t2", "speed-up, 2 threads vs 1 (C kernel)"}, {"primes_p2", "speed-up, 2 processes vs 1 (C kernel)"}} do
   local one, two = find("primes_t1"), find(pair[1])
   if one and two and one.concur and two.concur then
