@@ -72,10 +72,11 @@ int cc_poll_ms(double until);
 pid_t cc_pid(void);
 
 /* ---- heap (heap.c) --------------------------------------------------- */
-/* Before a fork (fork_keeping): every FOLD_EVERY-th fork from a heap of
- * 8 MiB or more folds it onto 2 MiB pages, so a fork copies an entry per
- * 2 MiB, not per 4 KiB. */
-void cc_heap_prefork(void);
+/* Before a fork (fork_keeping): every 8th fork from a heap of 8 MiB or
+ * more folds it onto 2 MiB pages, so a fork copies an entry per 2 MiB,
+ * not per 4 KiB -- or the first fork after, when children (forked, not
+ * yet reaped) shared the heap then. */
+void cc_heap_prefork(int children);
 /* Once per process (luaopen_concur): malloc's mmap threshold to its
  * maximum, 32 MiB, so big arrays live in the heap, where they are folded. */
 void cc_heap_tune(void);

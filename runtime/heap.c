@@ -19,6 +19,11 @@
  * child still shared) are folded again on the next such fork. A fold that
  * fails for want of huge pages (none to be had, even by compacting)
  * doubles the wait before the next try, up to FOLD_MAX forks.
+ * - Not while a child of this process lives: it shares the heap's pages,
+ *   and a fold copies shared pages too (they would be the parent's and
+ *   the child's twice over). A fold that falls due then waits for the
+ *   first fork with no child alive (a loop of spawn-and-join, the start
+ *   of the next batch).
  * - Only the heap below its top less TOP_SLACK: folding fills a span's
  *   untouched pages too, and malloc's top pad is untouched.
  * - Not while the heap is under FOLD_FROM: a small program's memory is not
@@ -61,6 +66,7 @@ static uintptr_t start;    /* where the heap begins (0: unknown) */
 static _Atomic int off;    /* the kernel said no: stop asking */
 static _Atomic unsigned forks; /* from a heap of FOLD_FROM or more */
 static _Atomic unsigned interval = FOLD_EVERY; /* fold on every this-many-th */
+static _Atomic int due;        /* that fork came while children lived */
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
 /* The heap's first byte: start_brk, the 47th field of /proc/self/stat
@@ -85,7 +91,7 @@ void cc_heap_tune(void) {
     if (!atomic_exchange(&done, 1)) mallopt(M_MMAP_THRESHOLD, 32u << 20);
 }
 
-void cc_heap_prefork(void) {
+void cc_heap_prefork(int children) {
     pthread_once(&once, find_start);
     if (!start || atomic_load_explicit(&off, memory_order_relaxed)) return;
     uintptr_t brk = (uintptr_t)sbrk(0); /* a variable of libc's: no system call */
@@ -93,7 +99,8 @@ void cc_heap_prefork(void) {
     uintptr_t to = (brk - TOP_SLACK) & ~(uintptr_t)(HUGE - 1);
     if (brk < from + FOLD_FROM + TOP_SLACK || to <= from) return;
     unsigned n = atomic_fetch_add(&forks, 1) + 1, every = atomic_load(&interval);
-    if (n % every) return;
+    if (n % every == 0) atomic_store(&due, 1);
+    if (children || !atomic_exchange(&due, 0)) return;
     if (madvise((void *)from, to - from, MADV_COLLAPSE) == 0) {
         atomic_store(&interval, FOLD_EVERY);
     } else if (errno == EINVAL || errno == EPERM) {

@@ -33,6 +33,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +47,9 @@
 #define MAX_TRACKED 1024
 
 static pthread_mutex_t track_lock = PTHREAD_MUTEX_INITIALIZER;
+/* process.spawn children forked and not yet reaped: while one lives it
+ * shares the heap, and folding it (cc_heap_prefork) would copy it */
+static _Atomic int live_children;
 static int tracked[MAX_TRACKED];
 static int ntracked;
 
@@ -150,7 +154,7 @@ static pid_t fork_keeping(const int *keep, int nkeep) {
     fflush(NULL);
     pid_t parent = getpid();
     void *unwinder = cc_unwinder_locate();
-    cc_heap_prefork();
+    cc_heap_prefork(atomic_load(&live_children) > 0);
     pthread_mutex_lock(&track_lock);
     pid_t pid = fork();
     if (pid == 0) {
@@ -167,6 +171,7 @@ static pid_t fork_keeping(const int *keep, int nkeep) {
          * open, or our parent's join would wait for the grandchild too */
         ntracked = n;
         pthread_mutex_unlock(&track_lock);
+        atomic_store(&live_children, 0); /* the parent's children are not ours */
         /* what the parent was stopping or noting is not ours */
         stopping = 0;
         nnotes = 0;
@@ -382,6 +387,7 @@ pid_t cc_child_fork(cc_child *c, int *wfd) {
     set_nonblock(fds[0]);
     c->pid = pid;
     c->owner = cc_pid();
+    atomic_fetch_add(&live_children, 1);
     c->rfd = fds[0];
     return pid;
 error:
@@ -436,6 +442,7 @@ static void take_result(cc_child *c) {
 }
 
 static void reaped(cc_child *c) {
+    if (!c->reaped && cc_child_mine(c)) atomic_fetch_sub(&live_children, 1);
     c->reaped = 1;
     release_held(c);
 }

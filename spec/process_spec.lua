@@ -450,6 +450,39 @@ describe("a spawn from a big heap", function()
     assert.is_true(rss1 <= rss0 + 8 * 1024, out) -- no untouched memory made resident
   end)
 
+  it("is not folded while a child shares it, and is at the first spawn after", function()
+    if support.luajit or support.flavour ~= "concur" and support.flavour ~= "lua5.4" then
+      return pending("the heap of " .. support.flavour .. " is not malloc's")
+    end
+    if thp_mode() ~= "madvise" or not kernel_has_collapse() then
+      return pending("huge pages are not on advice only here, or no MADV_COLLAPSE")
+    end
+    -- a fold would copy the pages the sleeping child shares: twice the memory
+    local out, status = support.run([[
+      local process, queue = concur.process, concur.queue
+      local function huge()
+        local f = io.open("/proc/self/smaps_rollup")
+        local s = f:read("*a")
+        f:close()
+        return tonumber(s:match("AnonHugePages:%s+(%d+)"))
+      end
+      local rows = {}
+      for i = 1, 300000 do rows[i] = {i, i} end
+      local q = queue()
+      local sleeper = process.spawn(function() return q:get() end)
+      for _ = 1, 12 do assert(process.spawn(function() return #rows end):join(30) == 300000) end
+      local shared = huge()
+      q:put("done")
+      assert(sleeper:join(30) == "done")
+      assert(process.spawn(function() return #rows end):join(30) == 300000)
+      print("huge " .. shared .. " " .. huge())
+    ]], "", 120)
+    assert.equal(0, status, out)
+    local shared, after = out:match("huge (%d+) (%d+)")
+    assert.equal("0", shared, out)
+    assert.is_true(tonumber(after) >= 24 * 1024, out)
+  end)
+
   it("is not folded with CONCUR_FOLD=0", function()
     if support.luajit or support.flavour ~= "concur" and support.flavour ~= "lua5.4" then
       return pending("the heap of " .. support.flavour .. " is not malloc's")
