@@ -873,7 +873,6 @@ int cb_open_pool(lua_State *L, int lib); /* bindings/pool.c */
 
 int luaopen_concur(lua_State *L) {
     cb_arena(L);
-    cc_heap_tune();
     lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");
     int loaded = lua_gettop(L);
     lua_getfield(L, loaded, "concur");
@@ -944,6 +943,10 @@ static _Atomic int embedder_interrupt;
 void concur_interrupt_here(void) { cc_interrupt_set(&embedder_interrupt); }
 void concur_interrupt(int on) { embedder_interrupt = on ? 1 : 0; }
 void concur_exit_report(void) { cc_exit_report(); }
+
+void *concur_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+    return cc_heap_alloc(ud, ptr, osize, nsize);
+}
 
 int concur_openlibs(lua_State *L) {
     cb_requiref(L, "concur", luaopen_concur);

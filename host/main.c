@@ -433,6 +433,7 @@ int main(int argc, char **argv) {
         host_message("cannot create state: not enough memory");
         return EXIT_FAILURE;
     }
+    lua_setallocf(L, concur_alloc, NULL); /* big blocks on huge pages: cheap forks */
     lua_gc(L, LUA_GCSTOP);
     signal(SIGTERM, on_signal);
     lua_pushcfunction(L, pmain);

@@ -37,6 +37,15 @@ extern "C" {
  * mapped). Call it before forking anything. */
 int concur_openlibs(lua_State *L);
 
+/* A lua_Alloc for a state that spawns processes, installed right after
+ * luaL_newstate, before any block of 2 MiB or more is made:
+ * lua_setallocf(L, concur_alloc, NULL). Blocks under 2 MiB come from
+ * malloc (the ones luaL_newstate's allocator made are malloc's too);
+ * bigger ones (a 10^6-element array) get 2 MiB-aligned mappings of their
+ * own on transparent huge pages, so a fork copies one page-table entry per
+ * 2 MiB of them instead of 512. The concur host uses it. */
+void *concur_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+
 /* The module entry point: require "concur" returns the library table
  * without touching globals. */
 int luaopen_concur(lua_State *L);

@@ -77,9 +77,11 @@ pid_t cc_pid(void);
  * not per 4 KiB -- or the first fork after, when children (forked, not
  * yet reaped) shared the heap then. */
 void cc_heap_prefork(int children);
-/* Once per process (luaopen_concur): malloc's mmap threshold to its
- * maximum, 32 MiB, so big arrays live in the heap, where they are folded. */
-void cc_heap_tune(void);
+/* A lua_Alloc (ud unused): malloc for blocks under 2 MiB; bigger ones in
+ * 2 MiB-aligned mappings advised huge, so forks copy an entry per 2 MiB
+ * of them too. For a state created just before (no block of 2 MiB or more
+ * may come from another allocator). */
+void *cc_heap_alloc(void *ud, void *p, size_t osize, size_t nsize);
 
 /* ---- arena (arena.c) ------------------------------------------------- */
 /* Reserve the shared region (idempotent, thread-safe). size 0 = default. */

@@ -31,18 +31,26 @@
  * - Not MADV_HUGEPAGE: a mapping so flagged does not merge with the next
  *   step of the break (each step then breaks a span), and a child would
  *   fault in and zero a whole 2 MiB page for its few writes.
- * cc_heap_tune raises malloc's mmap threshold to its maximum (32 MiB), as
- * glibc does by itself after the first such block is freed: a big array
- * then lives in the heap, not in a mapping of its own that is not folded.
- * CONCUR_FOLD=0 in the environment turns folding off.
- * Only the main arena grows by sbrk: memory of states made in other
- * threads, and blocks over 32 MiB, are not folded. Where the kernel has no
- * MADV_COLLAPSE, or huge pages are off, madvise fails and nothing changes.
+ * CONCUR_FOLD=0 in the environment turns folding off. Only the main arena
+ * grows by sbrk: memory of states made in other threads is not folded.
+ * Where the kernel has no MADV_COLLAPSE, or huge pages are off, madvise
+ * fails and nothing changes.
+ *
+ * Big blocks. malloc gives a block of 128 KiB or more a mapping of its
+ * own, which the fold does not reach (a 10^6-integer array is 16 MiB: 4096
+ * entries for every fork). cc_heap_alloc, the lua_Alloc the host installs
+ * (concur_alloc), gives a block of BIG or more a mapping of its own too,
+ * but 2 MiB-aligned, a whole number of 2 MiB, and advised huge
+ * (MADV_HUGEPAGE) from the start: it faults in 2 MiB at a time (fewer
+ * faults while an array fills) and a fork copies one entry per 2 MiB. A
+ * block that grows moves by mremap, page tables and all, into a new
+ * aligned mapping; one that shrinks under BIG goes back to malloc. Lua
+ * passes every block's size back (osize), so no header is kept. At most
+ * one 2 MiB page per block is more than it asked for.
  */
 #include "cc.h"
 
 #include <errno.h>
-#include <malloc.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -61,6 +69,7 @@
 #define TOP_SLACK (1u << 20)
 #define FOLD_EVERY 8
 #define FOLD_MAX 1024 /* the longest wait between tries while folds fail */
+#define BIG HUGE      /* blocks this big get an aligned mapping of their own */
 
 static uintptr_t start;    /* where the heap begins (0: unknown) */
 static _Atomic int off;    /* the kernel said no: stop asking */
@@ -86,10 +95,6 @@ static void find_start(void) {
     if (s) start = (uintptr_t)strtoull(s + 1, NULL, 10);
 }
 
-void cc_heap_tune(void) {
-    static _Atomic int done;
-    if (!atomic_exchange(&done, 1)) mallopt(M_MMAP_THRESHOLD, 32u << 20);
-}
 
 void cc_heap_prefork(int children) {
     pthread_once(&once, find_start);
@@ -108,4 +113,55 @@ void cc_heap_prefork(int children) {
     } else if (every < FOLD_MAX) { /* no huge pages to be had (ENOMEM, EAGAIN): */
         atomic_store(&interval, every * 2); /* ask less often, not every time in vain */
     }
+}
+
+/* ---- big blocks ---- */
+
+static size_t span(size_t n) { return (n + HUGE - 1) & ~(size_t)(HUGE - 1); }
+
+/* A new mapping of len bytes (a multiple of HUGE) at a HUGE boundary. */
+static void *map_aligned(size_t len) {
+    char *p = mmap(NULL, len + HUGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    char *q = (char *)(((uintptr_t)p + HUGE - 1) & ~(uintptr_t)(HUGE - 1));
+    if (q > p) munmap(p, (size_t)(q - p));
+    if (q + len < p + len + HUGE) munmap(q + len, (size_t)(p + len + HUGE - (q + len)));
+    madvise(q, len, MADV_HUGEPAGE); /* only a hint: fails where there are none */
+    return q;
+}
+
+/* Grow or shrink a big block (both sizes BIG or more). */
+static void *remap(void *p, size_t osize, size_t nsize) {
+    size_t olen = span(osize), nlen = span(nsize);
+    if (nlen == olen) return p;
+    if (nlen < olen) { /* the tail goes; the rest stays where it is */
+        munmap((char *)p + nlen, olen - nlen);
+        return p;
+    }
+    void *q = map_aligned(nlen);
+    if (!q) return NULL;
+    /* the old pages (and their page tables) move to the new start */
+    if (mremap(p, olen, olen, MREMAP_MAYMOVE | MREMAP_FIXED, q) == MAP_FAILED) {
+        memcpy(q, p, osize);
+        munmap(p, olen);
+    }
+    return q;
+}
+
+void *cc_heap_alloc(void *ud, void *p, size_t osize, size_t nsize) {
+    (void)ud;
+    int was = p && osize >= BIG, big = nsize >= BIG;
+    if (nsize == 0) {
+        if (was) munmap(p, span(osize));
+        else free(p);
+        return NULL;
+    }
+    if (!was && !big) return realloc(p, nsize);
+    if (was && big) return remap(p, osize, nsize);
+    void *q = big ? map_aligned(span(nsize)) : malloc(nsize);
+    if (!q) return NULL; /* p stays as it was */
+    if (p) memcpy(q, p, osize < nsize ? osize : nsize);
+    if (was) munmap(p, span(osize));
+    else free(p);
+    return q;
 }
