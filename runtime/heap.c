@@ -156,6 +156,7 @@ void *cc_heap_alloc(void *ud, void *p, size_t osize, size_t nsize) {
         else free(p);
         return NULL;
     }
+    if (nsize > SIZE_MAX / 2) return NULL; /* span() and the slack would wrap */
     if (!was && !big) return realloc(p, nsize);
     if (was && big) return remap(p, osize, nsize);
     void *q = big ? map_aligned(span(nsize)) : malloc(nsize);
