@@ -71,8 +71,8 @@
 #define FOLD_MAX 1024 /* the longest wait between tries while folds fail */
 #define BIG HUGE      /* blocks this big get an aligned mapping of their own */
 
-static uintptr_t start;    /* where the heap begins (0: unknown) */
-static _Atomic int off;    /* the kernel said no: stop asking */
+static uintptr_t start;        /* where the heap begins (0: unknown) */
+static _Atomic int off;        /* the kernel said no: stop asking */
 static _Atomic unsigned forks; /* from a heap of FOLD_FROM or more */
 static _Atomic unsigned interval = FOLD_EVERY; /* fold on every this-many-th */
 static _Atomic int due;        /* that fork came while children lived */
@@ -94,7 +94,6 @@ static void find_start(void) {
     for (int field = 2; s && field < 47; field++) s = strchr(s + 1, ' ');
     if (s) start = (uintptr_t)strtoull(s + 1, NULL, 10);
 }
-
 
 void cc_heap_prefork(int children) {
     pthread_once(&once, find_start);
