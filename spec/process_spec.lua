@@ -381,24 +381,31 @@ describe("process.spawn", function()
 end)
 
 -- runtime/heap.c: every 8th fork from a heap of 8 MiB or more folds it onto
--- 2 MiB pages (MADV_COLLAPSE), so a fork's page-table copy does not grow
--- with what the parent holds
+-- 2 MiB pages (MADV_COLLAPSE), and the host keeps blocks of 2 MiB or more
+-- on huge pages, so a fork's page-table copy does not grow with what the
+-- parent holds
 describe("a spawn from a big heap", function()
+  -- the brk heap's huge pages (KiB), for the scripts below
+  local HEAP_HUGE = [[
+    local function heap_huge()
+      local f = io.open("/proc/self/smaps")
+      local h = 0
+      for body in f:read("*a"):gmatch("%[heap%]\n(.-)VmFlags") do
+        h = h + tonumber(body:match("AnonHugePages:%s+(%d+)"))
+      end
+      f:close()
+      return h
+    end
+  ]]
   -- 3*10^5 rows, about 36 MiB: each child and the parent sum them; the
   -- huge pages of the heap, its resident size, before and after
-  local SCRIPT = [[
+  local SCRIPT = HEAP_HUGE .. [[
     local process = concur.process
     local function rollup() -- the resident size, and the brk heap's huge pages (KiB)
       local f = io.open("/proc/self/smaps_rollup")
       local rss = tonumber(f:read("*a"):match("\nRss:%s+(%d+)"))
       f:close()
-      f = io.open("/proc/self/smaps")
-      local huge = 0
-      for body in f:read("*a"):gmatch("%[heap%]\n(.-)VmFlags") do
-        huge = huge + tonumber(body:match("AnonHugePages:%s+(%d+)"))
-      end
-      f:close()
-      return rss, huge
+      return rss, heap_huge()
     end
     local rows = {}
     for i = 1, 300000 do rows[i] = {i, -2 * i} end
@@ -422,6 +429,13 @@ describe("a spawn from a big heap", function()
     f:close()
     return s:match("%[(%w+)%]") or "none"
   end
+  -- why folding cannot be seen here, or nil: LuaJIT's allocator maps its
+  -- own memory (no heap to fold), ASan's and TSan's too
+  local function heap_not_mallocs()
+    if support.luajit or support.flavour ~= "concur" and support.flavour ~= "lua5.4" then
+      return "the heap of " .. support.flavour .. " is not malloc's"
+    end
+  end
   local function kernel_has_collapse() -- MADV_COLLAPSE: Linux 6.1
     local f = io.popen("uname -r")
     local major, minor = f:read("*a"):match("^(%d+)%.(%d+)")
@@ -437,10 +451,8 @@ describe("a spawn from a big heap", function()
   end)
 
   it("is folded onto huge pages by the 8th spawn, not before, without growing", function()
-    -- LuaJIT's allocator maps its own memory (no heap to fold); ASan's too
-    if support.luajit or support.flavour ~= "concur" and support.flavour ~= "lua5.4" then
-      return pending("the heap of " .. support.flavour .. " is not malloc's")
-    end
+    local why = heap_not_mallocs()
+    if why then return pending(why) end
     if thp_mode() == "never" or thp_mode() == "none" or not kernel_has_collapse() then
       return pending("no transparent huge pages or no MADV_COLLAPSE here")
     end
@@ -457,34 +469,24 @@ describe("a spawn from a big heap", function()
   end)
 
   it("is not folded while a child shares it, and is at the first spawn after", function()
-    if support.luajit or support.flavour ~= "concur" and support.flavour ~= "lua5.4" then
-      return pending("the heap of " .. support.flavour .. " is not malloc's")
-    end
+    local why = heap_not_mallocs()
+    if why then return pending(why) end
     if thp_mode() ~= "madvise" or not kernel_has_collapse() then
       return pending("huge pages are not on advice only here, or no MADV_COLLAPSE")
     end
     -- a fold would copy the pages the sleeping child shares: twice the memory
-    local out, status = support.run([[
+    local out, status = support.run(HEAP_HUGE .. [[
       local process, queue = concur.process, concur.queue
-      local function huge() -- the brk heap's huge pages (KiB)
-        local f = io.open("/proc/self/smaps")
-        local h = 0
-        for body in f:read("*a"):gmatch("%[heap%]\n(.-)VmFlags") do
-          h = h + tonumber(body:match("AnonHugePages:%s+(%d+)"))
-        end
-        f:close()
-        return h
-      end
       local rows = {}
       for i = 1, 300000 do rows[i] = {i, i} end
       local q = queue()
       local sleeper = process.spawn(function() return q:get() end)
       for _ = 1, 12 do assert(process.spawn(function() return #rows end):join(30) == 300000) end
-      local shared = huge()
+      local shared = heap_huge()
       q:put("done")
       assert(sleeper:join(30) == "done")
       assert(process.spawn(function() return #rows end):join(30) == 300000)
-      print("huge " .. shared .. " " .. huge())
+      print("huge " .. shared .. " " .. heap_huge())
     ]], "", 120)
     assert.equal(0, status, out)
     local shared, after = out:match("huge (%d+) (%d+)")
@@ -538,9 +540,8 @@ describe("a spawn from a big heap", function()
   end)
 
   it("is not folded with CONCUR_FOLD=0", function()
-    if support.luajit or support.flavour ~= "concur" and support.flavour ~= "lua5.4" then
-      return pending("the heap of " .. support.flavour .. " is not malloc's")
-    end
+    local why = heap_not_mallocs()
+    if why then return pending(why) end
     if thp_mode() ~= "madvise" then
       return pending("huge pages are not on advice only here")
     end
